@@ -1,0 +1,16 @@
+/**
+ * The activity factory: every activity is a thin call into the Python worker through the client it is
+ * given, so the TS worker passes the real client and tests pass one bound to a worker on a free port.
+ */
+import type { WorkerClient } from '../src/worker-client.js';
+import { createHealthActivity } from './health.js';
+
+export type { WorkerHealth } from './health.js';
+
+export function createActivities(client: WorkerClient) {
+  return {
+    workerHealth: createHealthActivity(client),
+  };
+}
+
+export type Activities = ReturnType<typeof createActivities>;

@@ -1,0 +1,57 @@
+"""Command line of the worker.
+
+    python -m vlmflow_worker serve --host 127.0.0.1 --port 50051 --artifact-root .state/artifacts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from vlmflow_worker.log import setup_logging
+from vlmflow_worker.settings import WorkerSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmflow-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gRPC worker")
+    help_ = WorkerSettings.help()
+    serve.add_argument("--host", help=help_["host"])
+    serve.add_argument("--port", type=int, help=help_["port"])
+    serve.add_argument("--artifact-root", type=Path, help=help_["artifact_root"])
+    serve.add_argument("--data-root", type=Path, action="append", dest="data_roots", help=help_["data_roots"])
+    serve.add_argument("--job-capacity", type=int, help=help_["job_capacity"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    if args.command == "serve":
+        from vlmflow_worker.server import serve
+
+        overrides = {
+            k: v
+            for k, v in vars(args).items()
+            if k in WorkerSettings.help() and v is not None
+        }
+        try:
+            settings = WorkerSettings(**overrides)
+        except ValueError as err:
+            print(f"vlmflow-worker: {err}", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(serve(settings))
+        except OSError as err:
+            print(f"vlmflow-worker: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

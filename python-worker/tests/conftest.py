@@ -1,0 +1,54 @@
+"""Shared fixtures: a real worker process on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from vlmflow.v1 import worker_pb2_grpc
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    artifact_root: Path
+
+    def stub(self) -> worker_pb2_grpc.WorkerServiceStub:
+        channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        return worker_pb2_grpc.WorkerServiceStub(channel)
+
+
+def start_worker(artifact_root: Path, *extra: str) -> WorkerProcess:
+    """Starts `python -m vlmflow_worker serve --port 0` and waits for its 'listening' line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vlmflow_worker", "serve", "--port", "0", "--artifact-root", str(artifact_root), *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry.get("msg") == "listening":
+            return WorkerProcess(process, int(entry["port"]), artifact_root)
+    raise RuntimeError(f"worker exited with {process.wait()} before listening")
+
+
+@pytest.fixture(scope="session")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    proc = start_worker(tmp_path_factory.mktemp("artifacts"))
+    yield proc
+    proc.process.terminate()
+    proc.process.wait(timeout=30)

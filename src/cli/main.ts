@@ -1,0 +1,22 @@
+/** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
+import { Command } from 'commander';
+import { demo } from './demo.js';
+
+const program = new Command()
+  .name('vlmflow')
+  .description('Durable fine-tuning and inference for vision-language models, on Temporal.');
+
+program
+  .command('demo')
+  .description('start the local stack, run the offline demo and print where to look')
+  .option('--keep', 'keep the stack running afterwards (Ctrl-C stops it)', false)
+  .action(async (opts: { keep: boolean }) => {
+    process.exitCode = await demo(opts);
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  console.error(`vlmflow: ${err instanceof Error ? err.message : String(err)}`);
+  process.exitCode = 1;
+}

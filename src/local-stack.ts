@@ -1,0 +1,79 @@
+/**
+ * The whole stack on one machine: Temporal (the dev server unless TEMPORAL_ADDRESS is set), the Python
+ * worker (started unless VLMFLOW_WORKER_ADDRESS is set) and the TS workers. Used by `vlmflow demo` / `dev`.
+ */
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection, type Worker } from '@temporalio/worker';
+import path from 'node:path';
+import type { Env } from './config.js';
+import { logger } from './logger.js';
+import { stateDir } from './paths.js';
+import { startPythonWorker, type PythonWorker } from './python-worker.js';
+import { startDevServer, type DevServer } from './temporal-dev-server.js';
+import { createWorkerClient, waitForReady, type WorkerClient } from './worker-client.js';
+import { createWorkers } from './worker.js';
+
+export interface LocalStack {
+  client: Client;
+  workerClient: WorkerClient;
+  temporalAddress: string;
+  uiUrl: string | undefined;
+  env: Env;
+  shutdown(): Promise<void>;
+}
+
+export async function startLocalStack(env: Env): Promise<LocalStack> {
+  const cleanups: (() => Promise<void>)[] = [];
+  const shutdown = async () => {
+    for (const cleanup of cleanups.reverse()) {
+      await cleanup().catch((err: unknown) => logger.warn({ err }, 'shutdown step failed'));
+    }
+  };
+  try {
+    let devServer: DevServer | undefined;
+    if (!env.TEMPORAL_ADDRESS) {
+      devServer = await startDevServer({
+        stateDir,
+        port: env.TEMPORAL_DEV_PORT,
+        uiPort: env.TEMPORAL_DEV_UI_PORT,
+        namespace: env.TEMPORAL_NAMESPACE,
+      });
+      cleanups.push(() => devServer!.stop());
+    }
+    const temporalAddress = env.TEMPORAL_ADDRESS ?? devServer!.address;
+
+    let pythonWorker: PythonWorker | undefined;
+    if (!env.VLMFLOW_WORKER_ADDRESS) {
+      pythonWorker = await startPythonWorker({
+        artifactRoot: env.VLMFLOW_ARTIFACT_ROOT ?? path.join(stateDir, 'artifacts'),
+      });
+      cleanups.push(() => pythonWorker!.stop());
+    }
+    const workerClient = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS ?? pythonWorker!.address);
+    cleanups.push(async () => workerClient.close());
+    await waitForReady(workerClient);
+
+    const nativeConnection = await NativeConnection.connect({ address: temporalAddress });
+    cleanups.push(() => nativeConnection.close());
+    const workers = await createWorkers({
+      connection: nativeConnection,
+      namespace: env.TEMPORAL_NAMESPACE,
+      client: workerClient,
+      workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
+      gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
+    });
+    const running = [workers.workflows, workers.activities].map((w: Worker) => ({ worker: w, done: w.run() }));
+    cleanups.push(async () => {
+      for (const { worker } of running) if (worker.getState() === 'RUNNING') worker.shutdown();
+      await Promise.allSettled(running.map((r) => r.done));
+    });
+
+    const connection = await Connection.connect({ address: temporalAddress });
+    cleanups.push(() => connection.close());
+    const client = new Client({ connection, namespace: env.TEMPORAL_NAMESPACE });
+    return { client, workerClient, temporalAddress, uiUrl: devServer?.uiUrl, env, shutdown };
+  } catch (err) {
+    await shutdown();
+    throw err;
+  }
+}

@@ -1,0 +1,83 @@
+/**
+ * Starts the Python gRPC worker as a child process (execa) on a given or free port and waits for its
+ * 'listening' line. Used by the CLI's local stack and by tests that need a real worker.
+ */
+import { execa, type ResultPromise } from 'execa';
+import { createInterface } from 'node:readline';
+import { workerPython } from './paths.js';
+import { logger } from './logger.js';
+
+export interface PythonWorkerOptions {
+  /** 0 (default) picks a free port. */
+  port?: number;
+  artifactRoot: string;
+  dataRoots?: string[];
+  /** Extra environment for the worker (e.g. HF_HUB_OFFLINE). */
+  env?: Record<string, string>;
+  startTimeoutMs?: number;
+}
+
+export interface PythonWorker {
+  address: string;
+  port: number;
+  pid: number;
+  process: ResultPromise;
+  /** SIGTERM, then SIGKILL after `graceMs`. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+export async function startPythonWorker(opts: PythonWorkerOptions): Promise<PythonWorker> {
+  const args = ['-m', 'vlmflow_worker', 'serve', '--port', String(opts.port ?? 0), '--artifact-root', opts.artifactRoot];
+  for (const root of opts.dataRoots ?? []) args.push('--data-root', root);
+  const child = execa(workerPython, args, {
+    env: { PYTHONUNBUFFERED: '1', ...opts.env },
+    stdout: 'inherit',
+    stderr: 'pipe',
+    reject: false,
+    forceKillAfterDelay: false,
+  });
+  const log = logger.child({ component: 'python-worker', pid: child.pid });
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`the Python worker did not start listening within ${opts.startTimeoutMs ?? 120_000} ms`)),
+      opts.startTimeoutMs ?? 120_000,
+    );
+    const lines = createInterface({ input: child.stderr! });
+    let tail: string[] = [];
+    lines.on('line', (line) => {
+      let entry: Record<string, unknown> | undefined;
+      try {
+        entry = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        tail = [...tail.slice(-20), line];
+      }
+      if (entry?.msg === 'listening') {
+        clearTimeout(timer);
+        resolve(Number(entry.port));
+      }
+      // Relay the worker's own JSON lines so one stream carries both sides' logs.
+      if (entry) log.debug(entry, 'worker log');
+    });
+    void child.then((result) => {
+      clearTimeout(timer);
+      reject(
+        new Error(
+          `the Python worker exited (code ${result.exitCode ?? result.signal}) before listening:\n${tail.join('\n')}`,
+        ),
+      );
+    });
+  });
+  return {
+    address: `127.0.0.1:${port}`,
+    port,
+    pid: child.pid!,
+    process: child,
+    async stop(graceMs = 10_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+      await child;
+      clearTimeout(timer);
+    },
+  };
+}

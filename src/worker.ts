@@ -1,0 +1,37 @@
+/**
+ * The TS workers: workflows on the workflow task queue; activities on the GPU task queue with as many
+ * slots as the Python worker reports jobs it can run (one GPU, one job).
+ */
+import { NativeConnection, Worker } from '@temporalio/worker';
+import { fileURLToPath } from 'node:url';
+import { createActivities } from '../activities/index.js';
+import { health, type WorkerClient } from './worker-client.js';
+import { GPU_TASK_QUEUE, WORKFLOW_TASK_QUEUE } from './task-queues.js';
+
+export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+export interface WorkerOptions {
+  connection: NativeConnection;
+  namespace?: string;
+  client: WorkerClient;
+  workflowTaskQueue?: string;
+  gpuTaskQueue?: string;
+}
+
+export async function createWorkers(opts: WorkerOptions): Promise<{ workflows: Worker; activities: Worker }> {
+  const capacity = (await health(opts.client)).jobCapacity;
+  const workflows = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace ?? 'default',
+    taskQueue: opts.workflowTaskQueue ?? WORKFLOW_TASK_QUEUE,
+    workflowsPath,
+  });
+  const activities = await Worker.create({
+    connection: opts.connection,
+    namespace: opts.namespace ?? 'default',
+    taskQueue: opts.gpuTaskQueue ?? GPU_TASK_QUEUE,
+    activities: createActivities(opts.client),
+    maxConcurrentActivityTaskExecutions: Math.max(1, capacity),
+  });
+  return { workflows, activities };
+}
