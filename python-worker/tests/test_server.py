@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 
-import grpc
 import pytest
 import torch
 
@@ -17,7 +16,7 @@ from .conftest import WorkerProcess, start_worker
 def test_health_reports_device_versions_and_capacity(worker: WorkerProcess) -> None:
     reply = worker.stub().Health(worker_pb2.HealthRequest(), timeout=30)
     assert reply.device == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert reply.versions["torch"] == torch.__version__.split("+")[0] or reply.versions["torch"] == torch.__version__
+    assert torch.__version__.startswith(reply.versions["torch"])
     for lib in ("python", "transformers", "trl", "peft", "vlmflow-worker"):
         assert reply.versions[lib], lib
     assert reply.job_capacity >= 1

@@ -1,6 +1,6 @@
 """Command line of the worker.
 
-    python -m vlmflow_worker serve --host 127.0.0.1 --port 50051 --artifact-root .state/artifacts
+python -m vlmflow_worker serve --host 127.0.0.1 --port 50051 --artifact-root .state/artifacts
 """
 
 from __future__ import annotations
@@ -35,11 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from vlmflow_worker.server import serve
 
-        overrides = {
-            k: v
-            for k, v in vars(args).items()
-            if k in WorkerSettings.help() and v is not None
-        }
+        overrides = {k: v for k, v in vars(args).items() if k in WorkerSettings.help() and v is not None}
         try:
             settings = WorkerSettings(**overrides)
         except ValueError as err:

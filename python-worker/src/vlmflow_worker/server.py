@@ -1,6 +1,6 @@
 """The gRPC server: an asyncio WorkerService whose handlers delegate to one module per concern.
 
-    python -m vlmflow_worker serve --port 0
+python -m vlmflow_worker serve --port 0
 """
 
 from __future__ import annotations
@@ -15,15 +15,25 @@ import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
 from vlmflow_worker import health
+from vlmflow_worker.rpc_generate import GenerateRpcs
+from vlmflow_worker.rpc_jobs import JobRpcs
 from vlmflow_worker.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.server")
 
 
-class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
+class WorkerService(GenerateRpcs, JobRpcs, worker_pb2_grpc.WorkerServiceServicer):
+    """Health lives here; each other RPC group lives in its own module (rpc_generate, rpc_jobs)."""
+
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.capacity = settings.job_capacity or health.default_capacity()
+        self.setup_generate()
+        self.setup_jobs()
+
+    async def close(self) -> None:
+        await self.close_jobs()
+        await self.close_generate()
 
     @property
     def worker_id(self) -> str:
@@ -36,46 +46,14 @@ class WorkerService(worker_pb2_grpc.WorkerServiceServicer):
             gpus=health.gpus(),
             versions=health.library_versions(),
             job_capacity=self.capacity,
-            jobs_running=0,
+            jobs_running=self.jobs_running(),
             worker_id=self.worker_id,
             artifact_root=str(self.settings.artifact_root),
         )
 
-    # The RPCs below are part of the v1 contract and land with their own issues. Until then they
-    # answer UNIMPLEMENTED with a sentence rather than grpc's generic text.
-    async def _unimplemented(self, context: grpc.aio.ServicerContext, what: str) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this worker yet")
 
-    async def Generate(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "Generate")
-
-    async def PrepareDataset(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "PrepareDataset")
-
-    async def Train(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "Train")
-
-    async def Evaluate(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "Evaluate")
-
-    async def Export(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "Export")
-
-    async def WatchJob(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "WatchJob")
-
-    async def CancelJob(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "CancelJob")
-
-    async def GetJob(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "GetJob")
-
-    async def ListJobs(self, request, context):  # noqa: N802
-        await self._unimplemented(context, "ListJobs")
-
-
-async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, int]:
-    """Binds and starts the server; returns it with the bound port (settings.port may be 0)."""
+async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, WorkerService]:
+    """Binds and starts the server; settings.port is the bound port afterwards (it may have been 0)."""
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     server = grpc.aio.server(
         options=[
@@ -86,13 +64,14 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, int]:
             ("grpc.so_reuseport", 0),
         ]
     )
-    worker_pb2_grpc.add_WorkerServiceServicer_to_server(WorkerService(settings), server)
+    service = WorkerService(settings)
+    worker_pb2_grpc.add_WorkerServiceServicer_to_server(service, server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port} (is the port in use?)")
     settings.port = port
     await server.start()
-    return server, port
+    return server, service
 
 
 async def serve(settings: WorkerSettings) -> None:
@@ -100,9 +79,10 @@ async def serve(settings: WorkerSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server, port = await start_server(settings)
+    server, service = await start_server(settings)
     # Launchers (the TS side, tests) read this line to learn the port when it was 0.
-    log.info("listening", extra={"host": settings.host, "port": port, "pid": os.getpid()})
+    log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
     await stop.wait()
     log.info("stopping")
+    await service.close()
     await server.stop(grace=5)
