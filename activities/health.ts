@@ -29,7 +29,10 @@ export function createHealthActivity(client: WorkerClient) {
       };
     } catch (err) {
       // UNAVAILABLE and friends are worth retrying: the worker may be restarting.
-      throw ApplicationFailure.retryable(`the Python worker did not answer Health: ${String(err)}`, 'WorkerUnavailable');
+      throw ApplicationFailure.retryable(
+        `the Python worker did not answer Health: ${String(err)}`,
+        'WorkerUnavailable',
+      );
     }
   };
 }

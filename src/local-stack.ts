@@ -10,6 +10,7 @@ import { logger } from './logger.js';
 import { stateDir } from './paths.js';
 import { startPythonWorker, type PythonWorker } from './python-worker.js';
 import { startDevServer, type DevServer } from './temporal-dev-server.js';
+import { installTemporalRuntime } from './temporal-runtime.js';
 import { createWorkerClient, waitForReady, type WorkerClient } from './worker-client.js';
 import { createWorkers } from './worker.js';
 
@@ -23,6 +24,7 @@ export interface LocalStack {
 }
 
 export async function startLocalStack(env: Env): Promise<LocalStack> {
+  installTemporalRuntime();
   const cleanups: (() => Promise<void>)[] = [];
   const shutdown = async () => {
     for (const cleanup of cleanups.reverse()) {
@@ -50,7 +52,7 @@ export async function startLocalStack(env: Env): Promise<LocalStack> {
       cleanups.push(() => pythonWorker!.stop());
     }
     const workerClient = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS ?? pythonWorker!.address);
-    cleanups.push(async () => workerClient.close());
+    cleanups.push(() => Promise.resolve(workerClient.close()));
     await waitForReady(workerClient);
 
     const nativeConnection = await NativeConnection.connect({ address: temporalAddress });

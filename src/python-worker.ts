@@ -27,7 +27,15 @@ export interface PythonWorker {
 }
 
 export async function startPythonWorker(opts: PythonWorkerOptions): Promise<PythonWorker> {
-  const args = ['-m', 'vlmflow_worker', 'serve', '--port', String(opts.port ?? 0), '--artifact-root', opts.artifactRoot];
+  const args = [
+    '-m',
+    'vlmflow_worker',
+    'serve',
+    '--port',
+    String(opts.port ?? 0),
+    '--artifact-root',
+    opts.artifactRoot,
+  ];
   for (const root of opts.dataRoots ?? []) args.push('--data-root', root);
   const child = execa(workerPython, args, {
     env: { PYTHONUNBUFFERED: '1', ...opts.env },
@@ -42,7 +50,7 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
       () => reject(new Error(`the Python worker did not start listening within ${opts.startTimeoutMs ?? 120_000} ms`)),
       opts.startTimeoutMs ?? 120_000,
     );
-    const lines = createInterface({ input: child.stderr! });
+    const lines = createInterface({ input: child.stderr });
     let tail: string[] = [];
     lines.on('line', (line) => {
       let entry: Record<string, unknown> | undefined;

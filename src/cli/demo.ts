@@ -19,7 +19,11 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
     console.log(`Python worker ${health.workerId}`);
     console.log(`  device:       ${health.device}${gpus ? ` — ${gpus}` : ''}`);
     console.log(`  job capacity: ${health.jobCapacity} (running: ${health.jobsRunning})`);
-    console.log(`  versions:     ${Object.entries(health.versions).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    console.log(
+      `  versions:     ${Object.entries(health.versions)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')}`,
+    );
     console.log(`Temporal:       ${stack.temporalAddress} (namespace ${env.TEMPORAL_NAMESPACE})`);
     if (stack.uiUrl) console.log(`Temporal UI:    ${stack.uiUrl}`);
     if (opts.keep) {

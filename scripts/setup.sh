@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what is missing and skips what is present: Node deps, the Temporal CLI, the Python venv,
+# generated code and the tiny fixture model. Both README commands run it first.
+#   npm run setup
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+say() { printf '[setup] %s\n' "$*"; }
+started=$SECONDS
+
+# 1. Node dependencies, exactly as locked.
+if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  say "installing Node dependencies (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+
+# 2. The Temporal CLI (dev server + Web UI), built from the Go module proxy into .tools/bin.
+#    v1.5.1 is the last tag whose go.mod has no `replace` directive, so `go install` works.
+if [ ! -x .tools/bin/temporal ]; then
+  say "building the Temporal CLI v1.5.1 (go install, a few minutes the first time)"
+  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install github.com/temporalio/cli/cmd/temporal@v1.5.1
+fi
+
+# 3. The Python worker's venv, from requirements.lock. Wheels are kept in a wheelhouse outside the
+#    clone so a fresh clone on the same machine installs offline in seconds.
+venv=python-worker/.venv
+wheels="${VLMFLOW_WHEELHOUSE:-$HOME/.cache/vlmflow/wheels}"
+want="$(cat python-worker/pyproject.toml python-worker/requirements.lock | sha256sum | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.vlmflow-stamp" 2>/dev/null)" != "$want" ]; then
+  python="${PYTHON:-python3}"
+  "$python" -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+  [ -x "$venv/bin/python" ] || { say "creating $venv"; "$python" -m venv "$venv"; }
+  mkdir -p "$wheels"
+  if ! "$venv/bin/pip" install -q --no-index --find-links "$wheels" -r python-worker/requirements.lock 2>/dev/null; then
+    say "downloading Python wheels into $wheels (torch is large; once per machine)"
+    "$venv/bin/pip" download -q -d "$wheels" -r python-worker/requirements.lock
+    "$venv/bin/pip" install -q --no-index --find-links "$wheels" -r python-worker/requirements.lock
+  fi
+  "$venv/bin/pip" install -q --no-deps --no-build-isolation -e python-worker
+  echo "$want" > "$venv/.vlmflow-stamp"
+fi
+
+# 4. Generated code (committed; rebuilt only when missing).
+if [ ! -f src/gen/vlmflow/v1/worker.ts ] || [ ! -f python-worker/gen/vlmflow/v1/worker_pb2.py ]; then
+  say "generating gRPC code"
+  bash scripts/gen.sh
+fi
+
+# 5. The tiny random-weight Idefics3 model used by tests and the offline demo (seconds, offline).
+tiny="${VLMFLOW_TINY_MODEL:-$root/.state/models/tiny-idefics3}"
+if [ ! -f "$tiny/config.json" ] && "$venv/bin/python" -c 'import vlmflow_worker.tiny_model' 2>/dev/null; then
+  say "building the tiny fixture model at $tiny"
+  "$venv/bin/python" -m vlmflow_worker.tiny_model --out "$tiny"
+fi
+
+say "ready ($((SECONDS - started)) s)"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README test command: set up what is missing, then lint, then every test (vitest, then pytest).
+# Each runner prints its own summary; the exit code is non-zero if any step failed.
+#   npm test
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh || exit 1
+
+status=0
+run() {
+  printf '\n=== %s\n' "$*"
+  "$@" || { status=1; printf '=== FAILED: %s\n' "$*"; }
+}
+run npm run --silent lint
+run npx vitest run
+run python-worker/.venv/bin/pytest python-worker -q
+exit $status
