@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--artifact-root", type=Path, help=help_["artifact_root"])
     serve.add_argument("--data-root", type=Path, action="append", dest="data_roots", help=help_["data_roots"])
     serve.add_argument("--job-capacity", type=int, help=help_["job_capacity"])
+    serve.add_argument("--tls-cert", type=Path, help=help_["tls_cert"])
+    serve.add_argument("--tls-key", type=Path, help=help_["tls_key"])
+    serve.add_argument("--tls-client-ca", type=Path, help=help_["tls_client_ca"])
+    serve.add_argument("--token-file", type=Path, help=help_["token_file"])
+    serve.add_argument("--insecure", action="store_true", default=None, help=help_["insecure"])
     return parser
 
 

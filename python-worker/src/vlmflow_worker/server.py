@@ -14,7 +14,7 @@ import socket
 import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
-from vlmflow_worker import health
+from vlmflow_worker import health, security
 from vlmflow_worker.rpc_generate import GenerateRpcs
 from vlmflow_worker.rpc_jobs import JobRpcs
 from vlmflow_worker.settings import WorkerSettings
@@ -56,6 +56,7 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, Worke
     """Binds and starts the server; settings.port is the bound port afterwards (it may have been 0)."""
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     server = grpc.aio.server(
+        interceptors=security.interceptors(settings),
         options=[
             # Inline images in Generate requests; everything bigger goes through the artifact store.
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
@@ -66,7 +67,7 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, Worke
     )
     service = WorkerService(settings)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(service, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    port = security.add_port(server, settings)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port} (is the port in use?)")
     settings.port = port

@@ -6,9 +6,16 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from vlmflow_worker import security
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _path_env(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
 
 
 @dataclass
@@ -33,6 +40,31 @@ class WorkerSettings:
         default_factory=lambda: int(_env("VLMFLOW_JOB_CAPACITY", "0")),
         metadata={"help": "Jobs run at once; 0 means one per GPU, or one on CPU."},
     )
+    tls_cert: Path | None = field(
+        default_factory=lambda: _path_env("VLMFLOW_WORKER_TLS_CERT"),
+        metadata={"help": "PEM certificate (chain) the worker serves TLS with; needs tls_key."},
+    )
+    tls_key: Path | None = field(
+        default_factory=lambda: _path_env("VLMFLOW_WORKER_TLS_KEY"),
+        metadata={"help": "PEM private key of tls_cert."},
+    )
+    tls_client_ca: Path | None = field(
+        default_factory=lambda: _path_env("VLMFLOW_WORKER_TLS_CLIENT_CA"),
+        metadata={"help": "PEM CA that client certificates must chain to; setting it turns on mutual TLS."},
+    )
+    token: str | None = field(
+        default_factory=lambda: os.environ.get("VLMFLOW_WORKER_TOKEN") or None,
+        repr=False,
+        metadata={"help": "Shared token every call must carry (`authorization: Bearer <token>`); env only."},
+    )
+    token_file: Path | None = field(
+        default_factory=lambda: _path_env("VLMFLOW_WORKER_TOKEN_FILE"),
+        metadata={"help": "File holding the shared token (instead of VLMFLOW_WORKER_TOKEN)."},
+    )
+    insecure: bool = field(
+        default_factory=lambda: _env("VLMFLOW_WORKER_INSECURE", "").lower() in ("1", "true", "yes"),
+        metadata={"help": "Allow binding a non-loopback host without TLS and a token (trusted networks only)."},
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -41,6 +73,7 @@ class WorkerSettings:
             raise ValueError(f"job_capacity must be >= 0, got {self.job_capacity}")
         self.artifact_root = self.artifact_root.resolve()
         self.data_roots = [p.resolve() for p in self.data_roots]
+        security.validate(self)
 
     @classmethod
     def help(cls) -> dict[str, str]:
