@@ -1,4 +1,4 @@
-"""Shared fixtures: a real worker process on a free port."""
+"""Shared fixtures: a real worker process on a free port; the tiny Idefics3 model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import grpc
 import pytest
 
 from vlmflow.v1 import worker_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -52,3 +54,13 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     yield proc
     proc.process.terminate()
     proc.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The tiny random-weight Idefics3 model (real processor), built once at <repo>/.state/models/tiny-idefics3
+    (or $VLMFLOW_TINY_MODEL) and reused across runs."""
+    from vlmflow_worker.tiny_model import build_tiny_model
+
+    default = REPO_ROOT / ".state" / "models" / "tiny-idefics3"
+    return build_tiny_model(Path(os.environ.get("VLMFLOW_TINY_MODEL", default)))
