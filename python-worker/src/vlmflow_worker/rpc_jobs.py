@@ -1,51 +1,93 @@
 """The job RPCs: PrepareDataset, Train, Evaluate, Export, WatchJob, CancelJob, GetJob, ListJobs.
 
-Long jobs run in child processes; a job id makes starting idempotent (issues 4 and 5 fill this in).
+Every long RPC goes the same way: validate the request (INVALID_ARGUMENT naming the field, before anything
+starts), then start the job in a child process or attach to the one running under the same job id, then stream
+its events until `completed` or `failed`. The job kinds live in `jobs/kinds.py`; see `jobs/registry.py` for
+capacity (refused with FAILED_PRECONDITION when full) and for why a dropped stream does not stop a job.
 """
 
 from __future__ import annotations
 
 import grpc
 
+from vlmflow.v1 import jobs_pb2, worker_pb2
+from vlmflow_worker.errors import InvalidArgument, WorkerError, abort_with
+from vlmflow_worker.jobs import eventlog
+from vlmflow_worker.jobs.kinds import spec_for
+from vlmflow_worker.jobs.registry import JobRegistry
 from vlmflow_worker.settings import WorkerSettings
 
-
-async def _unimplemented(context: grpc.aio.ServicerContext, what: str) -> None:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this worker yet")
+TRAIN_KINDS = {
+    jobs_pb2.TRAIN_KIND_SFT: jobs_pb2.JOB_KIND_TRAIN_SFT,
+    jobs_pb2.TRAIN_KIND_DPO: jobs_pb2.JOB_KIND_TRAIN_DPO,
+}
 
 
 class JobRpcs:
     settings: WorkerSettings
+    capacity: int
 
     def setup_jobs(self) -> None:
         """Called once when the server is built (job registry)."""
+        self.registry = JobRegistry(self.settings, self.capacity)
 
     async def close_jobs(self) -> None:
         """Called once when the server stops: running jobs are asked to checkpoint and stop."""
+        await self.registry.close()
 
     def jobs_running(self) -> int:
-        return 0
+        return len(self.registry.running())
 
-    async def PrepareDataset(self, request, context):  # noqa: N802
-        await _unimplemented(context, "PrepareDataset")
+    async def _stream(self, kind: int, request, response_type, context: grpc.aio.ServicerContext):
+        try:
+            eventlog.job_dir(self.settings.artifact_root, request.job_id)
+            spec_for(kind).validate(request, self.settings)
+            record, attached = await self.registry.start_or_attach(request.job_id, kind, request)
+        except WorkerError as err:
+            await abort_with(context, err)
+            return
+        async for event in self.registry.watch(record, attached):
+            yield response_type(event=event)
+
+    def PrepareDataset(self, request, context):  # noqa: N802
+        return self._stream(jobs_pb2.JOB_KIND_PREPARE_DATASET, request, jobs_pb2.PrepareDatasetResponse, context)
 
     async def Train(self, request, context):  # noqa: N802
-        await _unimplemented(context, "Train")
+        kind = TRAIN_KINDS.get(request.kind)
+        if kind is None:
+            await abort_with(context, InvalidArgument("kind is unspecified: set TRAIN_KIND_SFT or TRAIN_KIND_DPO"))
+            return
+        async for response in self._stream(kind, request, jobs_pb2.TrainResponse, context):
+            yield response
 
-    async def Evaluate(self, request, context):  # noqa: N802
-        await _unimplemented(context, "Evaluate")
+    def Evaluate(self, request, context):  # noqa: N802
+        return self._stream(jobs_pb2.JOB_KIND_EVALUATE, request, jobs_pb2.EvaluateResponse, context)
 
-    async def Export(self, request, context):  # noqa: N802
-        await _unimplemented(context, "Export")
+    def Export(self, request, context):  # noqa: N802
+        return self._stream(jobs_pb2.JOB_KIND_EXPORT, request, jobs_pb2.ExportResponse, context)
 
     async def WatchJob(self, request, context):  # noqa: N802
-        await _unimplemented(context, "WatchJob")
+        try:
+            record = self.registry.require(request.job_id)
+        except WorkerError as err:
+            await abort_with(context, err)
+            return
+        async for event in self.registry.watch(record, attached=True):
+            yield worker_pb2.WatchJobResponse(event=event)
 
     async def CancelJob(self, request, context):  # noqa: N802
-        await _unimplemented(context, "CancelJob")
+        try:
+            job = await self.registry.cancel(request.job_id, request.wait, request.reason)
+        except WorkerError as err:
+            await abort_with(context, err)
+        return worker_pb2.CancelJobResponse(job=job)
 
     async def GetJob(self, request, context):  # noqa: N802
-        await _unimplemented(context, "GetJob")
+        try:
+            record = self.registry.require(request.job_id)
+        except WorkerError as err:
+            await abort_with(context, err)
+        return worker_pb2.GetJobResponse(job=record.job())
 
     async def ListJobs(self, request, context):  # noqa: N802
-        await _unimplemented(context, "ListJobs")
+        return worker_pb2.ListJobsResponse(jobs=self.registry.list(request.state, request.kind))

@@ -1,0 +1,9 @@
+"""Long jobs (dataset prep, training, evaluation, export) run in child processes of the worker.
+
+- `kinds.py`: the table JobKind -> entry module; issue 5 adds DPO, Evaluate and Export there.
+- `spec.py`: what an entry module exports (`JOB = JobSpec(...)`) and the result it returns.
+- `context.py`: the handle an entry uses inside the child to stream events and notice cancellation.
+- `eventlog.py`: the JSONL event log under `<artifact_root>/jobs/<job_id>/` and the state it implies.
+- `registry.py`: the server side: start or attach by job id, supervise the child, watch, cancel.
+- `child.py`: `python -m vlmflow_worker.jobs.child <job_dir>`, the child process itself.
+"""

@@ -1,0 +1,96 @@
+"""The child process of one job: reads the request from the job folder, runs the kind's entry, records the end.
+
+python -m vlmflow_worker.jobs.child <job_dir>
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.errors import WorkerError
+from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.jobs.kinds import spec_for
+from vlmflow_worker.log import setup_logging
+from vlmflow_worker.settings import WorkerSettings
+
+# Set for the processes torchrun starts from inside a job: they run the entry but do not announce the job.
+INNER_ENV = "VLMFLOW_JOB_INNER"
+
+
+def load(folder: Path):
+    meta = json.loads((folder / "job.json").read_text())
+    settings = WorkerSettings(
+        port=0,
+        artifact_root=Path(meta["settings"]["artifact_root"]),
+        data_roots=[Path(p) for p in meta["settings"]["data_roots"]],
+        job_capacity=1,
+    )
+    spec = spec_for(meta["kind"])
+    request = spec.request_type.FromString((folder / "request.binpb").read_bytes())
+    return meta, settings, spec, request
+
+
+def run(folder: Path) -> int:
+    meta, settings, spec, request = load(folder)
+    ctx = JobContext(meta["job_id"], folder, settings)
+    try:
+        if not os.environ.get(INNER_ENV):
+            step, uri = spec.resume_point(request, settings) if spec.resume_point else (0, "")
+            ctx.emit(
+                accepted=jobs_pb2.JobAccepted(
+                    kind=meta["kind"], resumed_from_step=step, resumed_from_checkpoint_uri=uri
+                )
+            )
+        result = spec.run(request, ctx)
+        if result is not None:  # None: an inner process that left the end to its launcher
+            ctx.emit(
+                completed=jobs_pb2.JobCompleted(
+                    artifacts=result.artifacts,
+                    metrics=result.metrics,
+                    cached=result.cached,
+                    fingerprint=result.fingerprint,
+                )
+            )
+    except WorkerError as err:
+        ctx.emit(failed=failure(err.reason, err.message, err.detail, ctx.last_checkpoint_uri))
+        return 1
+    except Exception as err:  # a bug or an unexpected library error: typed INTERNAL, with the traceback
+        message = f"the job failed unexpectedly: {type(err).__name__}: {err}"
+        ctx.emit(
+            failed=failure(
+                jobs_pb2.FAILURE_REASON_INTERNAL, message, traceback.format_exc()[-4000:], ctx.last_checkpoint_uri
+            )
+        )
+        return 1
+    return 0
+
+
+def failure(reason: int, message: str, detail: str = "", checkpoint: str = "") -> jobs_pb2.JobFailed:
+    return jobs_pb2.JobFailed(reason=reason, message=message, detail=detail, last_checkpoint_uri=checkpoint)
+
+
+def die_with_parent() -> None:
+    """The job dies with the worker that started it (Linux), so no orphan keeps holding a GPU."""
+    parent = os.environ.pop("VLMFLOW_PARENT_PID", "")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main() -> None:
+    die_with_parent()
+    setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
+    sys.exit(run(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""JobKind -> the module whose `JOB` is its JobSpec. Adding a kind is adding a line here (and its module)."""
+
+from __future__ import annotations
+
+import importlib
+
+import grpc
+
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.errors import WorkerError
+from vlmflow_worker.jobs.spec import JobSpec
+
+ENTRY_MODULES: dict[int, str] = {
+    jobs_pb2.JOB_KIND_PREPARE_DATASET: "vlmflow_worker.prep.job",
+    jobs_pb2.JOB_KIND_TRAIN_SFT: "vlmflow_worker.train.job",
+}
+
+
+class Unimplemented(WorkerError):
+    """The job kind has no entry in this worker."""
+
+    status = grpc.StatusCode.UNIMPLEMENTED
+
+
+def spec_for(kind: int) -> JobSpec:
+    module = ENTRY_MODULES.get(kind)
+    if module is None:
+        raise Unimplemented(f"{jobs_pb2.JobKind.Name(kind)} jobs are not implemented by this worker yet")
+    return importlib.import_module(module).JOB

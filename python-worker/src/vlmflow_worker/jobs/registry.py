@@ -1,0 +1,258 @@
+"""The server side of jobs: start or attach by job id, supervise the child, stream its events, cancel.
+
+Capacity: at most `capacity` jobs run at once (one per GPU). A start beyond it is refused with
+FAILED_PRECONDITION naming the running jobs; nothing is queued here, because Temporal already queues: the GPU
+activity worker's concurrency equals the capacity Health reports, and a refused activity is retried.
+
+Detaching (a caller's stream ends or is cancelled) never stops a job: a retried activity attaches to it again.
+Stopping is explicit, through CancelJob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote
+
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.errors import FailedPrecondition, NotFound
+from vlmflow_worker.jobs import eventlog
+from vlmflow_worker.jobs.child import failure
+from vlmflow_worker.settings import WorkerSettings
+
+log = logging.getLogger("vlmflow.jobs")
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    kind: int
+    folder: Path
+    events: list[jobs_pb2.JobEvent] = field(default_factory=list)
+    process: asyncio.subprocess.Process | None = None
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel_deadline: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None
+
+    @property
+    def ended(self) -> bool:
+        return bool(self.events) and eventlog.is_terminal(self.events[-1])
+
+    def job(self) -> jobs_pb2.Job:
+        return eventlog.job_state(self.job_id, self.kind, self.events, self.running)
+
+
+class JobRegistry:
+    def __init__(
+        self, settings: WorkerSettings, capacity: int, cancel_grace_s: float = 60.0, poll_s: float = 0.1
+    ) -> None:
+        self.settings = settings
+        self.capacity = capacity
+        self.cancel_grace_s = cancel_grace_s
+        self.poll_s = poll_s
+        self._jobs: dict[str, JobRecord] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- lookup ----
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job from memory, or from its folder when an earlier worker process ran it."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]
+        folder = eventlog.job_dir(self.settings.artifact_root, job_id)
+        try:
+            meta = json.loads((folder / "job.json").read_text())
+        except (OSError, ValueError):
+            return None
+        record = JobRecord(job_id, meta["kind"], folder, eventlog.read_events(folder / eventlog.EVENTS))
+        if not record.ended:
+            # Its child died with the worker that ran it (PDEATHSIG): record that, once, so the log ends.
+            self._append_failure(
+                record,
+                failure(
+                    jobs_pb2.FAILURE_REASON_INTERNAL,
+                    "the worker stopped while this job ran; start it again with the same job id to resume",
+                    checkpoint=record.job().last_checkpoint_uri,
+                ),
+            )
+            record.done.set()
+        self._jobs[job_id] = record
+        return record
+
+    def require(self, job_id: str) -> JobRecord:
+        record = self.get(job_id)
+        if record is None:
+            raise NotFound(f"no job with id {job_id!r} on this worker")
+        return record
+
+    def running(self) -> list[JobRecord]:
+        return [r for r in self._jobs.values() if r.running]
+
+    def list(self, state: int = 0, kind: int = 0) -> list[jobs_pb2.Job]:
+        root = self.settings.artifact_root / "jobs"
+        if root.is_dir():
+            for folder in root.iterdir():
+                if (folder / "job.json").exists():
+                    self.get(unquote(folder.name))
+        jobs = [r.job() for r in self._jobs.values()]
+        jobs = [j for j in jobs if (not state or j.state == state) and (not kind or j.kind == kind)]
+        return sorted(jobs, key=lambda j: (j.create_time.seconds, j.create_time.nanos), reverse=True)
+
+    # ---- start / attach ----
+
+    async def start_or_attach(self, job_id: str, kind: int, request) -> tuple[JobRecord, bool]:
+        """Returns (record, attached). A running or succeeded job is attached to; any other ended job starts a
+        new attempt (which resumes from its checkpoints)."""
+        async with self._lock:
+            record = self.get(job_id)
+            if record is not None:
+                if record.kind != kind:
+                    raise FailedPrecondition(
+                        f"job_id {job_id!r} already names a {jobs_pb2.JobKind.Name(record.kind)} job; "
+                        f"use a different id for this {jobs_pb2.JobKind.Name(kind)} job"
+                    )
+                if record.running or record.job().state == jobs_pb2.JOB_STATE_SUCCEEDED:
+                    return record, True
+            busy = self.running()
+            if len(busy) >= self.capacity:
+                names = ", ".join(r.job_id for r in busy)
+                raise FailedPrecondition(
+                    f"this worker runs {self.capacity} job(s) at once and is busy with: {names}; "
+                    "retry when it has finished (Health reports job_capacity and jobs_running)"
+                )
+            record = await self._spawn(job_id, kind, request)
+            self._jobs[job_id] = record
+            return record, False
+
+    async def _spawn(self, job_id: str, kind: int, request) -> JobRecord:
+        folder = eventlog.job_dir(self.settings.artifact_root, job_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        eventlog.rotate(folder)
+        (folder / eventlog.CANCEL).unlink(missing_ok=True)
+        settings = {
+            "artifact_root": str(self.settings.artifact_root),
+            "data_roots": [str(p) for p in self.settings.data_roots],
+        }
+        meta = {"job_id": job_id, "kind": kind, "request_type": request.DESCRIPTOR.full_name, "settings": settings}
+        (folder / "job.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (folder / "request.binpb").write_bytes(request.SerializeToString())
+        with open(folder / "child.log", "ab") as out:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "vlmflow_worker.jobs.child",
+                str(folder),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"},
+            )
+        (folder / "child.pid").write_text(f"{process.pid}\n")
+        log.info("job started", extra={"job_id": job_id, "kind": jobs_pb2.JobKind.Name(kind), "pid": process.pid})
+        record = JobRecord(job_id, kind, folder, process=process)
+        task = asyncio.create_task(self._supervise(record))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return record
+
+    async def _supervise(self, record: JobRecord) -> None:
+        """Relays the child's log lines to watchers; records a failure when the child dies without one."""
+        assert record.process is not None
+        path = record.folder / eventlog.EVENTS
+        offset = 0
+        exited = asyncio.ensure_future(record.process.wait())
+        while True:
+            finished = exited.done()  # read after exit too, so no line written before it is missed
+            offset = await self._relay(record, path, offset)
+            if finished:
+                break
+            if record.cancel_deadline is not None and asyncio.get_running_loop().time() > record.cancel_deadline:
+                log.warning("job did not stop after cancel; killing it", extra={"job_id": record.job_id})
+                record.process.kill()
+                record.cancel_deadline = None
+            await asyncio.wait([exited], timeout=self.poll_s)
+        code = exited.result()
+        if not record.ended:
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            cancelled = (record.folder / eventlog.CANCEL).exists()
+            reason = jobs_pb2.FAILURE_REASON_CANCELLED if cancelled else jobs_pb2.FAILURE_REASON_INTERNAL
+            message = (
+                f"the job process {how} before reporting a result (out of host memory, a crash, or a kill); "
+                "start it again with the same job id to resume from the last checkpoint"
+            )
+            eventlog.repair_tail(path)
+            record.events = eventlog.read_events(path)
+            self._append_failure(record, failure(reason, message, checkpoint=record.job().last_checkpoint_uri))
+        log.info("job ended", extra={"job_id": record.job_id, "exit_code": code})
+        record.process = None
+        async with record.changed:
+            record.changed.notify_all()
+        record.done.set()
+
+    async def _relay(self, record: JobRecord, path: Path, offset: int) -> int:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return offset
+        complete = data[: data.rfind(b"\n") + 1]
+        if not complete:
+            return offset
+        events = [eventlog.from_line(line) for line in complete.decode().splitlines() if line.strip()]
+        async with record.changed:
+            record.events.extend(events)
+            record.changed.notify_all()
+        return offset + len(complete)
+
+    def _append_failure(self, record: JobRecord, failed: jobs_pb2.JobFailed) -> None:
+        event = eventlog.new_event(record.job_id, len(record.events) + 1, failed=failed)
+        eventlog.append(record.folder / eventlog.EVENTS, event)
+        record.events.append(event)
+
+    # ---- watch / cancel ----
+
+    async def watch(self, record: JobRecord, attached: bool) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """The whole log, then live events, ending after the terminal event."""
+        sent = 0
+        while True:
+            async with record.changed:
+                await record.changed.wait_for(lambda n=sent: len(record.events) > n or not record.running)
+                batch = record.events[sent:]
+            for event in batch:
+                if attached and event.WhichOneof("event") == "accepted":
+                    event = jobs_pb2.JobEvent.FromString(event.SerializeToString())
+                    event.accepted.attached = True
+                yield event
+                if eventlog.is_terminal(event):
+                    return
+            sent += len(batch)
+            if not batch and not record.running:
+                return  # ended without a terminal event (should not happen: supervise writes one)
+
+    async def cancel(self, job_id: str, wait: bool, reason: str = "") -> jobs_pb2.Job:
+        record = self.require(job_id)
+        if record.running:
+            if record.cancel_deadline is None:
+                (record.folder / eventlog.CANCEL).write_text(reason or "cancelled by a caller")
+                record.cancel_deadline = asyncio.get_running_loop().time() + self.cancel_grace_s
+                log.info("job cancel requested", extra={"job_id": job_id, "reason": reason})
+            if wait:
+                await record.done.wait()
+        return record.job()
+
+    async def close(self) -> None:
+        """Server shutdown: running jobs checkpoint and stop (killed after the grace period)."""
+        running = self.running()
+        await asyncio.gather(*(self.cancel(r.job_id, wait=True, reason="worker shutting down") for r in running))
