@@ -10,11 +10,32 @@ export const envSchema = z.object({
   /** host:port of a Temporal frontend; unset means "start the local dev server". */
   TEMPORAL_ADDRESS: z.string().min(1).optional(),
   TEMPORAL_NAMESPACE: z.string().min(1).default('default'),
+  /** TLS to TEMPORAL_ADDRESS with the system's roots (e.g. Temporal Cloud); implied by any TEMPORAL_TLS_* below. */
+  TEMPORAL_TLS: z.stringbool().default(false),
+  /** PEM file of the CA that signed the Temporal frontend's certificate (private clusters). */
+  TEMPORAL_TLS_CA: z.string().min(1).optional(),
+  /** PEM files of this client's certificate and key, for mutual TLS (both or neither). */
+  TEMPORAL_TLS_CERT: z.string().min(1).optional(),
+  TEMPORAL_TLS_KEY: z.string().min(1).optional(),
+  /** Name to check in the frontend's certificate when it differs from the host in TEMPORAL_ADDRESS. */
+  TEMPORAL_TLS_SERVER_NAME: z.string().min(1).optional(),
   /** Dev server ports when the project starts its own. */
   TEMPORAL_DEV_PORT: port.default(7233),
   TEMPORAL_DEV_UI_PORT: port.default(8233),
   /** host:port of the Python worker; unset means "start one locally". */
   VLMFLOW_WORKER_ADDRESS: z.string().min(1).optional(),
+  /** TLS to VLMFLOW_WORKER_ADDRESS with the system's roots; implied by any VLMFLOW_WORKER_TLS_* below. */
+  VLMFLOW_WORKER_TLS: z.stringbool().default(false),
+  /** PEM file of the CA that signed the Python worker's certificate. */
+  VLMFLOW_WORKER_TLS_CA: z.string().min(1).optional(),
+  /** PEM files of this client's certificate and key, when the worker requires client certificates. */
+  VLMFLOW_WORKER_TLS_CLIENT_CERT: z.string().min(1).optional(),
+  VLMFLOW_WORKER_TLS_CLIENT_KEY: z.string().min(1).optional(),
+  /** Name to check in the worker's certificate when it differs from the host in VLMFLOW_WORKER_ADDRESS. */
+  VLMFLOW_WORKER_TLS_SERVER_NAME: z.string().min(1).optional(),
+  /** The shared token the Python worker checks on every call (or a file holding it; not both). */
+  VLMFLOW_WORKER_TOKEN: z.string().min(1).optional(),
+  VLMFLOW_WORKER_TOKEN_FILE: z.string().min(1).optional(),
   VLMFLOW_WORKFLOW_TASK_QUEUE: z.string().min(1).default('vlmflow'),
   VLMFLOW_GPU_TASK_QUEUE: z.string().min(1).default('vlmflow-gpu'),
   VLMFLOW_ARTIFACT_ROOT: z.string().min(1).optional(),

@@ -2,16 +2,17 @@
  * The whole stack on one machine: Temporal (the dev server unless TEMPORAL_ADDRESS is set), the Python
  * worker (started unless VLMFLOW_WORKER_ADDRESS is set) and the TS workers. Used by `vlmflow demo` / `dev`.
  */
-import { Client, Connection } from '@temporalio/client';
-import { NativeConnection, type Worker } from '@temporalio/worker';
+import { Client } from '@temporalio/client';
+import type { Worker } from '@temporalio/worker';
 import path from 'node:path';
 import type { Env } from './config.js';
 import { logger } from './logger.js';
 import { stateDir } from './paths.js';
 import { startPythonWorker, type PythonWorker } from './python-worker.js';
+import { connectTemporalClient, connectTemporalWorker, temporalTarget } from './temporal-connection.js';
 import { startDevServer, type DevServer } from './temporal-dev-server.js';
 import { installTemporalRuntime } from './temporal-runtime.js';
-import { createWorkerClient, waitForReady, type WorkerClient } from './worker-client.js';
+import { createWorkerClient, waitForReady, workerClientSecurity, type WorkerClient } from './worker-client.js';
 import { createWorkers } from './worker.js';
 
 export interface LocalStack {
@@ -42,7 +43,8 @@ export async function startLocalStack(env: Env): Promise<LocalStack> {
       });
       cleanups.push(() => devServer!.stop());
     }
-    const temporalAddress = env.TEMPORAL_ADDRESS ?? devServer!.address;
+    const target = temporalTarget(env, devServer?.address);
+    const temporalAddress = target.address;
 
     let pythonWorker: PythonWorker | undefined;
     if (!env.VLMFLOW_WORKER_ADDRESS) {
@@ -51,11 +53,14 @@ export async function startLocalStack(env: Env): Promise<LocalStack> {
       });
       cleanups.push(() => pythonWorker!.stop());
     }
-    const workerClient = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS ?? pythonWorker!.address);
+    // TLS and the token apply to a worker given by address; the one started here listens on loopback.
+    const workerClient = env.VLMFLOW_WORKER_ADDRESS
+      ? createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env))
+      : createWorkerClient(pythonWorker!.address);
     cleanups.push(() => Promise.resolve(workerClient.close()));
     await waitForReady(workerClient);
 
-    const nativeConnection = await NativeConnection.connect({ address: temporalAddress });
+    const nativeConnection = await connectTemporalWorker(target);
     cleanups.push(() => nativeConnection.close());
     const workers = await createWorkers({
       connection: nativeConnection,
@@ -70,7 +75,7 @@ export async function startLocalStack(env: Env): Promise<LocalStack> {
       await Promise.allSettled(running.map((r) => r.done));
     });
 
-    const connection = await Connection.connect({ address: temporalAddress });
+    const connection = await connectTemporalClient(target);
     cleanups.push(() => connection.close());
     const client = new Client({ connection, namespace: env.TEMPORAL_NAMESPACE });
     return { client, workerClient, temporalAddress, uiUrl: devServer?.uiUrl, env, shutdown };

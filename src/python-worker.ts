@@ -12,6 +12,14 @@ export interface PythonWorkerOptions {
   port?: number;
   artifactRoot: string;
   dataRoots?: string[];
+  /** Address to bind; loopback by default. Any other address needs `tls` and `token`, or `insecure`. */
+  host?: string;
+  /** Serve TLS with these PEM files; `clientCa` makes client certificates mandatory (mutual TLS). */
+  tls?: { cert: string; key: string; clientCa?: string };
+  /** The shared token every call must carry (passed through the environment, never argv). */
+  token?: string;
+  /** Allow a non-loopback `host` without TLS and a token. */
+  insecure?: boolean;
   /** Extra environment for the worker (e.g. HF_HUB_OFFLINE). */
   env?: Record<string, string>;
   startTimeoutMs?: number;
@@ -37,8 +45,12 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
     opts.artifactRoot,
   ];
   for (const root of opts.dataRoots ?? []) args.push('--data-root', root);
+  if (opts.host) args.push('--host', opts.host);
+  if (opts.tls) args.push('--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key);
+  if (opts.tls?.clientCa) args.push('--tls-client-ca', opts.tls.clientCa);
+  if (opts.insecure) args.push('--insecure');
   const child = execa(workerPython, args, {
-    env: { PYTHONUNBUFFERED: '1', ...opts.env },
+    env: { PYTHONUNBUFFERED: '1', ...(opts.token ? { VLMFLOW_WORKER_TOKEN: opts.token } : {}), ...opts.env },
     stdout: 'inherit',
     stderr: 'pipe',
     reject: false,

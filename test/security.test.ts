@@ -1,0 +1,153 @@
+/**
+ * Safe defaults from the TS side: the gRPC client reaches a real Python worker over TLS / mutual TLS with the
+ * shared token, configured through the same environment variables docker/ sets; certificates are made at test
+ * time by docker/gen-certs.sh. Also the Temporal TLS settings read from the environment.
+ */
+import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadEnv } from '../src/config.js';
+import { projectRoot } from '../src/paths.js';
+import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
+import { temporalTarget, temporalTls } from '../src/temporal-connection.js';
+import {
+  createWorkerClient,
+  health,
+  workerClientSecurity,
+  type WorkerClient,
+  type WorkerClientSecurity,
+} from '../src/worker-client.js';
+import { tempDir } from './helpers.js';
+
+const certs = tempDir('certs');
+execFileSync('sh', [path.join(projectRoot, 'docker', 'gen-certs.sh'), certs, 'localhost', '127.0.0.1'], {
+  stdio: 'ignore',
+});
+const file = (name: string) => path.join(certs, name);
+const token = readFileSync(file('token'), 'utf8').trim();
+
+/** Health over `client`, resolved to the gRPC status code (0 = OK) and message. */
+async function call(client: WorkerClient): Promise<{ code: number; details: string }> {
+  try {
+    await health(client, 10_000);
+    return { code: status.OK, details: '' };
+  } catch (err) {
+    const e = err as ServiceError;
+    return { code: e.code, details: e.details };
+  } finally {
+    client.close();
+  }
+}
+
+describe('the worker client with TLS and the token', () => {
+  let worker: PythonWorker;
+  let mutual: PythonWorker;
+
+  beforeAll(async () => {
+    const tls = { cert: file('worker.pem'), key: file('worker.key') };
+    [worker, mutual] = await Promise.all([
+      startPythonWorker({ artifactRoot: tempDir('artifacts'), tls, token }),
+      startPythonWorker({ artifactRoot: tempDir('artifacts'), tls: { ...tls, clientCa: file('ca.pem') }, token }),
+    ]);
+  });
+
+  afterAll(async () => {
+    await Promise.all([worker?.stop(), mutual?.stop()]);
+  });
+
+  const fromEnv = (vars: Record<string, string>): WorkerClientSecurity => workerClientSecurity(loadEnv(vars));
+
+  it('reaches a TLS worker configured from VLMFLOW_WORKER_TLS_CA and VLMFLOW_WORKER_TOKEN_FILE', async () => {
+    const security = fromEnv({ VLMFLOW_WORKER_TLS_CA: file('ca.pem'), VLMFLOW_WORKER_TOKEN_FILE: file('token') });
+    expect(security.token).toBe(token);
+    const reply = await health(createWorkerClient(`localhost:${worker.port}`, security));
+    expect(reply.jobCapacity).toBeGreaterThanOrEqual(1);
+  });
+
+  it('is refused with UNAUTHENTICATED and a clear message for a wrong or missing token', async () => {
+    const tls = { ca: readFileSync(file('ca.pem')) };
+    const wrong = await call(createWorkerClient(`localhost:${worker.port}`, { tls, token: 'not-the-token' }));
+    expect(wrong.code).toBe(status.UNAUTHENTICATED);
+    expect(wrong.details).toMatch(/invalid worker token/);
+    const missing = await call(createWorkerClient(`localhost:${worker.port}`, { tls }));
+    expect(missing.code).toBe(status.UNAUTHENTICATED);
+    expect(missing.details).toMatch(/missing worker token.*VLMFLOW_WORKER_TOKEN/);
+  });
+
+  it('cannot talk plaintext to a TLS worker', async () => {
+    const result = await call(createWorkerClient(`127.0.0.1:${worker.port}`, { token }));
+    expect(result.code).toBe(status.UNAVAILABLE);
+  });
+
+  it('checks the name in the certificate; VLMFLOW_WORKER_TLS_SERVER_NAME sets which name', async () => {
+    const base = { VLMFLOW_WORKER_TLS_CA: file('ca.pem'), VLMFLOW_WORKER_TOKEN: token };
+    const address = `127.0.0.1:${worker.port}`;
+    const other = fromEnv({ ...base, VLMFLOW_WORKER_TLS_SERVER_NAME: 'not-in-the-cert.example' });
+    expect((await call(createWorkerClient(address, other))).code).toBe(status.UNAVAILABLE);
+    const named = fromEnv({ ...base, VLMFLOW_WORKER_TLS_SERVER_NAME: 'localhost' });
+    expect((await call(createWorkerClient(address, named))).code).toBe(status.OK);
+  });
+
+  it('presents a client certificate to a mutual-TLS worker, and is refused without one', async () => {
+    const base = { VLMFLOW_WORKER_TLS_CA: file('ca.pem'), VLMFLOW_WORKER_TOKEN: token };
+    const withCert = fromEnv({
+      ...base,
+      VLMFLOW_WORKER_TLS_CLIENT_CERT: file('client.pem'),
+      VLMFLOW_WORKER_TLS_CLIENT_KEY: file('client.key'),
+    });
+    expect((await call(createWorkerClient(`localhost:${mutual.port}`, withCert))).code).toBe(status.OK);
+    expect((await call(createWorkerClient(`localhost:${mutual.port}`, fromEnv(base)))).code).toBe(status.UNAVAILABLE);
+  });
+
+  it('sends the token on streaming calls too', async () => {
+    const client = createWorkerClient(`localhost:${worker.port}`, { tls: { ca: readFileSync(file('ca.pem')) } });
+    const code = await new Promise<number>((resolve) => {
+      const stream = client.watchJob({ jobId: 'nothing' }, new Metadata());
+      stream.on('error', (err: ServiceError) => resolve(err.code));
+      stream.on('end', () => resolve(status.OK));
+      stream.on('data', () => undefined);
+    });
+    client.close();
+    expect(code).toBe(status.UNAUTHENTICATED);
+  });
+
+  it('names the variable when a file or half a pair is missing', () => {
+    expect(() => fromEnv({ VLMFLOW_WORKER_TLS_CA: file('nope.pem') })).toThrow(/VLMFLOW_WORKER_TLS_CA: cannot read/);
+    expect(() => fromEnv({ VLMFLOW_WORKER_TLS_CLIENT_CERT: file('client.pem') })).toThrow(
+      /VLMFLOW_WORKER_TLS_CLIENT_KEY/,
+    );
+    expect(() => fromEnv({ VLMFLOW_WORKER_TOKEN: 'a', VLMFLOW_WORKER_TOKEN_FILE: file('token') })).toThrow(/only one/);
+  });
+});
+
+describe('the Temporal connection settings', () => {
+  it('are plain unless a TEMPORAL_TLS variable is set', () => {
+    expect(temporalTls(loadEnv({ TEMPORAL_ADDRESS: 'temporal:7233' }))).toBeUndefined();
+    expect(temporalTls(loadEnv({ TEMPORAL_TLS: 'true' }))).toEqual({});
+  });
+
+  it('carry the CA, the client pair and the server name for mutual TLS', () => {
+    const env = loadEnv({
+      TEMPORAL_ADDRESS: 'temporal.example.com:7233',
+      TEMPORAL_NAMESPACE: 'research',
+      TEMPORAL_TLS_CA: file('ca.pem'),
+      TEMPORAL_TLS_CERT: file('client.pem'),
+      TEMPORAL_TLS_KEY: file('client.key'),
+      TEMPORAL_TLS_SERVER_NAME: 'temporal',
+    });
+    const target = temporalTarget(env);
+    expect(target.address).toBe('temporal.example.com:7233');
+    expect(target.namespace).toBe('research');
+    expect(target.tls?.serverNameOverride).toBe('temporal');
+    expect(Buffer.from(target.tls!.serverRootCACertificate!).toString()).toContain('BEGIN CERTIFICATE');
+    expect(Buffer.from(target.tls!.clientCertPair!.key).toString()).toContain('PRIVATE KEY');
+  });
+
+  it('refuse half a client pair, and a missing address without a dev server', () => {
+    expect(() => temporalTls(loadEnv({ TEMPORAL_TLS_CERT: file('client.pem') }))).toThrow(/TEMPORAL_TLS_KEY/);
+    expect(() => temporalTarget(loadEnv({}))).toThrow(/TEMPORAL_ADDRESS is not set/);
+    expect(temporalTarget(loadEnv({}), '127.0.0.1:7233').tls).toBeUndefined();
+  });
+});
