@@ -49,8 +49,11 @@ class JobRpcs:
         async for event in self.registry.watch(record, attached):
             yield response_type(event=event)
 
-    def PrepareDataset(self, request, context):  # noqa: N802
-        return self._stream(jobs_pb2.JOB_KIND_PREPARE_DATASET, request, jobs_pb2.PrepareDatasetResponse, context)
+    async def PrepareDataset(self, request, context):  # noqa: N802
+        async for response in self._stream(
+            jobs_pb2.JOB_KIND_PREPARE_DATASET, request, jobs_pb2.PrepareDatasetResponse, context
+        ):
+            yield response
 
     async def Train(self, request, context):  # noqa: N802
         kind = TRAIN_KINDS.get(request.kind)
@@ -60,11 +63,13 @@ class JobRpcs:
         async for response in self._stream(kind, request, jobs_pb2.TrainResponse, context):
             yield response
 
-    def Evaluate(self, request, context):  # noqa: N802
-        return self._stream(jobs_pb2.JOB_KIND_EVALUATE, request, jobs_pb2.EvaluateResponse, context)
+    async def Evaluate(self, request, context):  # noqa: N802
+        async for response in self._stream(jobs_pb2.JOB_KIND_EVALUATE, request, jobs_pb2.EvaluateResponse, context):
+            yield response
 
-    def Export(self, request, context):  # noqa: N802
-        return self._stream(jobs_pb2.JOB_KIND_EXPORT, request, jobs_pb2.ExportResponse, context)
+    async def Export(self, request, context):  # noqa: N802
+        async for response in self._stream(jobs_pb2.JOB_KIND_EXPORT, request, jobs_pb2.ExportResponse, context):
+            yield response
 
     async def WatchJob(self, request, context):  # noqa: N802
         try:

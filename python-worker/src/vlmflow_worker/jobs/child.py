@@ -26,7 +26,8 @@ INNER_ENV = "VLMFLOW_JOB_INNER"
 
 def load(folder: Path):
     meta = json.loads((folder / "job.json").read_text())
-    settings = WorkerSettings(
+    settings = WorkerSettings(  # the child serves nothing: only the roots matter
+        host="127.0.0.1",
         port=0,
         artifact_root=Path(meta["settings"]["artifact_root"]),
         data_roots=[Path(p) for p in meta["settings"]["data_roots"]],

@@ -231,6 +231,8 @@ class JobRegistry:
                 await record.changed.wait_for(lambda n=sent: len(record.events) > n or not record.running)
                 batch = record.events[sent:]
             for event in batch:
+                if eventlog.is_terminal(event):
+                    await record.done.wait()  # the stream ends once the process is gone and its slot free
                 if attached and event.WhichOneof("event") == "accepted":
                     event = jobs_pb2.JobEvent.FromString(event.SerializeToString())
                     event.accepted.attached = True

@@ -1,0 +1,281 @@
+"""The PrepareDataset job: sources -> one normalized dataset in the artifact store, or a typed failure.
+
+Output: `<output_uri>/<fingerprint[:16]>/` with `train.jsonl`, `eval.jsonl`, `images/`, `stats.json` and
+`dataset.json`, written into a temporary sibling and renamed, so a folder that exists is complete. The
+fingerprint covers the sources' content and every setting: a second prep of the same inputs is a cache hit.
+
+Zero request fields mean defaults: max_length 2048, eval_fraction 0.1, max_drop_fraction 0.1, all rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.errors import BadData, InvalidArgument, NotFound
+from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.jobs.spec import JobResult, JobSpec
+from vlmflow_worker.prep.media import Drop, MediaStore
+from vlmflow_worker.prep.readers import fingerprint_source, read_records, resolve_source
+from vlmflow_worker.prep.rows import Normalizer, Row
+from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.storage import resolve_uri
+
+PREP_VERSION = 1  # bump when the output format or checks change: old fingerprints stop matching
+DEFAULT_MAX_LENGTH = 2048
+DEFAULT_EVAL_FRACTION = 0.1
+DEFAULT_MAX_DROP_FRACTION = 0.1
+EXAMPLES_PER_REASON = 5
+
+
+def settings_of(request: jobs_pb2.PrepareDatasetRequest) -> dict[str, Any]:
+    return {
+        "max_length": request.max_length or DEFAULT_MAX_LENGTH,
+        "eval_fraction": request.eval_fraction or DEFAULT_EVAL_FRACTION,
+        "max_drop_fraction": request.max_drop_fraction or DEFAULT_MAX_DROP_FRACTION,
+        "seed": request.seed,
+        "max_rows": request.max_rows,
+        "model": request.model.model_id,
+        "revision": request.model.revision,
+    }
+
+
+def validate(request: jobs_pb2.PrepareDatasetRequest, settings: WorkerSettings) -> None:
+    if not request.sources:
+        raise InvalidArgument("sources is empty: pass at least one DatasetSource with a uri")
+    for i, source in enumerate(request.sources):
+        if not source.uri:
+            raise InvalidArgument(f"sources[{i}].uri is empty")
+        resolved = resolve_source(i, source, settings)
+        if resolved.path is not None and not resolved.path.exists():
+            raise NotFound(f"sources[{i}].uri {source.uri!r} does not exist")
+        if source.layout not in jobs_pb2.DatasetLayout.values():
+            raise InvalidArgument(f"sources[{i}].layout {source.layout} is not a DatasetLayout value")
+    if not 0 <= request.eval_fraction < 1:
+        raise InvalidArgument(f"eval_fraction must be in [0, 1), got {request.eval_fraction}")
+    if not 0 <= request.max_drop_fraction <= 1:
+        raise InvalidArgument(f"max_drop_fraction must be in [0, 1], got {request.max_drop_fraction}")
+    if request.max_length < 0 or 0 < request.max_length < 16:
+        raise InvalidArgument(f"max_length must be 0 (default {DEFAULT_MAX_LENGTH}) or at least 16")
+    if request.max_rows < 0:
+        raise InvalidArgument(f"max_rows must be >= 0, got {request.max_rows}")
+    resolve_uri(request.output_uri or "datasets", settings, "output_uri")
+
+
+class TokenCounter:
+    """Sequence lengths as the model will see them: chat template plus the processor's image tokens."""
+
+    def __init__(self, model: jobs_pb2.ModelRef, settings: WorkerSettings) -> None:
+        self.processor = load_processor(model, settings)
+
+    def count(self, row: Row) -> int:
+        if row.kind == "sft":
+            texts = [self.processor.apply_chat_template(row.data["messages"], tokenize=False)]
+        else:
+            texts = [
+                self.processor.apply_chat_template(row.data["prompt"] + row.data[key], tokenize=False)
+                for key in ("chosen", "rejected")
+            ]
+        lengths = []
+        for text in texts:
+            encoded = self.processor(text=[text], images=[row.images] if row.images else None)
+            lengths.append(len(encoded["input_ids"][0]))
+        return max(lengths)
+
+
+def load_processor(model: jobs_pb2.ModelRef, settings: WorkerSettings):
+    """The model's processor (a hub id or a local folder; models are read-only inputs, like the base weights)."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(
+            model.model_id, revision=model.revision or None, trust_remote_code=model.trust_remote_code
+        )
+    except OSError as err:
+        raise NotFound(f"model.model_id {model.model_id!r}: its processor could not be loaded ({err})") from err
+
+
+def fingerprint(request: jobs_pb2.PrepareDatasetRequest, settings: WorkerSettings) -> str:
+    sources = []
+    for i, spec in enumerate(request.sources):
+        source = resolve_source(i, spec, settings)
+        sources.append(
+            {
+                "content": fingerprint_source(source),
+                "layout": spec.layout,
+                "columns": dict(sorted(spec.columns.items())),
+                "split": spec.split,
+                "subset": spec.subset,
+            }
+        )
+    payload = {"version": PREP_VERSION, "settings": settings_of(request), "sources": sources}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def run(request: jobs_pb2.PrepareDatasetRequest, ctx: JobContext) -> JobResult:
+    options = settings_of(request)
+    fp = fingerprint(request, ctx.settings)
+    out_root = resolve_uri(request.output_uri or "datasets", ctx.settings, "output_uri")
+    final = out_root / fp[:16]
+    if (final / "dataset.json").is_file():
+        ctx.log(f"cache hit: {final} was prepared from the same inputs and settings")
+        return result(final, json.loads((final / "stats.json").read_text()), fp, cached=True)
+
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".tmp-{fp[:16]}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        stats = build(request, options, ctx, tmp, fp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / "dataset.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result(final, stats, fp, cached=False)
+
+
+def build(request, options: dict[str, Any], ctx: JobContext, out: Path, fp: str) -> dict[str, Any]:
+    counter = None
+    if request.model.model_id:
+        counter = TokenCounter(request.model, ctx.settings)
+    else:
+        ctx.warning("model is empty: token lengths are not checked; pass the model you will train")
+    normalizer = Normalizer(MediaStore(out, ctx.settings))
+    kept: list[dict[str, Any]] = []
+    kinds: set[str] = set()
+    dropped: Counter[str] = Counter()
+    examples: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    rows_in = 0
+    for i, spec in enumerate(request.sources):
+        source = resolve_source(i, spec, ctx.settings)
+        base = source.base if source.path is not None else None
+        for number, record in enumerate(read_records(source)):
+            if options["max_rows"] and rows_in >= options["max_rows"]:
+                break
+            rows_in += 1
+            if rows_in % 50 == 0:
+                ctx.raise_if_cancelled()
+                ctx.progress("reading rows", step=rows_in)
+            try:
+                row = normalizer.row(record, spec.layout, base, dict(spec.columns))
+                length = counter.count(row) if counter else 0
+                if counter and length > options["max_length"]:
+                    raise Drop(
+                        "too_long",
+                        f"{length} tokens (images included) > max_length {options['max_length']}; "
+                        "dropped rather than cut",
+                    )
+            except Drop as drop:
+                dropped[drop.reason] += 1
+                if len(examples[drop.reason]) < EXAMPLES_PER_REASON:
+                    examples[drop.reason].append({"source": i, "row": number, "detail": drop.detail})
+                continue
+            kinds.add(row.kind)
+            sizes = [image.size for image in row.images]
+            kept.append({"id": f"s{i}-{number}", **row.data, "num_tokens": length, "image_sizes": sizes})
+
+    if rows_in == 0:
+        raise BadData("the sources hold no rows: check the uris and that the files are not empty")
+    if len(kinds) > 1:
+        raise BadData("the sources mix preference rows (chosen/rejected) with SFT rows; prepare them separately")
+    drop_share = sum(dropped.values()) / rows_in
+    stats = stats_of(rows_in, kept, dropped, examples, options, fp)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    if not kept or drop_share > options["max_drop_fraction"]:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in dropped.most_common())
+        first = next(iter(examples.values()))[0]["detail"] if examples else ""
+        raise BadData(
+            f"{sum(dropped.values())} of {rows_in} rows dropped ({drop_share:.0%} > max_drop_fraction "
+            f"{options['max_drop_fraction']:.0%}): {reasons}. First problem: {first}",
+            detail=json.dumps(stats["drop_examples"])[:4000],
+        )
+
+    train, evaluation = split(kept, options["eval_fraction"], options["seed"])
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", evaluation)
+    stats.update(train_rows=len(train), eval_rows=len(evaluation))
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    meta = {"kind": kinds.pop(), "fingerprint": fp, "train": "train.jsonl", "eval": "eval.jsonl", **options}
+    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    ctx.progress("done", step=rows_in, total_steps=rows_in)
+    return stats
+
+
+def split(rows: list[dict[str, Any]], eval_fraction: float, seed: int) -> tuple[list, list]:
+    """Fixed-seed shuffle; at least one eval row when there are two rows or more."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = round(len(rows) * eval_fraction)
+    if len(rows) >= 2:
+        n_eval = min(max(n_eval, 1), len(rows) - 1)
+    else:
+        n_eval = 0
+    eval_ids = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def stats_of(rows_in, kept, dropped, examples, options, fp) -> dict[str, Any]:
+    tokens = sorted(r["num_tokens"] for r in kept)
+    sizes = [s for r in kept for s in r["image_sizes"]]
+
+    def pct(values, q):
+        return values[min(len(values) - 1, int(q * len(values)))] if values else 0
+
+    return {
+        "fingerprint": fp,
+        "rows_in": rows_in,
+        "rows_kept": len(kept),
+        "rows_dropped": sum(dropped.values()),
+        "dropped": dict(dropped),
+        "drop_examples": dict(examples),
+        "images": len(sizes),
+        "image_width": {"min": min((w for w, _ in sizes), default=0), "max": max((w for w, _ in sizes), default=0)},
+        "image_height": {"min": min((h for _, h in sizes), default=0), "max": max((h for _, h in sizes), default=0)},
+        "tokens": {
+            "min": tokens[0] if tokens else 0,
+            "mean": statistics.fmean(tokens) if tokens else 0,
+            "p95": pct(tokens, 0.95),
+            "max": tokens[-1] if tokens else 0,
+        },
+        "settings": options,
+    }
+
+
+def result(folder: Path, stats: dict[str, Any], fp: str, cached: bool) -> JobResult:
+    metrics = {
+        "rows_in": stats["rows_in"],
+        "rows_kept": stats["rows_kept"],
+        "rows_dropped": stats["rows_dropped"],
+        "train_rows": stats.get("train_rows", 0),
+        "eval_rows": stats.get("eval_rows", 0),
+        "tokens_max": stats["tokens"]["max"],
+        "tokens_mean": stats["tokens"]["mean"],
+        **{f"dropped_{reason}": n for reason, n in stats["dropped"].items()},
+    }
+    artifacts = {
+        "dataset": str(folder),
+        "train": str(folder / "train.jsonl"),
+        "eval": str(folder / "eval.jsonl"),
+        "stats": str(folder / "stats.json"),
+    }
+    return JobResult(
+        artifacts=artifacts, metrics={k: float(v) for k, v in metrics.items()}, cached=cached, fingerprint=fp
+    )
+
+
+JOB = JobSpec(request_type=jobs_pb2.PrepareDatasetRequest, validate=validate, run=run)

@@ -1,0 +1,100 @@
+"""Images and video frames: resolved inside the allowed roots, decoded to prove they are readable, and stored
+content-addressed (`images/<sha256 prefix>.<ext>`) so an image used by many rows is stored once."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vlmflow_worker.errors import PathOutsideRoots, WorkerError
+from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.storage import resolve_uri
+
+VIDEO_FRAMES = 4  # Idefics3 has no video input: a video becomes this many frames, each an image
+
+
+class Drop(Exception):
+    """A row is dropped; `reason` is one of the stats report's drop reasons."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MediaStore:
+    def __init__(self, out_dir: Path, settings: WorkerSettings) -> None:
+        self.folder = out_dir / "images"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.sizes: list[tuple[int, int]] = []
+
+    def _path(self, ref: str, base: Path | None) -> Path:
+        raw = Path(ref)
+        if not raw.is_absolute() and base is not None:
+            raw = base / raw
+        try:
+            path = resolve_uri(str(raw), self.settings, "image")
+        except PathOutsideRoots as err:
+            raise Drop("image_outside_roots", err.message) from err
+        except WorkerError as err:
+            raise Drop("missing_image", err.message) from err
+        if not path.is_file():
+            raise Drop("missing_image", f"{ref!r} does not exist")
+        return path
+
+    def add_image(self, ref: Any, base: Path | None) -> tuple[str, Image.Image]:
+        """Stores one image (a path, {"bytes", "path"}, raw bytes or a PIL image); returns (relative path, image)."""
+        if isinstance(ref, Image.Image):
+            buffer = io.BytesIO()
+            ref.convert("RGB").save(buffer, format="PNG")
+            data, suffix, name = buffer.getvalue(), ".png", "<inline image>"
+        elif isinstance(ref, dict) and ref.get("bytes"):
+            data, name = ref["bytes"], str(ref.get("path") or "<inline image>")
+            suffix = Path(name).suffix.lower() or ".png"
+        elif isinstance(ref, bytes):
+            data, suffix, name = ref, ".png", "<inline image>"
+        elif isinstance(ref, dict | str) and (path_ref := ref.get("path") if isinstance(ref, dict) else ref):
+            path = self._path(path_ref, base)
+            data, suffix, name = path.read_bytes(), path.suffix.lower(), path_ref
+        else:
+            raise Drop("missing_image", f"image reference {str(ref)[:80]!r} is empty or of an unknown kind")
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            image = image.convert("RGB")
+        except Exception as err:
+            raise Drop("corrupt_image", f"{name!r} cannot be decoded ({type(err).__name__}: {err})") from err
+        return self._store(data, suffix), image
+
+    def add_video(self, ref: str, base: Path | None) -> list[tuple[str, Image.Image]]:
+        """Samples VIDEO_FRAMES frames uniformly and stores each as a PNG image."""
+        path = self._path(ref, base)
+        try:
+            import av
+
+            with av.open(str(path)) as container:
+                frames = [frame.to_image() for frame in container.decode(video=0)]
+        except Exception as err:
+            raise Drop("corrupt_image", f"video {ref!r} cannot be decoded ({type(err).__name__}: {err})") from err
+        if not frames:
+            raise Drop("corrupt_image", f"video {ref!r} has no frames")
+        picks = [frames[round(i * (len(frames) - 1) / max(1, VIDEO_FRAMES - 1))] for i in range(VIDEO_FRAMES)]
+        stored = []
+        for frame in picks:
+            buffer = io.BytesIO()
+            frame.convert("RGB").save(buffer, format="PNG")
+            stored.append((self._store(buffer.getvalue(), ".png"), frame.convert("RGB")))
+        return stored
+
+    def _store(self, data: bytes, suffix: str) -> str:
+        suffix = suffix if suffix in {".png", ".jpg", ".jpeg", ".webp"} else ".png"
+        name = f"{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
+        target = self.folder / name
+        if not target.exists():
+            target.write_bytes(data)
+        return f"images/{name}"
