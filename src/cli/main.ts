@@ -1,6 +1,7 @@
 /** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
 import { Command } from 'commander';
 import { demo } from './demo.js';
+import { worker } from './worker.js';
 
 const program = new Command()
   .name('vlmflow')
@@ -12,6 +13,13 @@ program
   .option('--keep', 'keep the stack running afterwards (Ctrl-C stops it)', false)
   .action(async (opts: { keep: boolean }) => {
     process.exitCode = await demo(opts);
+  });
+
+program
+  .command('worker')
+  .description('run the TS workers against TEMPORAL_ADDRESS and VLMFLOW_WORKER_ADDRESS (docker/, GPU hosts)')
+  .action(async () => {
+    process.exitCode = await worker();
   });
 
 try {

@@ -1,0 +1,81 @@
+/**
+ * `vlmflow worker`: the TS workers of a deployment (docker/compose.yaml, or one per GPU host) against a running
+ * Temporal (TEMPORAL_ADDRESS) and Python worker (VLMFLOW_WORKER_ADDRESS): workflows on the workflow task queue,
+ * activities on the GPU task queue with as many slots as the Python worker has GPUs. Runs until SIGTERM or
+ * SIGINT, then drains and exits 0.
+ *
+ *   TEMPORAL_ADDRESS=temporal:7233 VLMFLOW_WORKER_ADDRESS=python-worker:50051 vlmflow worker
+ */
+import type { NativeConnection } from '@temporalio/worker';
+import { loadEnv } from '../config.js';
+import { logger } from '../logger.js';
+import { connectTemporalWorker, temporalTarget, type TemporalTarget } from '../temporal-connection.js';
+import { installTemporalRuntime } from '../temporal-runtime.js';
+import { createWorkerClient, health, waitForReady, workerClientSecurity } from '../worker-client.js';
+import { createWorkers } from '../worker.js';
+
+export interface WorkerCommandOptions {
+  /** How long to wait for Temporal and the Python worker to come up (containers start in any order). */
+  readyTimeoutMs?: number;
+}
+
+export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
+  const env = loadEnv();
+  if (!env.VLMFLOW_WORKER_ADDRESS) {
+    throw new Error('VLMFLOW_WORKER_ADDRESS is not set: give the host:port of the Python worker on this host');
+  }
+  const target = temporalTarget(env);
+  const deadline = Date.now() + (opts.readyTimeoutMs ?? 120_000);
+  installTemporalRuntime();
+
+  const client = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env));
+  let connection: NativeConnection | undefined;
+  try {
+    await waitForReady(client, Math.max(1000, deadline - Date.now())).catch((err: unknown) => {
+      throw new Error(`the Python worker at ${env.VLMFLOW_WORKER_ADDRESS} did not answer: ${String(err)}`);
+    });
+    connection = await connectUntil(target, deadline);
+    const workers = await createWorkers({
+      connection,
+      namespace: target.namespace,
+      client,
+      workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
+      gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
+    });
+    const capacity = (await health(client)).jobCapacity;
+    logger.info(
+      {
+        temporal: target.address,
+        namespace: target.namespace,
+        tls: Boolean(target.tls),
+        pythonWorker: env.VLMFLOW_WORKER_ADDRESS,
+        workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
+        gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
+        activitySlots: Math.max(1, capacity),
+      },
+      'workers running',
+    );
+    // The Temporal runtime shuts every worker down on SIGINT / SIGTERM; run() resolves once drained.
+    await Promise.all([workers.workflows.run(), workers.activities.run()]);
+    logger.info('workers stopped');
+    return 0;
+  } finally {
+    client.close();
+    await connection?.close();
+  }
+}
+
+/** Connects to Temporal, retrying until `deadline`: in a fresh deployment the frontend may still be starting. */
+async function connectUntil(target: TemporalTarget, deadline: number): Promise<NativeConnection> {
+  for (;;) {
+    try {
+      return await connectTemporalWorker(target);
+    } catch (err) {
+      if (Date.now() > deadline) {
+        throw new Error(`Temporal at ${target.address} did not answer: ${err instanceof Error ? err.message : String(err)}`);
+      }
+      logger.info({ temporal: target.address }, 'waiting for Temporal');
+      await new Promise((r) => setTimeout(r, 2000));
+    }
+  }
+}
