@@ -72,7 +72,9 @@ async function connectUntil(target: TemporalTarget, deadline: number): Promise<N
       return await connectTemporalWorker(target);
     } catch (err) {
       if (Date.now() > deadline) {
-        throw new Error(`Temporal at ${target.address} did not answer: ${err instanceof Error ? err.message : String(err)}`);
+        throw new Error(
+          `Temporal at ${target.address} did not answer: ${err instanceof Error ? err.message : String(err)}`,
+        );
       }
       logger.info({ temporal: target.address }, 'waiting for Temporal');
       await new Promise((r) => setTimeout(r, 2000));
