@@ -1,2 +1,3 @@
 /** Every workflow the TS worker registers. Deterministic code only (no Node built-ins, no I/O). */
 export { healthCheck } from './health-check.js';
+export { fineTunePipeline } from './fine-tune-pipeline.js';

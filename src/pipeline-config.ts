@@ -1,0 +1,213 @@
+/**
+ * The fine-tune pipeline's config, typed once with zod: the CLI validates a YAML/JSON file with it before
+ * starting anything, and `fineTunePipeline` parses its raw input with it as its first step (JSON typed into
+ * the Temporal UI included). Every object is strict, so a misspelt field is an error, not a silent default.
+ * Defaults are sane for SmolVLM-Instruct. No Node built-ins: workflows import this module.
+ */
+import { z } from 'zod';
+
+export const quantizations = ['none', 'nf4', 'int8'] as const;
+export const dtypes = ['auto', 'float32', 'bfloat16', 'float16'] as const;
+export const datasetLayouts = ['auto', 'messages', 'sharegpt', 'vqa', 'preference', 'image_folder'] as const;
+export const evalMetrics = [
+  'vqa_accuracy',
+  'relaxed_accuracy',
+  'anls',
+  'cer',
+  'wer',
+  'bleu4',
+  'rouge_l',
+  'cider',
+  'preference_accuracy',
+] as const;
+
+const positiveInt = z.number().int().positive();
+const fraction = z.number().min(0).max(1);
+
+export const modelSchema = z
+  .object({
+    /** Hub id or local folder (absolute, or relative to the worker's model root). */
+    id: z.string().min(1).default('HuggingFaceTB/SmolVLM-Instruct'),
+    /** Hub branch, tag or commit; empty means the default branch. */
+    revision: z.string().default(''),
+    /** nf4 = QLoRA (needs CUDA). */
+    quantization: z.enum(quantizations).default('none'),
+    /** auto = bf16 on CUDA, fp32 on CPU. */
+    dtype: z.enum(dtypes).default('auto'),
+    /** Run model code from the hub; off unless a person asks for it. */
+    trustRemoteCode: z.boolean().default(false),
+  })
+  .strict();
+
+export const datasetSourceSchema = z
+  .object({
+    /** Local file or folder (JSON, JSONL, Parquet, image folder) or a hub dataset id. */
+    uri: z.string().min(1),
+    layout: z.enum(datasetLayouts).default('auto'),
+    /** Hub split selection, e.g. "train[:1000]". */
+    split: z.string().default(''),
+    /** Hub config name. */
+    subset: z.string().default(''),
+    /** Column renames for the VQA layout, e.g. { query: question, label: answers }. */
+    columns: z.record(z.string(), z.string()).default({}),
+  })
+  .strict();
+
+export const datasetSchema = z
+  .object({
+    sources: z.array(datasetSourceSchema).min(1),
+    /** Rows longer than this many tokens (image tokens included) are dropped, never truncated. */
+    maxLength: positiveInt.default(2048),
+    /** Share of rows held out for evaluation. */
+    evalFraction: z.number().gt(0).lt(1).default(0.1),
+    seed: z.number().int().nonnegative().default(42),
+    /** Fail when more than this share of rows is dropped. */
+    maxDropFraction: fraction.default(0.05),
+    /** Keep at most this many rows; 0 = all. */
+    maxRows: z.number().int().nonnegative().default(0),
+  })
+  .strict();
+
+export const loraSchema = z
+  .object({
+    r: positiveInt.default(8),
+    alpha: positiveInt.default(8),
+    dropout: z.number().min(0).lt(1).default(0.1),
+    /** Empty = the text model's attention and MLP projections. */
+    targetModules: z.array(z.string().min(1)).default([]),
+    useDora: z.boolean().default(false),
+    /** Also adapt the vision tower. */
+    tuneVision: z.boolean().default(false),
+  })
+  .strict();
+
+export const trainingSchema = z
+  .object({
+    learningRate: z.number().positive().max(1).default(1e-4),
+    numEpochs: z.number().positive().default(1),
+    /** Overrides numEpochs when > 0. */
+    maxSteps: z.number().int().nonnegative().default(0),
+    microBatchSize: positiveInt.default(4),
+    gradientAccumulationSteps: positiveInt.default(4),
+    warmupRatio: fraction.default(0.03),
+    lrScheduler: z.enum(['linear', 'cosine', 'constant', 'constant_with_warmup']).default('linear'),
+    weightDecay: z.number().min(0).default(0.01),
+    maxGradNorm: z.number().positive().default(1.0),
+    seed: z.number().int().nonnegative().default(42),
+    gradientCheckpointing: z.boolean().default(true),
+    saveSteps: positiveInt.default(25),
+    evalSteps: positiveInt.default(25),
+    loggingSteps: positiveInt.default(5),
+    /** Keep at most this many checkpoints; 0 = all. */
+    saveTotalLimit: z.number().int().nonnegative().default(2),
+    /** Processes for a multi-device launch; 1 = one process. */
+    numProcesses: positiveInt.default(1),
+    /**
+     * After an out-of-memory failure, retry once with half the micro-batch and twice the accumulation
+     * (same effective batch).
+     */
+    retryOnOutOfMemory: z.boolean().default(true),
+  })
+  .strict();
+
+export const sftSchema = z
+  .object({
+    lora: loraSchema.default(loraSchema.parse({})),
+    training: trainingSchema.default(trainingSchema.parse({})),
+  })
+  .strict();
+
+export const dpoSchema = z
+  .object({
+    /** Preference rows (prompt, chosen, rejected, images), prepared like the SFT dataset. */
+    dataset: datasetSchema,
+    lora: loraSchema.default(loraSchema.parse({})),
+    training: trainingSchema.default(trainingSchema.parse({ learningRate: 5e-6 })),
+    beta: z.number().positive().default(0.1),
+    lossType: z.enum(['sigmoid', 'ipo', 'hinge', 'robust']).default('sigmoid'),
+    maxPromptLength: positiveInt.default(1024),
+    maxCompletionLength: positiveInt.default(256),
+  })
+  .strict();
+
+export const generationSchema = z
+  .object({
+    maxNewTokens: positiveInt.default(64),
+    doSample: z.boolean().default(false),
+    temperature: z.number().min(0).default(1),
+    topP: z.number().gt(0).max(1).default(1),
+    topK: z.number().int().nonnegative().default(0),
+    repetitionPenalty: z.number().positive().default(1),
+    seed: z.number().int().nonnegative().default(0),
+  })
+  .strict();
+
+export const evaluateSchema = z
+  .object({
+    /** Empty = the metrics that fit the dataset. */
+    metrics: z.array(z.enum(evalMetrics)).default([]),
+    generation: generationSchema.default(generationSchema.parse({})),
+    batchSize: positiveInt.default(8),
+    /** Evaluate at most this many rows; 0 = all. */
+    maxSamples: z.number().int().nonnegative().default(0),
+    bootstrapSamples: z.number().int().nonnegative().default(200),
+  })
+  .strict();
+
+export const gateSchema = z
+  .object({
+    /** Metric compared between the tuned model and the base. */
+    metric: z.enum(evalMetrics),
+    /** The tuned model must beat the base by at least this much. */
+    margin: z.number().default(0),
+    /** Lower is better for this metric (cer, wer). */
+    lowerIsBetter: z.boolean().default(false),
+    /** fail: the run fails (nothing exported); flag: the run completes marked "gate failed". */
+    onFail: z.enum(['fail', 'flag']).default('fail'),
+  })
+  .strict();
+
+export const exportSchema = z
+  .object({
+    enabled: z.boolean().default(true),
+    /** Push the merged model to this hub repo (needs a token and network). */
+    pushToHub: z.string().default(''),
+    privateRepo: z.boolean().default(true),
+  })
+  .strict();
+
+export const pipelineConfigSchema = z
+  .object({
+    /** A short name for the run; the CLI builds workflow ids from it. */
+    name: z
+      .string()
+      .regex(/^[a-z0-9][a-z0-9._-]*$/i, 'use letters, digits, ".", "_" or "-"')
+      .max(80)
+      .default('finetune'),
+    model: modelSchema.default(modelSchema.parse({})),
+    dataset: datasetSchema,
+    sft: sftSchema.default(sftSchema.parse({})),
+    /** Preference tuning after SFT; omit to skip. */
+    dpo: dpoSchema.optional(),
+    evaluate: evaluateSchema.default(evaluateSchema.parse({})),
+    /** Compare tuned against base before exporting; omit to skip. */
+    gate: gateSchema.optional(),
+    export: exportSchema.default(exportSchema.parse({})),
+    /** Artifact-store folder for this run; default runs/<workflow id>. */
+    outputUri: z.string().default(''),
+    /** Reuse stages whose inputs are unchanged (content fingerprint) from earlier runs. */
+    reuse: z.boolean().default(true),
+  })
+  .strict();
+
+/** What a person writes (defaults optional). */
+export type PipelineConfigInput = z.input<typeof pipelineConfigSchema>;
+/** What the workflow runs with (defaults filled). */
+export type PipelineConfig = z.output<typeof pipelineConfigSchema>;
+export type ModelConfig = z.output<typeof modelSchema>;
+export type DatasetConfig = z.output<typeof datasetSchema>;
+export type LoraConfig = z.output<typeof loraSchema>;
+export type TrainingConfig = z.output<typeof trainingSchema>;
+export type EvaluateConfig = z.output<typeof evaluateSchema>;
+export type GenerationConfig = z.output<typeof generationSchema>;
+export type DpoConfig = z.output<typeof dpoSchema>;

@@ -1,0 +1,65 @@
+/**
+ * Signals and queries of the workflows, declared once for the workflows, the activities (which report
+ * stage progress) and the CLI. Deterministic: types and definitions only.
+ */
+import { defineQuery, defineSignal } from '@temporalio/workflow';
+
+export type StageName = 'prepare' | 'sft' | 'prepare-preference' | 'dpo' | 'evaluate' | 'gate' | 'export';
+export type StageStatus =
+  'pending' | 'running' | 'paused' | 'completed' | 'reused' | 'skipped' | 'failed' | 'cancelled';
+
+/** What a running stage's activity reports (throttled) through `stageProgress`. */
+export interface StageProgress {
+  stage: string;
+  jobId: string;
+  phase: string;
+  step: number;
+  totalSteps: number;
+  loss: number | null;
+  etaSeconds: number | null;
+  checkpoint: string;
+}
+
+export interface StageSummary {
+  name: StageName;
+  status: StageStatus;
+  jobId?: string;
+  /** Named artifact URIs (dataset, adapter, report, model...). */
+  artifacts?: Record<string, string>;
+  metrics?: Record<string, number>;
+  fingerprint?: string;
+  message?: string;
+}
+
+/** The `progress` query's answer: where the pipeline is and how far the current stage has got. */
+export interface PipelineProgress {
+  status: 'running' | 'paused' | 'completed' | 'failed' | 'cancelled';
+  stage: StageName | null;
+  stages: StageSummary[];
+  step: number;
+  totalSteps: number;
+  loss: number | null;
+  etaSeconds: number | null;
+  lastCheckpoint: string;
+  /** The current details text shown in the Temporal UI. */
+  details: string;
+}
+
+/** batchInference's and videoUnderstanding's `progress` answer. */
+export interface InferenceProgress {
+  status: 'running' | 'completed' | 'failed' | 'cancelled';
+  total: number;
+  done: number;
+  shards: number;
+  shardsDone: number;
+  outputUri: string;
+}
+
+/** Checkpoint the running stage, then wait for `resume`. */
+export const pauseSignal = defineSignal<[reason?: string]>('pause');
+/** Continue a paused pipeline; the stage resumes from its checkpoint. */
+export const resumeSignal = defineSignal('resume');
+/** Sent by the stage activities (throttled): step, loss, ETA, checkpoint. */
+export const stageProgressSignal = defineSignal<[StageProgress]>('stageProgress');
+export const progressQuery = defineQuery<PipelineProgress>('progress');
+export const inferenceProgressQuery = defineQuery<InferenceProgress>('progress');
