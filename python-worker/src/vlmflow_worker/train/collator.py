@@ -1,0 +1,85 @@
+"""Idefics3 batches with loss on the assistant answers only.
+
+SmolVLM's chat template renders
+`<|im_start|>User:<image>...<end_of_utterance>\\nAssistant: answer<end_of_utterance>\\n`.
+Labels are -100 everywhere except, for each assistant turn, the tokens after its `Assistant:` header up to and
+including the `<end_of_utterance>` that closes it. So the system and user turns, the headers, the image, grid and
+row tokens and the padding carry no loss. A row longer than max_length is an error, never cut: prep drops such rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlmflow_worker.errors import BadData
+
+IGNORE = -100
+
+
+class AnswerOnlyCollator:
+    def __init__(self, processor, dataset_dir: Path | str, max_length: int) -> None:
+        self.processor = processor
+        self.dataset_dir = Path(dataset_dir)
+        self.max_length = max_length
+        tokenizer = processor.tokenizer
+        self.end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+        self.newline = tokenizer.encode("\n", add_special_tokens=False)
+        self.header = tokenizer.encode("Assistant:", add_special_tokens=False)
+        self.bos = tokenizer.bos_token_id
+        self.tokens_seen = 0  # real (unpadded) tokens collated so far, for tokens/s
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [self.processor.apply_chat_template(row["messages"], tokenize=False) for row in rows]
+        images = [[self._image(path) for path in row.get("images", [])] for row in rows]
+        batch = self.processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
+        lengths = batch["attention_mask"].sum(dim=1)
+        if int(lengths.max()) > self.max_length:
+            longest = int(lengths.argmax())
+            raise BadData(
+                f"row {rows[longest].get('id', longest)} is {int(lengths.max())} tokens (images included), over "
+                f"max_length {self.max_length}; prepare the dataset with the same max_length so it is dropped"
+            )
+        self.tokens_seen += int(lengths.sum())
+        batch["labels"] = torch.stack([self.answer_labels(ids) for ids in batch["input_ids"]])
+        return dict(batch)
+
+    def _image(self, path: str) -> Image.Image:
+        return Image.open(self.dataset_dir / path).convert("RGB")
+
+    def answer_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Labels for one sequence: the ids inside assistant answers (with their end-of-utterance), else -100."""
+        ids = input_ids.tolist()
+        labels = [IGNORE] * len(ids)
+        n = len(self.header)
+        start = 0
+        while (at := _find(ids, self.header, start)) >= 0:
+            start = at + n
+            if not self._is_turn_start(ids, at):
+                continue  # "Assistant:" inside some text, not a header
+            end = start
+            while end < len(ids) and ids[end] != self.end_of_utterance:
+                end += 1
+            if end == len(ids):
+                raise BadData("an assistant answer has no <end_of_utterance>: was the sequence truncated?")
+            labels[start : end + 1] = ids[start : end + 1]
+            start = end + 1
+        return torch.tensor(labels, dtype=input_ids.dtype)
+
+    def _is_turn_start(self, ids: list[int], at: int) -> bool:
+        """A header follows the BOS or `<end_of_utterance>` + newline."""
+        if at > 0 and ids[at - 1] == self.bos:
+            return True
+        k = len(self.newline)
+        return at >= k + 1 and ids[at - k : at] == self.newline and ids[at - k - 1] == self.end_of_utterance
+
+
+def _find(ids: list[int], pattern: list[int], start: int) -> int:
+    first, n = pattern[0], len(pattern)
+    for i in range(start, len(ids) - n + 1):
+        if ids[i] == first and ids[i : i + n] == pattern:
+            return i
+    return -1

@@ -1,0 +1,137 @@
+"""SFTConfig: every knob of an SFT run, typed and documented, with defaults sane for SmolVLM-Instruct."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from vlmflow.v1 import common_pb2, jobs_pb2
+from vlmflow_worker.errors import InvalidArgument
+
+# Idefics3 module names: `model.text_model.layers.N.self_attn.q_proj`, `model.vision_model.encoder.layers.N.mlp.fc1`.
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+QUANTIZATIONS = {common_pb2.QUANTIZATION_UNSPECIFIED: "none", common_pb2.QUANTIZATION_NONE: "none"}
+QUANTIZATIONS |= {common_pb2.QUANTIZATION_NF4: "nf4", common_pb2.QUANTIZATION_INT8: "int8"}
+DTYPES = {common_pb2.DTYPE_UNSPECIFIED: "auto", common_pb2.DTYPE_FLOAT32: "float32"}
+DTYPES |= {common_pb2.DTYPE_BFLOAT16: "bfloat16", common_pb2.DTYPE_FLOAT16: "float16"}
+
+
+@dataclass
+class SFTConfig:
+    model_id: str = field(default="HuggingFaceTB/SmolVLM-Instruct", metadata={"help": "Hub id or local folder."})
+    revision: str = field(default="", metadata={"help": "Hub revision; empty for the default branch."})
+    dataset_dir: str = field(default="", metadata={"help": "Prepared dataset folder (PrepareDataset's output)."})
+    output_dir: str = field(default="", metadata={"help": "Folder for checkpoints/, adapter/ and logs."})
+    quantization: str = field(
+        default="none", metadata={"help": "'none', or 'nf4' for QLoRA (bitsandbytes 4-bit, CUDA only)."}
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'."}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(TEXT_TARGETS),
+        metadata={"help": "Projection names to adapt in the text model (and the vision tower with tune_vision)."},
+    )
+    use_dora: bool = field(default=False, metadata={"help": "Weight-decomposed LoRA (DoRA)."})
+    tune_vision: bool = field(default=False, metadata={"help": "Also adapt the vision tower's projections."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
+    num_epochs: float = field(default=1.0, metadata={"help": "Passes over the train split (max_steps overrides)."})
+    max_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0 means use num_epochs."})
+    micro_batch_size: int = field(default=4, metadata={"help": "Rows per device per forward pass."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimizer step."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of steps with linear warmup."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": f"One of {', '.join(SCHEDULERS)}."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    seed: int = field(default=42, metadata={"help": "Seed of LoRA init, data order and dropout."})
+    gradient_checkpointing: bool = field(
+        default=True, metadata={"help": "Recompute activations (non-reentrant) to save memory."}
+    )
+    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N optimizer steps."})
+    eval_steps: int = field(default=100, metadata={"help": "Evaluate on the eval split every N steps (0: never)."})
+    logging_steps: int = field(default=10, metadata={"help": "Progress event every N steps."})
+    max_length: int = field(
+        default=2048, metadata={"help": "Longest row in tokens; longer rows fail the run (prep drops them)."}
+    )
+    save_total_limit: int = field(default=3, metadata={"help": "Checkpoints kept (0 keeps all)."})
+    num_processes: int = field(default=1, metadata={"help": "Processes of a torchrun launch (1: no launcher)."})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.quantization in ("none", "nf4", "int8"), "quantization must be 'none', 'nf4' or 'int8'"),
+            (self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype must be auto/float32/bfloat16/float16"),
+            (self.lora_r > 0, "lora.r must be > 0"),
+            (self.lora_alpha > 0, "lora.alpha must be > 0"),
+            (0 <= self.lora_dropout < 1, "lora.dropout must be in [0, 1)"),
+            (bool(self.target_modules), "lora.target_modules must not be empty"),
+            (self.learning_rate > 0, "training.learning_rate must be > 0"),
+            (self.num_epochs > 0 or self.max_steps > 0, "training.num_epochs or training.max_steps must be > 0"),
+            (self.max_steps >= 0, "training.max_steps must be >= 0"),
+            (self.micro_batch_size > 0, "training.micro_batch_size must be > 0"),
+            (self.gradient_accumulation_steps > 0, "training.gradient_accumulation_steps must be > 0"),
+            (0 <= self.warmup_ratio < 1, "training.warmup_ratio must be in [0, 1)"),
+            (self.lr_scheduler in SCHEDULERS, f"training.lr_scheduler must be one of {', '.join(SCHEDULERS)}"),
+            (self.weight_decay >= 0, "training.weight_decay must be >= 0"),
+            (self.max_grad_norm >= 0, "training.max_grad_norm must be >= 0"),
+            (self.save_steps > 0, "training.save_steps must be > 0"),
+            (self.eval_steps >= 0, "training.eval_steps must be >= 0"),
+            (self.logging_steps > 0, "training.logging_steps must be > 0"),
+            (self.max_length >= 16, "training.max_length must be >= 16"),
+            (self.save_total_limit >= 0, "training.save_total_limit must be >= 0"),
+            (1 <= self.num_processes <= 64, "training.num_processes must be between 1 and 64"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InvalidArgument(message)
+        if self.save_total_limit == 1:
+            # Rotation would delete the only checkpoint while the next one is being renamed into place.
+            self.save_total_limit = 2
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        return {f.name: f.metadata["help"] for f in fields(cls)}
+
+    @classmethod
+    def from_request(cls, request: jobs_pb2.TrainRequest, dataset_dir: str, output_dir: str) -> SFTConfig:
+        """Zero proto fields mean "the default" (proto3 cannot tell unset from zero); booleans are taken as sent."""
+        lora, training = request.lora, request.training
+        values: dict[str, Any] = {
+            "model_id": request.model.model_id,
+            "revision": request.model.revision,
+            "dataset_dir": dataset_dir,
+            "output_dir": output_dir,
+            "quantization": QUANTIZATIONS.get(request.model.quantization, "none"),
+            "dtype": DTYPES.get(request.model.dtype, "auto"),
+            "use_dora": lora.use_dora,
+            "tune_vision": lora.tune_vision,
+            "gradient_checkpointing": training.gradient_checkpointing,
+            "seed": training.seed,
+        }
+        optional = {
+            "lora_r": lora.r,
+            "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout,
+            "target_modules": list(lora.target_modules),
+            "learning_rate": training.learning_rate,
+            "num_epochs": training.num_epochs,
+            "max_steps": training.max_steps,
+            "micro_batch_size": training.micro_batch_size,
+            "gradient_accumulation_steps": training.gradient_accumulation_steps,
+            "warmup_ratio": training.warmup_ratio,
+            "lr_scheduler": training.lr_scheduler,
+            "weight_decay": training.weight_decay,
+            "max_grad_norm": training.max_grad_norm,
+            "save_steps": training.save_steps,
+            "eval_steps": training.eval_steps,
+            "logging_steps": training.logging_steps,
+            "max_length": training.max_length,
+            "save_total_limit": training.save_total_limit,
+            "num_processes": training.num_processes,
+        }
+        values |= {k: v for k, v in optional.items() if v}
+        return cls(**values)
