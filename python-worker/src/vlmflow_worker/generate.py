@@ -1,0 +1,291 @@
+"""Batched generation: GenerateRequest → GenerateResponse, shared by the gRPC handler, the CLI and the benchmark.
+
+Steps: (1) check the generation settings, (2) load each item's images or video frames and build its conversation
+from the task preset, (3) render it with the processor's chat template and encode it, (4) generate in batches
+(left padded, items of similar length together), (5) decode answers with token counts and timings.
+Every input problem is raised before any model work, as a WorkerError naming the item ("items[3].images[1]: ...").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from vlmflow.v1 import generate_pb2, worker_pb2
+from vlmflow_worker import media, prompts
+from vlmflow_worker.errors import InvalidArgument, OutOfMemory
+from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.storage import resolve_uri
+
+DEFAULT_MAX_NEW_TOKENS = 128
+MAX_NEW_TOKENS_LIMIT = 4096
+MAX_ITEMS = 1024
+
+
+@dataclass
+class PreparedItem:
+    id: str
+    conversation: list[dict]
+    images: list[Image.Image]
+    # Video frames are shown whole (one tile each), as SmolVLM does; photos are split into tiles.
+    split_images: bool = True
+    frame_timestamps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    id: str
+    text: str
+    prompt_tokens: int
+    answer_tokens: int
+    generate_seconds: float
+    frame_timestamps: list[float]
+
+
+def generation_kwargs(config: Any) -> dict[str, Any]:
+    """`model.generate` arguments from a vlmflow.v1.GenerationConfig (0 = the default), checked field by field."""
+    max_new_tokens = config.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+    if not 0 < max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+        raise InvalidArgument(f"generation.max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}")
+    if config.temperature < 0:
+        raise InvalidArgument(f"generation.temperature must be >= 0, got {config.temperature}")
+    if not 0 <= config.top_p <= 1:
+        raise InvalidArgument(f"generation.top_p must be between 0 and 1, got {config.top_p}")
+    if config.top_k < 0:
+        raise InvalidArgument(f"generation.top_k must be >= 0, got {config.top_k}")
+    if config.repetition_penalty < 0:
+        raise InvalidArgument(f"generation.repetition_penalty must be >= 0, got {config.repetition_penalty}")
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": config.do_sample}
+    if config.do_sample:
+        kwargs["temperature"] = config.temperature or 1.0
+        kwargs["top_p"] = config.top_p or 1.0
+        kwargs["top_k"] = config.top_k or None
+    else:
+        # Greedy: unset the sampling knobs a model's generation_config may carry, so none is silently ignored.
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if config.repetition_penalty:
+        kwargs["repetition_penalty"] = config.repetition_penalty
+    return kwargs
+
+
+def prepare_item(item: generate_pb2.GenerateItem, index: int, settings: WorkerSettings) -> PreparedItem:
+    what = f"items[{index}]" + (f" ({item.id})" if item.id else "")
+    task = item.task or prompts.infer_task(item)
+    images = [media.load_image(image, settings, f"{what}.images[{j}]") for j, image in enumerate(item.images)]
+    if task == generate_pb2.TASK_VIDEO:
+        if not (item.HasField("video") and item.video.uri):
+            raise InvalidArgument(f"{what}.video.uri is empty; the video task needs a video")
+        if images:
+            raise InvalidArgument(f"{what}: the video task takes a video and no images")
+        if prompts.IMAGE_MARKER in item.prompt:
+            raise InvalidArgument(
+                f"{what}.prompt contains {prompts.IMAGE_MARKER} markers; the frames are placed for you"
+            )
+        video = item.video
+        path = resolve_uri(video.uri, settings, what=f"{what}.video.uri")
+        sampled = media.sample_video(
+            path,
+            what=f"{what}.video",
+            num_frames=video.num_frames,
+            fps=video.fps,
+            max_frames=video.max_frames,
+            start_seconds=video.start_seconds,
+            end_seconds=video.end_seconds,
+        )
+        conversation = prompts.video_conversation(
+            item.prompt.strip() or prompts.VIDEO_PROMPT, sampled.timestamps, sampled.duration
+        )
+        return PreparedItem(item.id, conversation, sampled.frames, False, sampled.timestamps)
+    if item.HasField("video") and item.video.uri:
+        raise InvalidArgument(
+            f"{what}.video is set but the task is {prompts.TASK_NAMES.get(task, task)}; use TASK_VIDEO"
+        )
+    return PreparedItem(item.id, prompts.build_conversation(item, task, what, len(images)), images)
+
+
+def encode(processor, item: PreparedItem) -> dict[str, Any]:
+    """One item's tensors: input_ids and attention_mask [1, L]; pixel_values [1, N, 3, H, W] when it has images."""
+    text = processor.apply_chat_template(item.conversation, add_generation_prompt=True)
+    if item.images:
+        return processor(
+            text=[text], images=[item.images], do_image_splitting=item.split_images, return_tensors="pt"
+        ).data
+    return processor(text=[text], return_tensors="pt").data
+
+
+def collate(encodings: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
+    """Left-pads token ids (generation continues on the right) and zero-pads the image stacks: all-zero images are
+    how Idefics3 marks padding (the model drops them)."""
+    import torch
+
+    length = max(e["input_ids"].shape[1] for e in encodings)
+    ids = torch.full((len(encodings), length), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(encodings), length), dtype=torch.long)
+    for row, e in enumerate(encodings):
+        n = e["input_ids"].shape[1]
+        ids[row, length - n :] = e["input_ids"][0]
+        mask[row, length - n :] = e["attention_mask"][0]
+    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    with_images = [e for e in encodings if "pixel_values" in e]
+    if with_images:
+        num = max(e["pixel_values"].shape[1] for e in with_images)
+        channels, height, width = (max(e["pixel_values"].shape[d] for e in with_images) for d in (2, 3, 4))
+        pixels = torch.zeros((len(encodings), num, channels, height, width), dtype=with_images[0]["pixel_values"].dtype)
+        pixel_mask = torch.zeros((len(encodings), num, height, width), dtype=torch.long)
+        for row, e in enumerate(encodings):
+            if "pixel_values" in e:
+                _, n, _, h, w = e["pixel_values"].shape
+                pixels[row, :n, :, :h, :w] = e["pixel_values"][0]
+                pixel_mask[row, :n, :h, :w] = e["pixel_attention_mask"][0]
+        batch["pixel_values"] = pixels
+        batch["pixel_attention_mask"] = pixel_mask
+    return batch
+
+
+def eos_token_ids(model, processor) -> list[int]:
+    """The model's EOS ids plus `<end_of_utterance>`, SmolVLM's end of turn, when the tokenizer has it."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    tokenizer = processor.tokenizer
+    end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    if isinstance(end_of_utterance, int) and end_of_utterance != tokenizer.unk_token_id:
+        ids.add(end_of_utterance)
+    if not ids and tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _finish_timer(eos_ids: list[int], batch_size: int, started: float):
+    """A stopping criterion that never stops anything and records when each row emits its first EOS."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class FinishTimes(StoppingCriteria):
+        def __init__(self) -> None:
+            self.times: list[float | None] = [None] * batch_size
+            self.eos = torch.tensor(eos_ids)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            done = torch.isin(input_ids[:, -1], self.eos.to(input_ids.device)).tolist()
+            now = time.perf_counter() - started
+            for row, finished in enumerate(done):
+                if finished and self.times[row] is None:
+                    self.times[row] = now
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return FinishTimes()
+
+
+def generate_batch(
+    model, processor, encodings: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> list[tuple[str, int, int, float]]:
+    """Generates for one batch; returns (text, prompt_tokens, answer_tokens, seconds to last token) per row."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    tokenizer = processor.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos_ids = eos_token_ids(model, processor)
+    batch = collate(encodings, pad_id)
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    started = time.perf_counter()
+    timer = _finish_timer(eos_ids, len(encodings), started)
+    with torch.inference_mode():
+        output = model.generate(
+            **batch,
+            **kwargs,
+            eos_token_id=eos_ids,
+            pad_token_id=pad_id,
+            stopping_criteria=StoppingCriteriaList([timer]),
+        )
+    total = time.perf_counter() - started
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+    rows = []
+    for row, tokens in enumerate(new_tokens):
+        end = next((i for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
+        answer = [t for t in tokens[:end] if t != pad_id]
+        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+        seconds = timer.times[row] if timer.times[row] is not None else total
+        rows.append((text, int(encodings[row]["attention_mask"].sum()), len(answer), seconds))
+    return rows
+
+
+def run_generate(
+    request: worker_pb2.GenerateRequest,
+    settings: WorkerSettings,
+    cache,
+    *,
+    extra_generate_kwargs: dict[str, Any] | None = None,
+) -> worker_pb2.GenerateResponse:
+    """The Generate RPC's work, synchronous (the server runs it on its model thread)."""
+    import torch
+
+    started = time.perf_counter()
+    # 1. Settings and inputs, checked before any model work.
+    if not request.HasField("model") or not request.model.model_id:
+        raise InvalidArgument("model.model_id is empty; give a hub id or a local model folder")
+    if not request.items:
+        raise InvalidArgument("items is empty; give at least one item")
+    if len(request.items) > MAX_ITEMS:
+        raise InvalidArgument(f"items has {len(request.items)} entries; at most {MAX_ITEMS} per request")
+    if request.batch_size < 0:
+        raise InvalidArgument(f"batch_size must be >= 0, got {request.batch_size}")
+    kwargs = generation_kwargs(request.generation) | (extra_generate_kwargs or {})
+    prepared = [prepare_item(item, i, settings) for i, item in enumerate(request.items)]
+    media_seconds = time.perf_counter() - started
+
+    # 2. The model (cached between calls).
+    entry, loaded_now = cache.get(request.model)
+    load_seconds = entry.load_seconds if loaded_now else 0.0
+
+    # 3. Prompts → tensors.
+    encode_started = time.perf_counter()
+    encodings = [encode(entry.processor, item) for item in prepared]
+    preprocess_seconds = media_seconds + time.perf_counter() - encode_started
+
+    # 4. Batches of similar length (less padding), generated in turn; answers back in request order.
+    batch_size = request.batch_size or len(prepared)
+    order = sorted(range(len(prepared)), key=lambda i: encodings[i]["input_ids"].shape[1])
+    if request.generation.seed:
+        torch.manual_seed(request.generation.seed)
+    answers: dict[int, Answer] = {}
+    generate_started = time.perf_counter()
+    for first in range(0, len(order), batch_size):
+        rows = order[first : first + batch_size]
+        try:
+            outputs = generate_batch(entry.model, entry.processor, [encodings[i] for i in rows], kwargs)
+        except torch.OutOfMemoryError as err:
+            raise OutOfMemory(
+                f"out of device memory generating a batch of {len(rows)} items; lower batch_size or max_new_tokens",
+                detail=str(err),
+            ) from err
+        for i, (text, prompt_tokens, answer_tokens, seconds) in zip(rows, outputs, strict=True):
+            item = prepared[i]
+            answers[i] = Answer(item.id, text, prompt_tokens, answer_tokens, seconds, item.frame_timestamps)
+    generate_seconds = time.perf_counter() - generate_started
+
+    return worker_pb2.GenerateResponse(
+        results=[
+            generate_pb2.GenerateResult(
+                id=a.id,
+                text=a.text,
+                prompt_tokens=a.prompt_tokens,
+                answer_tokens=a.answer_tokens,
+                generate_seconds=a.generate_seconds,
+                frame_timestamps=a.frame_timestamps,
+            )
+            for a in (answers[i] for i in range(len(prepared)))
+        ],
+        timings=generate_pb2.GenerateTimings(
+            load_seconds=load_seconds,
+            preprocess_seconds=preprocess_seconds,
+            generate_seconds=generate_seconds,
+            total_seconds=time.perf_counter() - started,
+        ),
+    )
