@@ -138,8 +138,10 @@ def test_cider_d():
 def test_preference_accuracy_and_rewards():
     rewards = m.implicit_rewards([-1.0, -2.0], [-1.5, -1.0], beta=0.1)
     assert rewards == pytest.approx([0.05, -0.1])
-    acc = m.preference_accuracy([1.0, 2.0, 3.0, 1.0], [0.0, 2.5, 1.0, 1.0])  # the tie counts as wrong
-    assert acc.value == pytest.approx(2 / 4)
+    acc = m.preference_accuracy([1.0, 2.0, 3.0, 1.0], [0.0, 2.5, 1.0, 1.0])  # right, wrong, right, tie (half)
+    assert acc.value == pytest.approx(2.5 / 4)
+    assert m.preference_accuracy([0.0] * 3, [0.0] * 3).value == 0.5  # the reference itself: chance
+    assert m.chosen_pick_rate(["Two.", "red", "3"], ["2", "blue", "three"]).value == pytest.approx(2 / 3)
     assert m.reward_margin([1.0, 2.0, 3.0], [0.0, 2.5, 1.0]).value == pytest.approx(2.5 / 3)
 
 

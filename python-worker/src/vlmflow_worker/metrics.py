@@ -402,9 +402,19 @@ def implicit_rewards(policy_logps: Sequence[float], reference_logps: Sequence[fl
 
 
 def preference_accuracy(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float]) -> Scores:
-    """Share of pairs whose chosen answer gets the higher implicit reward (a tie counts as wrong, as in TRL)."""
+    """Share of pairs whose chosen answer gets the higher implicit reward. A tie counts half (a coin flip), so the
+    reference model itself, whose rewards are all zero, scores chance (0.5) rather than 0; TRL's training-time
+    `rewards/accuracies` counts ties as wrong, which only matters at step 0."""
     chosen, rejected = np.asarray(chosen_rewards, dtype=float), np.asarray(rejected_rewards, dtype=float)
-    return _mean_scores("preference_accuracy", (chosen > rejected).astype(float))
+    return _mean_scores("preference_accuracy", (chosen > rejected) + 0.5 * (chosen == rejected))
+
+
+def chosen_pick_rate(predictions: Sequence[str], chosen: Sequence[str]) -> Scores:
+    """Share of greedy answers equal to the chosen answer (VQA-normalized exact match)."""
+    values = [
+        float(normalize_vqa_answer(p) == normalize_vqa_answer(c)) for p, c in zip(predictions, chosen, strict=True)
+    ]
+    return _mean_scores("chosen_pick_rate", values)
 
 
 def reward_margin(chosen_rewards: Sequence[float], rejected_rewards: Sequence[float]) -> Scores:
@@ -425,7 +435,10 @@ GENERATIVE_METRICS: dict[str, Callable[[Sequence[str], Sequence[References]], Sc
     "rouge_l": rouge_l,
     "cider": cider_d,
 }
-ALL_METRICS = [*GENERATIVE_METRICS, "preference_accuracy"]
+GENERATIVE_METRICS["chosen_pick_rate"] = chosen_pick_rate
+# Computed from log-probabilities of the chosen and rejected answers, not from generated text.
+PREFERENCE_METRICS = ("preference_accuracy", "reward_margin")
+ALL_METRICS = [*GENERATIVE_METRICS, *PREFERENCE_METRICS]
 
 
 def compute(name: str, predictions: Sequence[str], references: Sequence[References]) -> Scores:

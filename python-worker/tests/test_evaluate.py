@@ -1,0 +1,138 @@
+"""Evaluate: base and tuned variants on the same eval split, scored and reported, in process and over gRPC."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.test_export import make_adapter
+from vlmflow.v1 import common_pb2, jobs_pb2
+from vlmflow_worker import evaluate, synthetic
+from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.settings import WorkerSettings
+
+
+def prepared_dataset(root: Path, task: str, rows: int, preference: bool = False) -> Path:
+    """A dataset folder in prep's output layout (dataset.json, eval.jsonl, images/), from a synthetic task."""
+    raw = root / f"raw-{task}-{preference}"
+    synthetic.generate(task, rows, seed=3, out=raw, preference=preference)
+    folder = root / f"{task}-{'pref' if preference else 'sft'}"
+    folder.mkdir(parents=True)
+    shutil.copytree(raw / "images", folder / "images")
+    lines = [json.loads(line) for line in (raw / "data.jsonl").read_text().splitlines()]
+    (folder / "eval.jsonl").write_text("".join(json.dumps({"id": f"r{i}", **r}) + "\n" for i, r in enumerate(lines)))
+    (folder / "train.jsonl").write_text("")
+    kind = "preference" if preference else "sft"
+    (folder / "dataset.json").write_text(json.dumps({"kind": kind, "fingerprint": "f" * 64, "eval": "eval.jsonl"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_model_path, tmp_path_factory) -> Path:
+    return make_adapter(tiny_model_path, tmp_path_factory.mktemp("eval") / "adapter")
+
+
+def test_rows_and_default_metrics(tmp_path):
+    sft = evaluate.to_eval_row(
+        {
+            "id": "a",
+            "messages": [
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+            ],
+            "images": ["images/0.png"],
+            "answers": ["red", "dark red"],
+        },
+        0,
+    )
+    assert (sft.question, sft.references, len(sft.prompt)) == ("Colour?", ["red", "dark red"], 1)
+    assert evaluate.default_metrics("sft", [sft], {}) == ["vqa_accuracy", "relaxed_accuracy", "anls"]
+    long = dataclass_replace(sft, references=["a long caption of a red circle on white"])
+    assert evaluate.default_metrics("sft", [long], {}) == ["cider", "bleu4", "rouge_l"]
+    assert evaluate.default_metrics("preference", [sft], {})[0] == "preference_accuracy"
+    assert evaluate.default_metrics("sft", [sft], {"metrics": ["cer"]}) == ["cer"]
+
+
+def dataclass_replace(row, **changes):
+    import dataclasses
+
+    return dataclasses.replace(row, **changes)
+
+
+def _request(tiny_model_path, dataset, adapter, out, **extra) -> jobs_pb2.EvaluateRequest:
+    return jobs_pb2.EvaluateRequest(
+        job_id="eval-1",
+        model=common_pb2.ModelRef(model_id=str(tiny_model_path)),
+        variants=[jobs_pb2.EvalVariant(name="lora", adapter_uri=str(adapter))],
+        dataset_uri=str(dataset),
+        generation=common_pb2.GenerationConfig(max_new_tokens=4),
+        batch_size=4,
+        max_samples=6,
+        bootstrap_samples=200,
+        output_uri=str(out),
+        **extra,
+    )
+
+
+def test_evaluate_sft_split_in_process(tiny_model_path, adapter, tmp_path):
+    dataset = prepared_dataset(tmp_path, "shape_colour", 8)
+    settings = WorkerSettings(port=0, artifact_root=tmp_path, data_roots=[adapter.parent])
+    request = _request(tiny_model_path, dataset, adapter, tmp_path / "report")
+    evaluate.validate(request, settings)
+    (tmp_path / "job").mkdir()
+    result = evaluate.run(request, JobContext("eval-1", tmp_path / "job", settings))
+
+    summary = json.loads(Path(result.artifacts["metrics"]).read_text())
+    assert summary["variants"] == ["base", "lora"] and summary["num_samples"] == 6
+    assert set(summary["metrics"]["lora"]) == {"vqa_accuracy", "relaxed_accuracy", "anls"}
+    assert summary["comparisons"]["lora"]["vqa_accuracy"]["verdict"] in ("better", "worse", "no significant difference")
+    lines = [json.loads(x) for x in Path(result.artifacts["predictions"]).read_text().splitlines()]
+    assert len(lines) == 6 and set(lines[0]["predictions"]) == {"base", "lora"}
+    assert lines[0]["references"] in (["red"], ["green"], ["blue"], ["yellow"])
+    page = Path(result.artifacts["report"]).read_text()
+    assert page.count("data:image/png;base64,") == 6
+    assert "base/vqa_accuracy" in result.metrics and "lora/items_per_second" in result.metrics
+    # The adapter changes the answers, and the base answers are the plain model's (adapters disabled).
+    assert any(x["predictions"]["base"] != x["predictions"]["lora"] for x in lines)
+
+
+def test_evaluate_preference_split_scores_the_base_at_chance(tiny_model_path, adapter, tmp_path):
+    dataset = prepared_dataset(tmp_path, "count_dots", 6, preference=True)
+    settings = WorkerSettings(port=0, artifact_root=tmp_path, data_roots=[adapter.parent])
+    request = _request(tiny_model_path, dataset, adapter, tmp_path / "report")
+    (tmp_path / "job").mkdir()
+    result = evaluate.run(request, JobContext("eval-2", tmp_path / "job", settings))
+    summary = json.loads(Path(result.artifacts["metrics"]).read_text())
+    base = summary["metrics"]["base"]
+    assert base["preference_accuracy"]["value"] == 0.5 and base["reward_margin"]["value"] == 0.0
+    assert summary["metrics"]["lora"]["reward_margin"]["value"] != 0.0
+    assert "chosen_pick_rate" in summary["metrics"]["lora"]
+
+
+def test_bad_requests_name_the_field(tiny_model_path, adapter, tmp_path):
+    from vlmflow_worker.errors import InvalidArgument, NotFound, PathOutsideRoots
+
+    dataset = prepared_dataset(tmp_path, "shape_colour", 2)
+    settings = WorkerSettings(port=0, artifact_root=tmp_path, data_roots=[adapter.parent])
+    good = _request(tiny_model_path, dataset, adapter, tmp_path / "r")
+    bad_metric = _request(tiny_model_path, dataset, adapter, tmp_path / "r", metrics=["accuracy"])
+    with pytest.raises(InvalidArgument, match="metrics: unknown accuracy"):
+        evaluate.validate(bad_metric, settings)
+    outside = jobs_pb2.EvaluateRequest()
+    outside.CopyFrom(good)
+    outside.dataset_uri = "../../etc"
+    with pytest.raises(PathOutsideRoots, match="dataset_uri"):
+        evaluate.validate(outside, settings)
+    missing = jobs_pb2.EvaluateRequest()
+    missing.CopyFrom(good)
+    missing.variants[0].adapter_uri = str(tmp_path)
+    with pytest.raises(NotFound, match=r"variants\[0\].adapter_uri"):
+        evaluate.validate(missing, settings)
+    twice = jobs_pb2.EvaluateRequest()
+    twice.CopyFrom(good)
+    twice.variants.append(jobs_pb2.EvalVariant(name="lora", adapter_uri=str(adapter)))
+    with pytest.raises(InvalidArgument, match="unique"):
+        evaluate.validate(twice, settings)
