@@ -136,3 +136,41 @@ def test_bad_requests_name_the_field(tiny_model_path, adapter, tmp_path):
     twice.variants.append(jobs_pb2.EvalVariant(name="lora", adapter_uri=str(adapter)))
     with pytest.raises(InvalidArgument, match="unique"):
         evaluate.validate(twice, settings)
+
+
+def test_evaluate_then_export_through_the_worker(worker, tiny_model_path, adapter):
+    """The job kinds are wired: Evaluate streams to `completed` with the report; Export merges; a second
+    Evaluate with the same job id replays the recorded result instead of running again."""
+    root = worker.artifact_root
+    dataset = prepared_dataset(root / "datasets", "shape_colour", 4)
+    shutil.copytree(adapter, root / "adapters" / "lora", dirs_exist_ok=True)
+    request = _request(tiny_model_path, dataset, "adapters/lora", "runs/grpc/eval")
+    request.job_id = "grpc-eval"
+    events = [r.event for r in worker.stub().Evaluate(request, timeout=300)]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "accepted" and kinds[-1] == "completed", events[-1]
+    assert "eval" in kinds and "progress" in kinds
+    completed = events[-1].completed
+    assert Path(completed.artifacts["report"]).is_file()
+    assert 0.0 <= completed.metrics["lora/vqa_accuracy"] <= 1.0
+
+    again = [r.event for r in worker.stub().Evaluate(request, timeout=60)]
+    assert again[-1].completed.artifacts["report"] == completed.artifacts["report"]
+
+    export = jobs_pb2.ExportRequest(
+        job_id="grpc-export",
+        model=common_pb2.ModelRef(model_id=str(tiny_model_path), adapter_uri="adapters/lora"),
+        output_uri="runs/grpc/merged",
+        card={"eval_metrics_uri": completed.artifacts["metrics"]},
+    )
+    events = [r.event for r in worker.stub().Export(export, timeout=300)]
+    assert events[-1].WhichOneof("event") == "completed", events[-1]
+    merged = Path(events[-1].completed.artifacts["model"])
+    assert (merged / "model.safetensors").is_file() and "| vqa_accuracy |" in (merged / "README.md").read_text()
+
+    bad = jobs_pb2.ExportRequest(job_id="grpc-export-bad", model=common_pb2.ModelRef(model_id=str(tiny_model_path)))
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as info:
+        list(worker.stub().Export(bad, timeout=30))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "adapter_uri" in info.value.details()
