@@ -1,0 +1,38 @@
+#!/bin/sh
+# One-shot job of docker/compose.yaml: waits for the Temporal frontend, makes sure the namespace exists and
+# registers vlmflow's search attributes (each argument NAME=Type, as in src/search-attributes.ts).
+# Idempotent: attributes that exist are left alone, so it runs on every `compose up`.
+#   TEMPORAL_ADDRESS=temporal:7233 TEMPORAL_NAMESPACE=default temporal-setup.sh VlmflowModel=Keyword ...
+set -eu
+: "${TEMPORAL_ADDRESS:?}" "${TEMPORAL_NAMESPACE:=default}"
+t() { temporal "$@" --address "$TEMPORAL_ADDRESS"; }
+
+tries=0
+until t operator cluster health >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  [ "$tries" -lt 90 ] || { echo "temporal-setup: no Temporal frontend at $TEMPORAL_ADDRESS after 3 minutes" >&2; exit 1; }
+  sleep 2
+done
+
+# auto-setup creates the default namespace shortly after the frontend answers; another one is made here.
+tries=0
+until t operator namespace describe --namespace "$TEMPORAL_NAMESPACE" >/dev/null 2>&1; do
+  tries=$((tries + 1))
+  if [ "$tries" -eq 15 ]; then
+    t operator namespace create --namespace "$TEMPORAL_NAMESPACE" --retention 720h || true
+  fi
+  [ "$tries" -lt 60 ] || { echo "temporal-setup: namespace $TEMPORAL_NAMESPACE does not exist" >&2; exit 1; }
+  sleep 2
+done
+
+existing=$(t operator search-attribute list --namespace "$TEMPORAL_NAMESPACE")
+for pair in "$@"; do
+  name=${pair%%=*}
+  type=${pair#*=}
+  if printf '%s\n' "$existing" | grep -qw "$name"; then
+    echo "temporal-setup: search attribute $name exists"
+  else
+    t operator search-attribute create --namespace "$TEMPORAL_NAMESPACE" --name "$name" --type "$type"
+    echo "temporal-setup: registered search attribute $name ($type)"
+  fi
+done

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1.7
+# The TS worker: `vlmflow worker` (workflows + GPU-queue activities) on Node 20 with production
+# dependencies only; non-root. TypeScript runs through tsx (a runtime dependency), so there is no build step.
+#   docker build -f docker/ts-worker.Dockerfile -t vlmflow/ts-worker .      (from the repository root)
+ARG NODE_IMAGE=node:20-bookworm-slim
+
+# 1. Production dependencies, from package.json + package-lock.json only (rebuilt when they change).
+FROM ${NODE_IMAGE} AS deps
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN --mount=type=cache,target=/root/.npm npm ci --omit=dev --no-audit --no-fund
+
+# 2. The runtime: dependencies, then the code (the layer that changes most, last).
+FROM ${NODE_IMAGE} AS runtime
+ENV NODE_ENV=production
+RUN groupadd --gid 10001 vlmflow \
+    && useradd --uid 10001 --gid vlmflow --create-home --shell /usr/sbin/nologin vlmflow
+WORKDIR /app
+COPY --from=deps /app/node_modules ./node_modules
+COPY package.json tsconfig.json ./
+COPY bin ./bin
+COPY src ./src
+COPY activities ./activities
+COPY workflows ./workflows
+USER vlmflow
+# Same uid as the Python image, so files in the shared volumes (certs, artifacts) are readable by both.
+ENTRYPOINT ["node", "bin/vlmflow.js"]
+CMD ["worker"]
