@@ -23,6 +23,10 @@ class JobContext:
         self._sequence = len(eventlog.read_events(self._path))
         self.last_checkpoint_uri = ""
 
+    def resync(self) -> None:
+        """Counts the log again: another process (a torchrun launch) appended to it meanwhile."""
+        self._sequence = len(eventlog.read_events(self._path))
+
     def emit(self, **oneof) -> None:
         if not self.writes:
             return

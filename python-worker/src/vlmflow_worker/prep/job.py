@@ -92,14 +92,21 @@ class TokenCounter:
 
 
 def load_processor(model: jobs_pb2.ModelRef, settings: WorkerSettings):
-    """The model's processor (a hub id or a local folder; models are read-only inputs, like the base weights)."""
+    """The model's processor alone (no weights), found the way `models.load_model` finds the model."""
     from transformers import AutoProcessor
 
+    from vlmflow_worker.models import ModelSpec, resolve_model_source
+
+    spec = ModelSpec.from_proto(model, settings)
+    source, local_only = resolve_model_source(spec)
     try:
         return AutoProcessor.from_pretrained(
-            model.model_id, revision=model.revision or None, trust_remote_code=model.trust_remote_code
+            source,
+            revision=spec.revision or None,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=local_only,
         )
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise NotFound(f"model.model_id {model.model_id!r}: its processor could not be loaded ({err})") from err
 
 

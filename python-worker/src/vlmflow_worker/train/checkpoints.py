@@ -1,0 +1,94 @@
+"""Checkpoints: written atomically (a temporary folder, then a rename), found newest-first by step number.
+
+A folder named `checkpoint-<step>` exists only once complete, so "the newest complete checkpoint" is simply the
+highest step among those folders (numerically: checkpoint-10 is newer than checkpoint-9).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from transformers import Trainer
+
+from vlmflow_worker.jobs.context import JobContext
+
+PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STAGING_PREFIX = ".tmp-checkpoint-"
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoints under `folder`, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := PATTERN.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    found = complete_checkpoints(folder)
+    return found[-1] if found else None
+
+
+def step_of(checkpoint: Path) -> int:
+    match = PATTERN.match(checkpoint.name)
+    return int(match.group(1)) if match else 0
+
+
+def clean_staging(folder: Path) -> None:
+    """Removes half-written checkpoints left by a killed run."""
+    if folder.is_dir():
+        for stale in folder.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """transformers' Trainer whose checkpoints appear by rename, announced as job events.
+
+    Trainer writes `<run_dir>/checkpoint-N`; here `run_dir` is a staging folder during the save, and the finished
+    folder is renamed into the real output folder. Rotation (save_total_limit) runs after the rename.
+    """
+
+    job: JobContext | None = None
+    _staging: str | None = None
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(self.args.output_dir)
+        step = self.state.global_step
+        staging = run_dir / f"{STAGING_PREFIX}{step}"
+        final = run_dir / f"checkpoint-{step}"
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)
+        self._staging = str(staging)
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename instead
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank wrote its RNG state into staging
+        if self.args.should_save:
+            if final.exists():  # saved twice at the same step (cancel at a save step): keep the first
+                shutil.rmtree(staging, ignore_errors=True)
+            else:
+                _fsync_tree(staging / final.name)
+                os.rename(staging / final.name, final)
+                shutil.rmtree(staging, ignore_errors=True)
+            if limit:
+                for old in complete_checkpoints(run_dir)[:-limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+            if self.job is not None:
+                self.job.checkpoint_saved(str(final), step)
+        self.accelerator.wait_for_everyone()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())

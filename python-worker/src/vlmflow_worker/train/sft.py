@@ -1,0 +1,283 @@
+"""SFT of an Idefics3 / SmolVLM model with LoRA, DoRA or QLoRA, on transformers' Trainer with our collator.
+
+Reads top to bottom: 1. data, 2. model, 3. adapters, 4. trainer, 5. train (resuming), 6. save the adapter.
+Used by the Train job (`train/job.py`); also callable directly (tests, benchmarks) with `ctx=None`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import TrainerCallback, TrainingArguments, set_seed
+
+from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
+from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.jobs.spec import JobResult
+from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer, clean_staging, newest_checkpoint, step_of
+from vlmflow_worker.train.collator import AnswerOnlyCollator
+from vlmflow_worker.train.config import TEXT_TARGETS, VISION_TARGETS, SFTConfig
+
+
+class Rows(Dataset):
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def read_split(dataset_dir: Path, split: str) -> list[dict[str, Any]]:
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    if meta["kind"] != "sft":
+        raise BadData(f"dataset_uri {dataset_dir} holds {meta['kind']} rows; SFT needs conversation rows")
+    path = dataset_dir / meta[split]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def device_for_rank() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def lora_targets(config: SFTConfig) -> str:
+    """A regex over module names: the text model's projections, and the vision tower's with tune_vision."""
+    text = config.target_modules
+    towers = [rf".*text_model\..*\.({'|'.join(text)})"]
+    if config.tune_vision:
+        vision = VISION_TARGETS if list(text) == list(TEXT_TARGETS) else text
+        towers.append(rf".*vision_model\..*\.({'|'.join(vision)})")
+    return "|".join(f"({t})" for t in towers)
+
+
+def add_adapters(model, config: SFTConfig):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if config.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=config.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=lora_targets(config),
+        use_dora=config.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def load_for_training(config: SFTConfig, settings: WorkerSettings | None):
+    from vlmflow_worker.models import ModelSpec, load_model
+
+    spec = ModelSpec(config.model_id, config.revision, config.quantization, dtype=config.dtype)
+    model, processor = load_model(spec, settings=settings, device=device_for_rank())
+    model.config.use_cache = False  # no KV cache while training (and it conflicts with checkpointing)
+    set_seed(config.seed)  # the LoRA init
+    return add_adapters(model, config), processor
+
+
+def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, bf16: bool) -> TrainingArguments:
+    on_cpu = not torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps or -1,
+        warmup_steps=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        bf16=bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=config.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps or None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit or None,
+        remove_unused_columns=False,  # rows go to our collator as they are
+        dataloader_num_workers=0,  # the collator counts tokens in this process
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+    )
+
+
+def peak_memory_bytes() -> int:
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+class JobEvents(TrainerCallback):
+    """Trainer hooks -> job events; cancellation -> checkpoint and stop at the end of the current step."""
+
+    def __init__(self, ctx: JobContext | None, collator: AnswerOnlyCollator, config: SFTConfig, log: Path) -> None:
+        self.ctx = ctx
+        self.collator = collator
+        self.config = config
+        self.log = log
+        self.cancelled = False
+        self.history: list[dict[str, Any]] = []
+        self._mark = (time.perf_counter(), 0, 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._mark = (time.perf_counter(), state.global_step, self.collator.tokens_seen)
+        if self.ctx:
+            self.ctx.progress("training", step=state.global_step, total_steps=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._cancel_requested(args):
+            self.cancelled = True
+            control.should_save = True
+            control.should_evaluate = False
+            control.should_training_stop = True
+
+    def _cancel_requested(self, args) -> bool:
+        flag = bool(self.ctx and self.ctx.cancelled())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank must stop at the same step, or the others wait forever in the next all-reduce.
+            tensor = torch.tensor([int(flag)], device=args.device)
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(tensor.item())
+        return flag
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        entry = {"step": state.global_step, "epoch": state.epoch, **logs}
+        if "loss" in logs:
+            now, step, tokens = time.perf_counter(), state.global_step, self.collator.tokens_seen
+            then, step0, tokens0 = self._mark
+            elapsed = max(now - then, 1e-9)
+            samples = (step - step0) * args.per_device_train_batch_size * args.gradient_accumulation_steps
+            entry["samples_per_second"] = samples * args.world_size / elapsed
+            entry["tokens_per_second"] = (tokens - tokens0) * args.world_size / elapsed
+            entry["peak_memory_bytes"] = peak_memory_bytes()
+            self._mark = (now, step, tokens)
+            if self.ctx:
+                self.ctx.progress(
+                    "training",
+                    step=state.global_step,
+                    total_steps=state.max_steps,
+                    epoch=state.epoch or 0.0,
+                    loss=logs["loss"],
+                    learning_rate=logs.get("learning_rate", 0.0),
+                    grad_norm=logs.get("grad_norm") or 0.0,
+                    samples_per_second=entry["samples_per_second"],
+                    tokens_per_second=entry["tokens_per_second"],
+                    peak_memory_bytes=entry["peak_memory_bytes"],
+                )
+        self.history.append(entry)
+        if args.should_save:
+            with open(self.log, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self.ctx and metrics:
+            self.ctx.eval(state.global_step, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+
+
+def oom_error(err: BaseException, config: SFTConfig, step: int) -> OutOfMemory:
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        figures = f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of {total / 2**30:.1f} GiB on the GPU"
+    else:
+        figures = f"peak resident {peak_memory_bytes() / 2**30:.1f} GiB of host memory"
+    return OutOfMemory(
+        f"out of memory at step {step} ({figures}; micro_batch_size {config.micro_batch_size}, max_length "
+        f"{config.max_length}, gradient_checkpointing {config.gradient_checkpointing}, quantization "
+        f"{config.quantization}). Lower training.micro_batch_size and raise gradient_accumulation_steps to keep the "
+        "effective batch, turn on gradient_checkpointing, use QUANTIZATION_NF4, or prepare smaller images",
+        detail=str(err)[:2000],
+    )
+
+
+def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: WorkerSettings | None = None) -> JobResult:
+    output = Path(config.output_dir)
+    checkpoints = output / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+    # 1. Data: the prepared splits; rows are checked again by length in the collator (never cut).
+    dataset_dir = Path(config.dataset_dir)
+    train_rows, eval_rows = read_split(dataset_dir, "train"), read_split(dataset_dir, "eval")
+    if not train_rows:
+        raise BadData(f"dataset_uri {dataset_dir} has no train rows")
+    has_eval = bool(eval_rows) and config.eval_steps > 0
+
+    # 2-3. Model, processor and adapters.
+    model, processor = load_for_training(config, settings)
+    collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length)
+
+    # 4. Trainer, with our events and atomic checkpoints.
+    bf16 = next(model.parameters()).dtype == torch.bfloat16 or config.quantization != "none"
+    args = training_arguments(config, checkpoints, has_eval, bf16 and torch.cuda.is_available())
+    events = JobEvents(ctx, collator, config, output / "training_log.jsonl")
+    trainer = AtomicCheckpointTrainer(
+        model=model,
+        args=args,
+        train_dataset=Rows(train_rows),
+        eval_dataset=Rows(eval_rows) if has_eval else None,
+        data_collator=collator,
+        callbacks=[events],
+    )
+    trainer.job = ctx
+
+    # 5. Train, resuming from the newest complete checkpoint on disk (optimizer, scheduler, RNG, data position).
+    clean_staging(checkpoints)
+    resume = newest_checkpoint(checkpoints)
+    if resume is not None and ctx is not None:
+        ctx.last_checkpoint_uri = str(resume)
+        ctx.log(f"resuming from {resume} (step {step_of(resume)})")
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except (torch.OutOfMemoryError, MemoryError) as err:
+        raise oom_error(err, config, trainer.state.global_step) from err
+    if events.cancelled:
+        raise Cancelled(f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from")
+
+    # 6. The adapter (safetensors) and the processor, renamed into place; final eval metrics.
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    metrics["global_step"] = float(trainer.state.global_step)
+    if has_eval:
+        metrics |= {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
+    adapter = output / "adapter"
+    if args.should_save:
+        staging = output / ".tmp-adapter"
+        shutil.rmtree(staging, ignore_errors=True)
+        trainer.model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        (staging / "training_config.json").write_text(json.dumps(vars(config), indent=2) + "\n")
+        shutil.rmtree(adapter, ignore_errors=True)
+        os.rename(staging, adapter)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()
+    artifacts = {
+        "adapter": str(adapter),
+        "checkpoints": str(checkpoints),
+        "training_log": str(output / "training_log.jsonl"),
+        "metrics": str(output / "metrics.json"),
+    }
+    return JobResult(artifacts=artifacts, metrics=metrics)
