@@ -126,7 +126,7 @@ export async function runJob<Req extends { jobId: string }>(
 
   const call = startStream(client, opts.method, request);
   beat(true);
-  const timer = setInterval(() => beat(), opts.heartbeatIntervalMs ?? 10_000);
+  const timer = setInterval(() => beat(), opts.heartbeatIntervalMs ?? 2_000);
   try {
     return await new Promise<JobResult>((resolve, reject) => {
       void ctx.cancelled.catch(reject);

@@ -18,7 +18,7 @@ export function parseConfig<S extends z.ZodType>(
 ): { ok: true; data: z.output<S> } | { ok: false; issues: ConfigIssue[] } {
   const parsed = schema.safeParse(input);
   if (parsed.success) return { ok: true, data: parsed.data };
-  return { ok: false, issues: parsed.error.issues.flatMap((issue) => describeIssue(schema, issue)) };
+  return { ok: false, issues: parsed.error.issues.flatMap((issue) => describeIssue(schema, input, issue)) };
 }
 
 /** "3 fields are wrong:\n  - a.b: ..." */
@@ -28,7 +28,7 @@ export function formatIssues(what: string, issues: ConfigIssue[]): string {
   return `${head}:\n${issues.map((i) => `  - ${i.field}: ${i.problem}`).join('\n')}`;
 }
 
-function describeIssue(root: z.ZodType, issue: z.core.$ZodIssue): ConfigIssue[] {
+function describeIssue(root: z.ZodType, input: unknown, issue: z.core.$ZodIssue): ConfigIssue[] {
   const path = issue.path.map(String);
   const field = (extra: string[] = []) => [...path, ...extra].join('.') || '(the whole config)';
   switch (issue.code) {
@@ -45,7 +45,10 @@ function describeIssue(root: z.ZodType, issue: z.core.$ZodIssue): ConfigIssue[] 
       return [
         {
           field: field(),
-          problem: issue.input === undefined ? `is required (${issue.expected})` : `must be ${article(issue.expected)}`,
+          problem:
+            valueAt(input, path) === undefined
+              ? `is required (${issue.expected})`
+              : `must be ${article(issue.expected)}, not ${JSON.stringify(valueAt(input, path))}`,
         },
       ];
     case 'too_small':
@@ -70,6 +73,15 @@ function bound(incl: string, excl: string, value: unknown, inclusive: boolean | 
 
 function article(type: string): string {
   return /^[aeiou]/.test(type) ? `an ${type}` : `a ${type}`;
+}
+
+function valueAt(input: unknown, path: string[]): unknown {
+  let current = input;
+  for (const key of path) {
+    if (current === null || typeof current !== 'object') return undefined;
+    current = (current as Record<string, unknown>)[key];
+  }
+  return current;
 }
 
 /** Walks object shapes, arrays and wrappers (optional, default, nullable) down to the schema at `path`. */

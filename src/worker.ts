@@ -10,6 +10,15 @@ import { GPU_TASK_QUEUE, WORKFLOW_TASK_QUEUE } from './task-queues.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
+/**
+ * Activities heartbeat every couple of seconds and the SDK forwards them at most this far apart, so a cancel
+ * or pause reaches a running training within seconds rather than the default 30-60 s.
+ */
+export const heartbeatThrottle = {
+  maxHeartbeatThrottleInterval: '2s',
+  defaultHeartbeatThrottleInterval: '2s',
+} as const;
+
 export interface WorkerOptions {
   connection: NativeConnection;
   namespace?: string;
@@ -32,6 +41,7 @@ export async function createWorkers(opts: WorkerOptions): Promise<{ workflows: W
     taskQueue: opts.gpuTaskQueue ?? GPU_TASK_QUEUE,
     activities: createActivities(opts.client),
     maxConcurrentActivityTaskExecutions: Math.max(1, capacity),
+    ...heartbeatThrottle,
   });
   return { workflows, activities };
 }

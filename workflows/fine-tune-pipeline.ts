@@ -165,8 +165,8 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     );
   }
 
-  function setStatus(status: PipelineProgress['status'] | 'paused') {
-    if (status !== 'paused') progress.status = status;
+  function setStatus(status: PipelineProgress['status']) {
+    progress.status = status;
     upsertSearchAttributes([{ key: VlmflowStatus, value: status }]);
     refresh();
   }

@@ -1,0 +1,345 @@
+/**
+ * fineTunePipeline on the real Temporal dev server (the CLI built by setup), with scripted stage activities
+ * on the GPU task queue so every workflow path is reached in seconds: bad UI-typed input, progress query,
+ * pause / resume, cancel, the out-of-memory retry and the gate. The stage activities themselves are tested in
+ * job-runner.test.ts, and the whole thing against the real Python worker in pipeline-e2e.test.ts.
+ */
+import { Context } from '@temporalio/activity';
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Activities, JobResult, TrainInput } from '../activities/index.js';
+import { progressSignaller } from '../activities/stages.js';
+import { FailureType } from '../src/failure-types.js';
+import { temporalCli } from '../src/paths.js';
+import type { PipelineConfigInput } from '../src/pipeline-config.js';
+import { searchAttributes, VlmflowStage, VlmflowStatus } from '../src/search-attributes.js';
+import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
+import { quietLogger } from './temporal-helpers.js';
+import { progressQuery, pauseSignal, resumeSignal } from '../workflows/definitions.js';
+import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
+
+/** `VLMFLOW_RECORD_FIXTURES=1 npx vitest run test/fine-tune-pipeline.test.ts` refreshes the replay fixtures. */
+const fixturesDir = path.join(import.meta.dirname, 'fixtures', 'histories');
+
+const config: PipelineConfigInput = {
+  name: 'test',
+  model: { id: 'tiny' },
+  dataset: { sources: [{ uri: 'synthetic/shape_colour' }] },
+  sft: { training: { microBatchSize: 4, gradientAccumulationSteps: 2 } },
+  gate: { metric: 'vqa_accuracy', margin: 0.1 },
+};
+
+function result(jobId: string, artifacts: Record<string, string>, metrics: Record<string, number> = {}): JobResult {
+  return {
+    jobId,
+    artifacts,
+    metrics,
+    cached: false,
+    fingerprint: `fp-${jobId}`,
+    attached: false,
+    resumedFromStep: 0,
+    lastCheckpoint: '',
+    evals: [],
+  };
+}
+
+/** What the scripted activities saw. */
+interface Calls {
+  prepare: number;
+  train: TrainInput[];
+  trainCancelled: number;
+  evaluate: number;
+  exported: number;
+}
+
+type TrainScript = (input: TrainInput, call: number) => Promise<JobResult>;
+
+/** Scripted stand-ins for the stage activities, same names and types as the real ones. */
+function scriptedActivities(calls: Calls, train: TrainScript): Partial<Activities> {
+  return {
+    prepareDataset: (input) => {
+      calls.prepare++;
+      return Promise.resolve(result(input.jobId, { dataset: `${input.outputUri}/dataset` }));
+    },
+    train: async (input) => {
+      calls.train.push(input);
+      return train(input, calls.train.length);
+    },
+    evaluate: (input) => {
+      calls.evaluate++;
+      return Promise.resolve(
+        result(
+          input.jobId,
+          { report: `${input.outputUri}/report.html` },
+          { 'base/vqa_accuracy': 0.3, 'sft/vqa_accuracy': 0.9 },
+        ),
+      );
+    },
+    exportModel: (input) => {
+      calls.exported++;
+      return Promise.resolve(result(input.jobId, { model: `${input.outputUri}/model` }));
+    },
+  };
+}
+
+/** A training that reports steps and a checkpoint, then runs until cancelled (a pause or a cancel). */
+async function trainUntilCancelled(input: TrainInput, calls: Calls): Promise<JobResult> {
+  const report = progressSignaller(input.stage, 0);
+  const ctx = Context.current();
+  report(
+    {
+      jobId: input.jobId,
+      phase: 'training',
+      step: 20,
+      totalSteps: 100,
+      loss: 1.5,
+      etaSeconds: 80,
+      checkpoint: `${input.outputUri}/checkpoint-20`,
+      attached: false,
+    },
+    true,
+  );
+  for (;;) {
+    ctx.heartbeat({ step: 20 });
+    try {
+      await ctx.sleep(100);
+    } catch (err) {
+      if (err instanceof CancelledFailure) calls.trainCancelled++;
+      throw err;
+    }
+  }
+}
+
+describe('fineTunePipeline on the real dev server', () => {
+  let env: TestWorkflowEnvironment;
+  let workflowBundle: WorkflowBundle;
+
+  beforeAll(async () => {
+    [env, workflowBundle] = await Promise.all([
+      TestWorkflowEnvironment.createLocal({
+        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+      }),
+      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
+    ]);
+  });
+
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  /** Runs `body` while a workflow worker and a scripted GPU activity worker poll unique task queues. */
+  async function withWorkers<T>(
+    calls: Calls,
+    train: TrainScript,
+    body: (taskQueue: string, gpuTaskQueue: string) => Promise<T>,
+  ): Promise<T> {
+    const taskQueue = `test-${randomUUID()}`;
+    const gpuTaskQueue = `${taskQueue}-gpu`;
+    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const activities = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: gpuTaskQueue,
+      activities: scriptedActivities(calls, train),
+      ...heartbeatThrottle,
+    });
+    return workflows.runUntil(activities.runUntil(body(taskQueue, gpuTaskQueue)));
+  }
+
+  function newCalls(): Calls {
+    return { prepare: 0, train: [], trainCancelled: 0, evaluate: 0, exported: 0 };
+  }
+
+  async function waitFor<T>(fn: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 20_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = await fn();
+      if (ok(value)) return value;
+      if (Date.now() > deadline) throw new Error(`condition not met; last value: ${JSON.stringify(value)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  async function saveHistory(handle: WorkflowHandle, name: string) {
+    if (!process.env.VLMFLOW_RECORD_FIXTURES) return;
+    mkdirSync(fixturesDir, { recursive: true });
+    const history = temporal.api.history.v1.History.fromObject(await handle.fetchHistory());
+    writeFileSync(path.join(fixturesDir, `${name}.json`), JSON.stringify(history.toJSON(), null, 1) + '\n');
+  }
+
+  it('rejects UI-style raw JSON with wrong fields before any activity runs, listing every field', async () => {
+    const calls = newCalls();
+    const raw = JSON.parse(
+      '{"model": {"id": 5, "quantisation": "nf4"}, "dataset": {"sources": []}, "sft": {"training": {"learningRate": -1, "lrScheduler": "exp"}}}',
+    ) as unknown;
+    const err = await withWorkers(
+      calls,
+      () => Promise.reject(new Error('unreachable')),
+      async (taskQueue) => {
+        const handle = await env.client.workflow.start('fineTunePipeline', {
+          taskQueue,
+          workflowId: `bad-${randomUUID()}`,
+          args: [raw],
+        });
+        const failure: unknown = await handle.result().catch((e: unknown) => e);
+        await saveHistory(handle, 'invalid-config');
+        const history = await handle.fetchHistory();
+        expect(history.events?.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
+        return failure;
+      },
+    );
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect(cause).toMatchObject({ type: FailureType.InvalidConfig, nonRetryable: true });
+    const message = (cause as ApplicationFailure).message;
+    expect(message).toContain('5 fields');
+    expect(message).toMatch(/model\.id: must be a string, not 5/);
+    expect(message).toMatch(
+      /model\.quantisation: unknown field; accepted fields here: id, revision, quantization, dtype, trustRemoteCode/,
+    );
+    expect(message).toMatch(/dataset\.sources: needs at least 1 item/);
+    expect(message).toMatch(/sft\.training\.learningRate: must be more than 0/);
+    expect(message).toMatch(/sft\.training\.lrScheduler: must be one of "linear", "cosine"/);
+    expect(calls.prepare + calls.train.length).toBe(0);
+  });
+
+  it('answers the progress query, pauses (stage cancelled, checkpoint kept) and resumes from the checkpoint', async () => {
+    const calls = newCalls();
+    const train: TrainScript = (input, n) =>
+      n === 1
+        ? trainUntilCancelled(input, calls)
+        : Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` }));
+    const outcome = await withWorkers(calls, train, async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId: `pause-${randomUUID()}`,
+        args: [config, { gpuTaskQueue }],
+      });
+      const running = await waitFor(
+        () => handle.query(progressQuery),
+        (p) => p.stage === 'sft' && p.step === 20,
+      );
+      expect(running).toMatchObject({
+        status: 'running',
+        stage: 'sft',
+        step: 20,
+        totalSteps: 100,
+        loss: 1.5,
+        etaSeconds: 80,
+      });
+      expect(running.lastCheckpoint).toMatch(/sft\/checkpoint-20$/);
+      expect(running.details).toContain('step 20/100');
+      const described = await handle.describe();
+      expect(described.typedSearchAttributes.get(VlmflowStage)).toBe('sft');
+      expect(described.typedSearchAttributes.get(VlmflowStatus)).toBe('running');
+
+      await handle.signal(pauseSignal, 'test');
+      const paused = await waitFor(
+        () => handle.query(progressQuery),
+        (p) => p.status === 'paused',
+      );
+      expect(paused.stages.find((s) => s.name === 'sft')?.status).toBe('paused');
+      expect(calls.trainCancelled).toBe(1);
+      expect(calls.train).toHaveLength(1);
+      expect((await handle.describe()).typedSearchAttributes.get(VlmflowStatus)).toBe('paused');
+
+      await handle.signal(resumeSignal);
+      const done = await handle.result();
+      await saveHistory(handle, 'pause-resume');
+      return done;
+    });
+    expect(calls.train).toHaveLength(2);
+    expect(calls.train[1]!.jobId).toBe(calls.train[0]!.jobId);
+    expect(calls.train[1]!.resumeFromCheckpoint).toMatch(/sft\/checkpoint-20$/);
+    expect(outcome).toMatchObject({ status: 'completed', gate: { passed: true, base: 0.3, tuned: 0.9 } });
+    expect(outcome.reportUri).toMatch(/evaluate\/report\.html$/);
+    expect(outcome.modelUri).toMatch(/export\/model$/);
+  });
+
+  it('ends as cancelled when cancelled mid-stage, after the stage confirmed it stopped', async () => {
+    const calls = newCalls();
+    await withWorkers(
+      calls,
+      (input) => trainUntilCancelled(input, calls),
+      async (taskQueue, gpuTaskQueue) => {
+        const handle = await env.client.workflow.start(fineTunePipeline, {
+          taskQueue,
+          workflowId: `cancel-${randomUUID()}`,
+          args: [config, { gpuTaskQueue }],
+        });
+        await waitFor(
+          () => handle.query(progressQuery),
+          (p) => p.stage === 'sft' && p.step === 20,
+        );
+        await handle.cancel();
+        const err = await handle.result().catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(WorkflowFailedError);
+        expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+        expect(calls.trainCancelled).toBe(1);
+        const described = await handle.describe();
+        expect(described.status.name).toBe('CANCELLED');
+        expect(described.typedSearchAttributes.get(VlmflowStatus)).toBe('cancelled');
+        expect((await handle.query(progressQuery)).stages.find((s) => s.name === 'sft')?.status).toBe('cancelled');
+        await saveHistory(handle, 'cancel');
+      },
+    );
+    expect(calls.evaluate).toBe(0);
+  });
+
+  it('retries training once with half the micro-batch and twice the accumulation after running out of memory', async () => {
+    const calls = newCalls();
+    const train: TrainScript = (input, n) =>
+      n === 1
+        ? Promise.reject(
+            ApplicationFailure.create({
+              type: FailureType.OutOfMemory,
+              message: 'CUDA out of memory',
+              nonRetryable: true,
+            }),
+          )
+        : Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` }));
+    const outcome = await withWorkers(calls, train, (taskQueue, gpuTaskQueue) =>
+      env.client.workflow.execute(fineTunePipeline, {
+        taskQueue,
+        workflowId: `oom-${randomUUID()}`,
+        args: [config, { gpuTaskQueue }],
+      }),
+    );
+    expect(calls.train.map((t) => [t.training.microBatchSize, t.training.gradientAccumulationSteps])).toEqual([
+      [4, 2],
+      [2, 4],
+    ]);
+    expect(outcome.status).toBe('completed');
+  });
+
+  it('fails at the gate without exporting when the tuned model does not beat the base by the margin', async () => {
+    const calls = newCalls();
+    const strict = { ...config, gate: { metric: 'vqa_accuracy', margin: 0.7 } } as const;
+    const err = await withWorkers(
+      calls,
+      (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
+      async (taskQueue, gpuTaskQueue) => {
+        const handle = await env.client.workflow.start(fineTunePipeline, {
+          taskQueue,
+          workflowId: `gate-${randomUUID()}`,
+          args: [strict, { gpuTaskQueue }],
+        });
+        const failure = await handle.result().catch((e: unknown) => e);
+        await saveHistory(handle, 'gate-failed');
+        return failure;
+      },
+    );
+    expect((err as WorkflowFailedError).cause).toMatchObject({ type: FailureType.GateFailed });
+    expect((err as WorkflowFailedError).cause?.message).toContain(
+      'sft does not beat base on vqa_accuracy by the margin 0.7: 0.9000 vs 0.3000',
+    );
+    expect(calls.exported).toBe(0);
+  });
+});

@@ -1,0 +1,34 @@
+/**
+ * Recorded histories of the workflows (test/fixtures/histories, recorded from runs on the real dev server
+ * with VLMFLOW_RECORD_FIXTURES=1) replay against today's workflow code without non-determinism: a change
+ * that would break running workflows fails here.
+ */
+import { temporal } from '@temporalio/proto';
+import { Worker } from '@temporalio/worker';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { workflowsPath } from '../src/worker.js';
+
+const dir = path.join(import.meta.dirname, 'fixtures', 'histories');
+const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
+
+describe('replay of recorded workflow histories', () => {
+  it('has fixtures to replay', () => {
+    expect(files.length).toBeGreaterThan(0);
+  });
+
+  it('replays every recorded history without non-determinism', async () => {
+    const histories = files.map((file) => ({
+      workflowId: file,
+      history: temporal.api.history.v1.History.fromObject(
+        JSON.parse(readFileSync(path.join(dir, file), 'utf8')) as object,
+      ),
+    }));
+    const failures: string[] = [];
+    for await (const result of Worker.runReplayHistories({ workflowsPath }, histories)) {
+      if (result.error) failures.push(`${result.workflowId}: ${String(result.error)}`);
+    }
+    expect(failures).toEqual([]);
+  });
+});
