@@ -11,7 +11,13 @@ import {
   type ServiceError,
 } from '@grpc/grpc-js';
 import type { Env } from './config.js';
-import { WorkerServiceClient, type HealthResponse } from './gen/vlmflow/v1/worker.js';
+import {
+  GenerateRequest,
+  WorkerServiceClient,
+  type DeepPartial,
+  type GenerateResponse,
+  type HealthResponse,
+} from './gen/vlmflow/v1/worker.js';
 import { readEnvFile } from './temporal-connection.js';
 
 export { WorkerServiceClient };
@@ -95,6 +101,25 @@ export function health(client: WorkerClient, timeoutMs = 30_000): Promise<Health
   return new Promise((resolve, reject) => {
     client.health({}, new Metadata(), { deadline: Date.now() + timeoutMs }, (err: ServiceError | null, reply) =>
       err ? reject(err) : resolve(reply),
+    );
+  });
+}
+
+/**
+ * Batched inference (caption, VQA, OCR, multi-image, video, chat) on the worker. Unset fields take their proto
+ * defaults. Rejects with the ServiceError: INVALID_ARGUMENT / NOT_FOUND name the bad item in `details`.
+ */
+export function generate(
+  client: WorkerClient,
+  request: DeepPartial<GenerateRequest>,
+  timeoutMs = 600_000,
+): Promise<GenerateResponse> {
+  return new Promise((resolve, reject) => {
+    client.generate(
+      GenerateRequest.fromPartial(request),
+      new Metadata(),
+      { deadline: Date.now() + timeoutMs },
+      (err: ServiceError | null, reply) => (err ? reject(err) : resolve(reply)),
     );
   });
 }
