@@ -43,9 +43,12 @@ export const envSchema = z.object({
 
 export type Env = z.infer<typeof envSchema>;
 
-/** Parses the environment; throws one error listing every bad variable. */
+/**
+ * Parses the environment; throws one error listing every bad variable. An empty variable counts as unset, as
+ * compose's `${NAME:-}` passes one through.
+ */
 export function loadEnv(env: NodeJS.ProcessEnv = process.env): Env {
-  const parsed = envSchema.safeParse(env);
+  const parsed = envSchema.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value !== '')));
   if (!parsed.success) {
     const lines = parsed.error.issues.map((i) => `  ${i.path.join('.')}: ${i.message}`);
     throw new Error(`invalid environment:\n${lines.join('\n')}`);
