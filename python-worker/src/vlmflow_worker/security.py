@@ -90,6 +90,11 @@ def add_port(server: grpc.aio.Server, settings: WorkerSettings) -> int:
     return server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
 
 
+def describe(settings: WorkerSettings) -> dict[str, bool]:
+    """What protects the worker, for its 'listening' log line (never the secrets themselves)."""
+    return {"tls": bool(settings.tls_cert), "mutual_tls": bool(settings.tls_client_ca), "token": bool(settings.token)}
+
+
 def interceptors(settings: WorkerSettings) -> list[grpc.aio.ServerInterceptor]:
     return [TokenInterceptor(settings.token)] if settings.token else []
 

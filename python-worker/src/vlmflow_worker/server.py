@@ -63,13 +63,19 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, Worke
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             # Without this a second worker silently shares the port with the first.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     service = WorkerService(settings)
     worker_pb2_grpc.add_WorkerServiceServicer_to_server(service, server)
-    port = security.add_port(server, settings)
+    try:
+        port = security.add_port(server, settings)
+    except RuntimeError as err:  # grpc raises RuntimeError, not OSError, when the bind fails
+        port = 0
+        cause: Exception | None = err
+    else:
+        cause = None
     if port == 0:
-        raise OSError(f"could not bind {settings.host}:{settings.port} (is the port in use?)")
+        raise OSError(f"could not bind {settings.host}:{settings.port}: the port is in use or not allowed") from cause
     settings.port = port
     await server.start()
     return server, service
@@ -82,7 +88,10 @@ async def serve(settings: WorkerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     server, service = await start_server(settings)
     # Launchers (the TS side, tests) read this line to learn the port when it was 0.
-    log.info("listening", extra={"host": settings.host, "port": settings.port, "pid": os.getpid()})
+    log.info(
+        "listening",
+        extra={"host": settings.host, "port": settings.port, "pid": os.getpid(), **security.describe(settings)},
+    )
     await stop.wait()
     log.info("stopping")
     await service.close()
