@@ -4,6 +4,7 @@
  * time by docker/gen-certs.sh. Also the Temporal TLS settings read from the environment.
  */
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
+import { execa } from 'execa';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -111,6 +112,25 @@ describe('the worker client with TLS and the token', () => {
     });
     client.close();
     expect(code).toBe(status.UNAUTHENTICATED);
+  });
+
+  it('stops `vlmflow worker` at once, with the reason, when its token is wrong', async () => {
+    const started = Date.now();
+    const result = await execa('node', ['bin/vlmflow.js', 'worker'], {
+      cwd: projectRoot,
+      reject: false,
+      env: {
+        TEMPORAL_ADDRESS: '127.0.0.1:1', // never reached: the worker is checked first
+        VLMFLOW_WORKER_ADDRESS: `localhost:${worker.port}`,
+        VLMFLOW_WORKER_TLS_CA: file('ca.pem'),
+        VLMFLOW_WORKER_TOKEN: 'not-the-token',
+      },
+    });
+    expect(result.exitCode).toBe(1);
+    expect(result.stderr).toMatch(
+      /vlmflow: the Python worker at localhost:\d+ answered UNAUTHENTICATED: invalid worker token/,
+    );
+    expect(Date.now() - started).toBeLessThan(30_000);
   });
 
   it('names the variable when a file or half a pair is missing', () => {

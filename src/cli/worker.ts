@@ -6,12 +6,14 @@
  *
  *   TEMPORAL_ADDRESS=temporal:7233 VLMFLOW_WORKER_ADDRESS=python-worker:50051 vlmflow worker
  */
+import { status, type ServiceError } from '@grpc/grpc-js';
 import type { NativeConnection } from '@temporalio/worker';
 import { loadEnv } from '../config.js';
 import { logger } from '../logger.js';
 import { connectTemporalWorker, temporalTarget, type TemporalTarget } from '../temporal-connection.js';
 import { installTemporalRuntime } from '../temporal-runtime.js';
-import { createWorkerClient, health, waitForReady, workerClientSecurity } from '../worker-client.js';
+import type { HealthResponse } from '../gen/vlmflow/v1/worker.js';
+import { createWorkerClient, health, workerClientSecurity, type WorkerClient } from '../worker-client.js';
 import { createWorkers } from '../worker.js';
 
 export interface WorkerCommandOptions {
@@ -31,9 +33,8 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
   const client = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env));
   let connection: NativeConnection | undefined;
   try {
-    await waitForReady(client, Math.max(1000, deadline - Date.now())).catch((err: unknown) => {
-      throw new Error(`the Python worker at ${env.VLMFLOW_WORKER_ADDRESS} did not answer: ${String(err)}`);
-    });
+    // The worker first: a wrong token or certificate shows up here, before anything polls Temporal.
+    const capacity = (await healthUntil(client, env.VLMFLOW_WORKER_ADDRESS, deadline)).jobCapacity;
     connection = await connectUntil(target, deadline);
     const workers = await createWorkers({
       connection,
@@ -42,7 +43,6 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
       workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
     });
-    const capacity = (await health(client)).jobCapacity;
     logger.info(
       {
         temporal: target.address,
@@ -62,6 +62,25 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
   } finally {
     client.close();
     await connection?.close();
+  }
+}
+
+/**
+ * Health from the Python worker, retrying while it is unreachable (starting, or a TLS handshake that fails:
+ * the last error names why); any other answer, UNAUTHENTICATED included, fails at once.
+ */
+async function healthUntil(client: WorkerClient, address: string, deadline: number): Promise<HealthResponse> {
+  for (;;) {
+    try {
+      return await health(client, 10_000);
+    } catch (err) {
+      const e = err as ServiceError;
+      const why = `the Python worker at ${address} answered ${status[e.code] ?? e.code}: ${e.details ?? String(err)}`;
+      if (e.code !== status.UNAVAILABLE && e.code !== status.DEADLINE_EXCEEDED) throw new Error(why);
+      if (Date.now() > deadline) throw new Error(why);
+      logger.info({ pythonWorker: address, reason: e.details }, 'waiting for the Python worker');
+      await new Promise((r) => setTimeout(r, 2000));
+    }
   }
 }
 
