@@ -330,6 +330,14 @@ class ModelCache:
             self._entries[spec] = entry
             return entry, True
 
+    def put(self, spec: ModelSpec, model, processor) -> LoadedModel:
+        """Adds a model built in memory (the benchmark's random-weight SmolVLM) under `spec`."""
+        with self._lock:
+            entry = LoadedModel(spec, model, processor, self.device, memory_footprint(model), 0.0)
+            self._evict_for(entry.bytes)
+            self._entries[spec] = entry
+            return entry
+
     def _evict_for(self, incoming: int) -> None:
         while self._entries and self.total_bytes + incoming > self.max_bytes:
             spec, old = self._entries.popitem(last=False)

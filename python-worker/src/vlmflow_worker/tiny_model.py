@@ -109,19 +109,20 @@ def build_tokenizer():
     )
 
 
-def build_processor():
+def build_processor(tile_size: int = TILE_SIZE, longest_edge: int = LONGEST_EDGE, image_seq_len: int = IMAGE_SEQ_LEN):
+    """The processor; the sizes default to the tiny model's (bench/inference.py passes SmolVLM's real ones)."""
     # The PIL backend is what AutoProcessor picks for Idefics3 with torchvision < 0.27 (LANCZOS resampling);
     # the saved config names "Idefics3ImageProcessor" either way, as on the hub.
     from transformers import Idefics3ImageProcessorPil, Idefics3Processor
 
     image_processor = Idefics3ImageProcessorPil(
-        size={"longest_edge": LONGEST_EDGE},
-        max_image_size={"longest_edge": TILE_SIZE},
+        size={"longest_edge": longest_edge},
+        max_image_size={"longest_edge": tile_size},
     )
     return Idefics3Processor(
         image_processor=image_processor,
         tokenizer=build_tokenizer(),
-        image_seq_len=IMAGE_SEQ_LEN,
+        image_seq_len=image_seq_len,
         chat_template=CHAT_TEMPLATE,
     )
 

@@ -1,0 +1,236 @@
+"""Inference throughput: items/s and answer tokens/s at batch sizes 1, 4 and 16, through the worker's Generate path.
+
+python-worker/.venv/bin/python bench/inference.py                       # tiny model, CPU
+python-worker/.venv/bin/python bench/inference.py --threads 1           # same, one torch thread
+python-worker/.venv/bin/python bench/inference.py --smolvlm-arch        # SmolVLM-Instruct's architecture, CUDA
+
+Every item is one photo (the demo photos when ../shared/data is there, else synthetic ones) with the caption
+preset; each answer is exactly --new-tokens long (EOS ignored), so batch sizes compare like for like. A warm-up
+batch runs first. --smolvlm-arch builds random weights with SmolVLM-Instruct's real shapes (SigLIP so400m/14 at
+384 px, 27 layers; SmolLM2-1.7B text: hidden 2048, 24 layers, 32 heads; scale factor 3, 81 tokens per tile) and
+the real image processor sizes (longest edge 1536, 384 px tiles). Prints a table; writes JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
+from vlmflow_worker import tiny_model
+from vlmflow_worker.generate import run_generate
+from vlmflow_worker.health import library_versions
+from vlmflow_worker.models import ModelCache, ModelSpec
+from vlmflow_worker.settings import WorkerSettings
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_PHOTOS = REPO.parent / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"
+
+
+def smolvlm_instruct_model(device: str):
+    """Random weights, SmolVLM-Instruct's architecture (config of HuggingFaceTB/SmolVLM-Instruct)."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+
+    processor = tiny_model.build_processor(tile_size=384, longest_edge=4 * 384, image_seq_len=81)
+    tok = processor.tokenizer
+    ids = {t: tok.convert_tokens_to_ids(t) for t in (tiny_model.BOS, tiny_model.PAD, tiny_model.END_OF_UTTERANCE)}
+    config = Idefics3Config(
+        vision_config={
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_hidden_layers": 27,
+            "num_attention_heads": 16,
+            "image_size": 384,
+            "patch_size": 14,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": 49280,
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 24,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+            "max_position_embeddings": 16384,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 273768.0},
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": False,
+            "bos_token_id": ids[tiny_model.BOS],
+            "eos_token_id": ids[tiny_model.END_OF_UTTERANCE],
+            "pad_token_id": ids[tiny_model.PAD],
+        },
+        scale_factor=3,
+        image_token_id=tok.convert_tokens_to_ids(tiny_model.IMAGE),
+        pad_token_id=ids[tiny_model.PAD],
+        tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Idefics3ForConditionalGeneration(config).to(dtype).eval()
+    model.generation_config.eos_token_id = ids[tiny_model.END_OF_UTTERANCE]
+    model.generation_config.pad_token_id = ids[tiny_model.PAD]
+    return model, processor
+
+
+def photos(count: int) -> list[bytes]:
+    import io
+
+    if DEMO_PHOTOS.is_dir():
+        sources = [(DEMO_PHOTOS / f"{i}.jpg").read_bytes() for i in (1, 2, 3)]
+    else:
+        sources = []
+        for colour in ((200, 40, 40), (40, 160, 60), (40, 60, 200)):
+            buffer = io.BytesIO()
+            Image.new("RGB", (480, 320), colour).save(buffer, format="JPEG")
+            sources.append(buffer.getvalue())
+    return [sources[i % len(sources)] for i in range(count)]
+
+
+def request(model_id: str, images: list[bytes], batch_size: int, new_tokens: int) -> worker_pb2.GenerateRequest:
+    return worker_pb2.GenerateRequest(
+        model=common_pb2.ModelRef(model_id=model_id),
+        items=[
+            generate_pb2.GenerateItem(id=str(i), task=generate_pb2.TASK_CAPTION, images=[common_pb2.Image(data=data)])
+            for i, data in enumerate(images)
+        ],
+        generation=common_pb2.GenerationConfig(max_new_tokens=new_tokens),
+        batch_size=batch_size,
+    )
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smolvlm-arch", action="store_true", help="Random-weight SmolVLM-Instruct shapes (CUDA).")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-sizes", default="1,4,16")
+    parser.add_argument("--items", type=int, default=32, help="Items per measurement (a multiple of 16 is fairest).")
+    parser.add_argument("--new-tokens", type=int, default=32, help="Answer length, exactly (EOS ignored).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0 = torch's default). On a small shared CPU, 1 avoids threads spinning on each "
+        "other: the tiny model's ops are too small to split.",
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smolvlm_arch and args.device != "cuda":
+        print("note: --smolvlm-arch on CPU is very slow; it is meant for a CUDA machine", file=sys.stderr)
+
+    settings = WorkerSettings(artifact_root=REPO / ".state" / "artifacts")
+    cache = ModelCache(settings=settings, device=args.device)
+    if args.smolvlm_arch:
+        model_id = "random-weights/SmolVLM-Instruct-architecture"
+        model, processor = smolvlm_instruct_model(args.device)
+        cache.put(ModelSpec(model_id), model, processor)
+        name = "smolvlm-instruct-arch"
+    else:
+        model_id = str(tiny_model.build_tiny_model(REPO / ".state" / "models" / "tiny-idefics3"))
+        name = "tiny-idefics3"
+    entry, _ = cache.get(model_id)
+    params = sum(p.numel() for p in entry.model.parameters())
+    # min_new_tokens pins every answer to the same length; the random model would otherwise stop anywhere.
+    fixed_length = {"min_new_tokens": args.new_tokens}
+
+    images = photos(args.items)
+    warm = request(model_id, images[:2], 2, 4)
+    run_generate(warm, settings, cache, extra_generate_kwargs={"min_new_tokens": 4})
+
+    rows = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        response = run_generate(
+            request(model_id, images, batch_size, args.new_tokens), settings, cache, extra_generate_kwargs=fixed_length
+        )
+        seconds = time.perf_counter() - started
+        tokens = sum(r.answer_tokens for r in response.results)
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "items": len(response.results),
+                "seconds": round(seconds, 3),
+                "items_per_second": round(len(response.results) / seconds, 3),
+                "answer_tokens_per_second": round(tokens / seconds, 1),
+                "prompt_tokens_per_item": response.results[0].prompt_tokens,
+                "preprocess_seconds": round(response.timings.preprocess_seconds, 3),
+                "generate_seconds": round(response.timings.generate_seconds, 3),
+                **(
+                    {"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+                    if args.device == "cuda"
+                    else {}
+                ),
+            }
+        )
+        row = rows[-1]
+        print(
+            f"batch {batch_size:>3}: {row['items_per_second']:>8.2f} items/s  "
+            f"{row['answer_tokens_per_second']:>9.1f} answer tokens/s  ({row['seconds']:.1f}s)",
+            flush=True,
+        )
+
+    base = rows[0]["items_per_second"]
+    print(f"\n{name} on {args.device} ({params / 1e6:.1f}M params, {args.new_tokens} answer tokens per item)")
+    print(f"{'batch':>5} | {'items/s':>8} | {'answer tok/s':>12} | {'prompt tok/item':>15} | {'x batch 1':>9}")
+    for row in rows:
+        print(
+            f"{row['batch_size']:>5} | {row['items_per_second']:>8.2f} | {row['answer_tokens_per_second']:>12.1f} | "
+            f"{row['prompt_tokens_per_item']:>15} | {row['items_per_second'] / base:>9.2f}"
+        )
+
+    versions = library_versions()
+    result = {
+        "benchmark": "inference",
+        "model": name,
+        "parameters": params,
+        "device": args.device,
+        "new_tokens": args.new_tokens,
+        "items": args.items,
+        "rows": rows,
+        "machine": machine(),
+        "versions": dict(versions),
+        "git_commit": git_commit(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"inference-{name}-{args.device}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    # The newest run under a stable name (the one kept in git), as the other benchmarks do.
+    (args.out / f"inference-{name}-{args.device}-latest.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
