@@ -402,6 +402,32 @@ describe('the Dockerfiles', () => {
     }
     expect(statSync(path.join(dockerDir, 'gen-certs.sh')).mode & 0o111).not.toBe(0);
   });
+
+  it("lists the Python image's dependencies with its own command, each agreeing with requirements.lock", async () => {
+    const run = dockerfile('docker/python-worker.Dockerfile').find(
+      (i) => i.op === 'RUN' && i.args.includes('tomllib'),
+    )!;
+    const command = /(python -c ".*") >requirements\.txt/.exec(run.args)![1]!;
+    const listed = await execa('sh', ['-c', command], {
+      cwd: path.join(projectRoot, 'python-worker'),
+      env: { PATH: `${path.dirname(workerPython)}:${process.env.PATH}` },
+    });
+    const pins = listed.stdout.split('\n').map((line) => line.split('=='));
+    expect(pins.map(([name]) => name)).toEqual(
+      expect.arrayContaining(['torch', 'transformers', 'trl', 'peft', 'bitsandbytes']),
+    );
+    const lock = new Map(
+      read('python-worker/requirements.lock')
+        .split('\n')
+        .filter((line) => line.includes('=='))
+        .map((line) => line.split('==') as [string, string])
+        .map(([name, version]) => [name.toLowerCase().replace(/_/g, '-'), version.trim()]),
+    );
+    for (const [name, version] of pins) {
+      const locked = lock.get(name!.toLowerCase());
+      if (locked) expect(version, `${name} in pyproject.toml vs requirements.lock`).toBe(locked);
+    }
+  });
 });
 
 describe('docker/README.md', () => {
