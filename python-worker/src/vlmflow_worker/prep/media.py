@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from vlmflow_worker.errors import PathOutsideRoots, WorkerError
+from vlmflow_worker.media import open_image
 from vlmflow_worker.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
@@ -64,11 +65,10 @@ class MediaStore:
         else:
             raise Drop("missing_image", f"image reference {str(ref)[:80]!r} is empty or of an unknown kind")
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-            image = image.convert("RGB")
-        except Exception as err:
-            raise Drop("corrupt_image", f"{name!r} cannot be decoded ({type(err).__name__}: {err})") from err
+            # The same decoder as Generate, with its decompression-bomb guard (PIL alone only warns up to 178 Mpx).
+            image = open_image(data, repr(name))
+        except WorkerError as err:
+            raise Drop("corrupt_image", err.message) from err
         return self._store(data, suffix), image
 
     def add_video(self, ref: str, base: Path | None) -> list[tuple[str, Image.Image]]:
@@ -78,7 +78,8 @@ class MediaStore:
             import av
 
             with av.open(str(path)) as container:
-                frames = [frame.to_image() for frame in container.decode(video=0)]
+                # A container without a video stream has no frames (not a decoder crash: issue 7's corpus).
+                frames = [f.to_image() for f in container.decode(video=0)] if container.streams.video else []
         except Exception as err:
             raise Drop("corrupt_image", f"video {ref!r} cannot be decoded ({type(err).__name__}: {err})") from err
         if not frames:

@@ -55,6 +55,8 @@ class Normalizer:
         self.media = media
 
     def row(self, record: dict[str, Any], layout: int, base: Path | None, columns: dict[str, str]) -> Row:
+        if not isinstance(record, dict):  # a JSON line holding a list or a number (issue 7's corpus)
+            raise Drop("malformed_row", f"a row is a JSON {type(record).__name__}, not an object")
         if "__malformed__" in record:
             raise Drop("malformed_row", record["__malformed__"])
         record = {columns.get(k, k): v for k, v in record.items()}
