@@ -17,6 +17,7 @@ from vlmflow_worker.settings import WorkerSettings
 
 def _logits(model, processor) -> torch.Tensor:
     inputs = processor(text=["<|im_start|>User: hello there<end_of_utterance>\nAssistant:"], return_tensors="pt")
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
     with torch.no_grad():
         return model(**inputs).logits
 
@@ -79,6 +80,25 @@ def test_quantization_is_refused_without_cuda(tiny_model_path: Path, quantizatio
     ref = common_pb2.ModelRef(model_id=str(tiny_model_path), quantization=quantization)
     with pytest.raises(FailedPrecondition, match="needs a CUDA GPU"):
         load_model(ref, settings=WorkerSettings(artifact_root=tmp_path), device="cpu")
+
+
+def test_relative_model_ids_resolve_under_the_artifact_root(tiny_model_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "tiny").symlink_to(tiny_model_path)
+    spec = ModelSpec.from_proto(common_pb2.ModelRef(model_id="exports/tiny"), WorkerSettings(artifact_root=tmp_path))
+    assert spec.model_id == str(tmp_path / "exports" / "tiny")
+    assert (
+        ModelSpec.from_proto(common_pb2.ModelRef(model_id="org/name"), WorkerSettings(artifact_root=tmp_path)).model_id
+        == "org/name"
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantized_loading_on_cuda(tiny_model_path: Path, quantization: str) -> None:
+    model, processor = load_model(ModelSpec(str(tiny_model_path), quantization=quantization), device="cuda")
+    assert getattr(model, f"is_loaded_in_{'4' if quantization == 'nf4' else '8'}bit")
+    assert torch.isfinite(_logits(model, processor).float().cpu()).all()
 
 
 def test_missing_folders_and_unknown_hub_ids_are_not_found(tmp_path: Path) -> None:

@@ -67,10 +67,11 @@ class ModelSpec:
         model_id = ref.model_id
         if model_id.startswith("file://"):
             model_id = model_id[len("file://") :]
-        if settings is not None and _looks_local(model_id) and not Path(model_id).is_absolute():
-            # Relative folders are relative to the artifact root (where merged and exported models go).
+        if settings is not None and model_id and not Path(model_id).is_absolute():
+            # A relative folder under the artifact root (where merged and exported models go) wins over a hub id,
+            # as a local folder does in transformers.
             candidate = settings.artifact_root / model_id
-            if candidate.exists():
+            if (candidate / "config.json").is_file():
                 model_id = str(candidate)
         return cls(
             model_id=model_id,
