@@ -4,15 +4,23 @@
  * time by docker/gen-certs.sh. Also the Temporal TLS settings read from the environment.
  */
 import { Metadata, status, type ServiceError } from '@grpc/grpc-js';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
+import { Connection } from '@temporalio/client';
 import { execFileSync } from 'node:child_process';
+import net from 'node:net';
+import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadEnv } from '../src/config.js';
-import { projectRoot } from '../src/paths.js';
+import { projectRoot, temporalCli } from '../src/paths.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { temporalTarget, temporalTls } from '../src/temporal-connection.js';
+import {
+  connectTemporalClient,
+  connectTemporalWorker,
+  temporalTarget,
+  temporalTls,
+} from '../src/temporal-connection.js';
 import {
   createWorkerClient,
   health,
@@ -20,7 +28,7 @@ import {
   type WorkerClient,
   type WorkerClientSecurity,
 } from '../src/worker-client.js';
-import { tempDir } from './helpers.js';
+import { freePort, tempDir } from './helpers.js';
 
 const certs = tempDir('certs');
 execFileSync('sh', [path.join(projectRoot, 'docker', 'gen-certs.sh'), certs, 'localhost', '127.0.0.1'], {
@@ -139,6 +147,82 @@ describe('the worker client with TLS and the token', () => {
       /VLMFLOW_WORKER_TLS_CLIENT_KEY/,
     );
     expect(() => fromEnv({ VLMFLOW_WORKER_TOKEN: 'a', VLMFLOW_WORKER_TOKEN_FILE: file('token') })).toThrow(/only one/);
+  });
+});
+
+describe('the Temporal connection over TLS and mutual TLS, for real', () => {
+  // The dev server speaks plaintext only, so a TLS terminator that demands a client certificate stands in front
+  // of it, as a load balancer or Temporal's own frontend TLS would; both SDK connections go through it.
+  let devServer: ResultPromise;
+  let proxy: tls.Server;
+  let address: string;
+
+  beforeAll(async () => {
+    const devPort = await freePort();
+    devServer = execa(
+      temporalCli,
+      ['server', 'start-dev', '--headless', '--ip', '127.0.0.1', '--port', String(devPort), '--log-level', 'error'],
+      { reject: false, stdio: 'ignore' },
+    );
+    proxy = tls.createServer(
+      {
+        cert: readFileSync(file('worker.pem')),
+        key: readFileSync(file('worker.key')),
+        ca: readFileSync(file('ca.pem')),
+        requestCert: true,
+        rejectUnauthorized: true,
+        ALPNProtocols: ['h2'],
+      },
+      (socket) => {
+        const upstream = net.connect(devPort, '127.0.0.1');
+        socket.pipe(upstream).pipe(socket);
+        socket.on('error', () => upstream.destroy());
+        upstream.on('error', () => socket.destroy());
+      },
+    );
+    proxy.on('tlsClientError', () => undefined);
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    address = `localhost:${(proxy.address() as net.AddressInfo).port}`;
+    for (let i = 0; ; i++) {
+      try {
+        const plain = await Connection.connect({ address: `127.0.0.1:${devPort}`, connectTimeout: 1000 });
+        await plain.close();
+        break;
+      } catch (err) {
+        if (i > 120) throw err;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  });
+
+  afterAll(async () => {
+    proxy?.close();
+    devServer?.kill('SIGTERM');
+    await devServer;
+  });
+
+  const mtls = () => ({
+    TEMPORAL_ADDRESS: address,
+    TEMPORAL_TLS_CA: file('ca.pem'),
+    TEMPORAL_TLS_CERT: file('client.pem'),
+    TEMPORAL_TLS_KEY: file('client.key'),
+  });
+
+  it('connects a client and a worker connection with the CA and the client certificate', async () => {
+    const target = temporalTarget(loadEnv(mtls()));
+    const client = await connectTemporalClient(target);
+    const info = await client.workflowService.getSystemInfo({});
+    expect(info.serverVersion).toBeTruthy();
+    await client.close();
+    const worker = await connectTemporalWorker(target);
+    await worker.close();
+  });
+
+  it('fails without the client certificate, or without the CA', async () => {
+    const { TEMPORAL_TLS_CERT: _c, TEMPORAL_TLS_KEY: _k, ...noClientCert } = mtls();
+    await expect(connectTemporalWorker(temporalTarget(loadEnv(noClientCert)))).rejects.toThrow();
+    const { TEMPORAL_TLS_CA: _ca, ...noCa } = mtls();
+    await expect(connectTemporalWorker(temporalTarget(loadEnv(noCa)))).rejects.toThrow();
   });
 });
 
