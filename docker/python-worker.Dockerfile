@@ -35,14 +35,15 @@ COPY python-worker/src ./src
 COPY python-worker/gen ./gen
 RUN pip install --no-deps --no-cache-dir . && python -c "import vlmflow_worker.server, vlmflow.v1.worker_pb2"
 
-# 3. The runtime: the venv, a non-root user, the certificate helper the compose `certs` job runs.
+# 3. The runtime: the venv, a non-root user, the certificate helper the compose `certs` job runs. The folders
+#    named volumes mount on exist here, owned by that user, so a fresh volume starts out writable by it.
 FROM base AS runtime
 COPY --from=build /opt/venv /opt/venv
 COPY --chmod=755 docker/gen-certs.sh /usr/local/bin/vlmflow-gen-certs
 RUN groupadd --gid 10001 vlmflow \
     && useradd --uid 10001 --gid vlmflow --create-home --shell /usr/sbin/nologin vlmflow \
-    && mkdir -p /artifacts /certs \
-    && chown vlmflow:vlmflow /artifacts /certs
+    && mkdir -p /artifacts /certs /home/vlmflow/.cache/huggingface \
+    && chown vlmflow:vlmflow /artifacts /certs /home/vlmflow/.cache /home/vlmflow/.cache/huggingface
 ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/home/vlmflow/.cache/huggingface \
     VLMFLOW_WORKER_HOST=0.0.0.0 \
