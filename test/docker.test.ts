@@ -243,6 +243,20 @@ describe('docker/compose.yaml', () => {
     expect(service('certs').volumes).toContain('certs:/certs');
   });
 
+  it("creates the Python worker's volume mount points in its image, owned by its user", () => {
+    const run = finalStage(dockerfile('docker/python-worker.Dockerfile'))
+      .filter((i) => i.op === 'RUN')
+      .map((i) => i.args)
+      .join(' ');
+    for (const volume of service('python-worker').volumes!) {
+      const [source, target] = volume.split(':');
+      if (source!.startsWith('.') || source!.startsWith('$') || volume.endsWith(':ro')) continue;
+      // A fresh named volume copies the ownership of the folder it is mounted on.
+      expect(run, `${target} is created`).toMatch(new RegExp(`mkdir -p [^&]*${target}\\b`));
+      expect(run, `${target} is chowned`).toMatch(new RegExp(`chown vlmflow:vlmflow [^&]*${target}\\b`));
+    }
+  });
+
   it('makes the worker certificate for the host the TS worker dials', () => {
     const command = service('certs').command!.join(' ');
     const host = environment('ts-worker').VLMFLOW_WORKER_ADDRESS!.split(':')[0]!;
