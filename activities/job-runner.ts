@@ -54,6 +54,8 @@ export interface JobResult {
   metrics: Record<string, number>;
   /** The worker answered from an earlier identical job (content fingerprint hit). */
   cached: boolean;
+  /** The result came from earlier work: a fingerprint hit, or a job (same id) that had already run. */
+  reused: boolean;
   fingerprint: string;
   attached: boolean;
   resumedFromStep: number;
@@ -185,6 +187,7 @@ export async function runJob<Req extends { jobId: string }>(
               artifacts: event.value.artifacts,
               metrics: event.value.metrics,
               cached: event.value.cached,
+              reused: event.value.cached || (state.attached && info.attempt === 1),
               fingerprint: event.value.fingerprint,
               attached: state.attached,
               resumedFromStep,

@@ -18,7 +18,9 @@ export const evalMetrics = [
   'bleu4',
   'rouge_l',
   'cider',
+  'chosen_pick_rate',
   'preference_accuracy',
+  'reward_margin',
 ] as const;
 
 const positiveInt = z.number().int().positive();

@@ -42,6 +42,7 @@ function result(jobId: string, artifacts: Record<string, string>, metrics: Recor
     artifacts,
     metrics,
     cached: false,
+    reused: false,
     fingerprint: `fp-${jobId}`,
     attached: false,
     resumedFromStep: 0,
@@ -234,7 +235,7 @@ describe('fineTunePipeline on the real dev server', () => {
         loss: 1.5,
         etaSeconds: 80,
       });
-      expect(running.lastCheckpoint).toMatch(/sft\/checkpoint-20$/);
+      expect(running.lastCheckpoint).toMatch(/checkpoint-20$/);
       expect(running.details).toContain('step 20/100');
       const described = await handle.describe();
       expect(described.typedSearchAttributes.get(VlmflowStage)).toBe('sft');
@@ -257,10 +258,11 @@ describe('fineTunePipeline on the real dev server', () => {
     });
     expect(calls.train).toHaveLength(2);
     expect(calls.train[1]!.jobId).toBe(calls.train[0]!.jobId);
-    expect(calls.train[1]!.resumeFromCheckpoint).toMatch(/sft\/checkpoint-20$/);
+    expect(calls.train[1]!.resumeFromCheckpoint).toMatch(/checkpoint-20$/);
+    expect(calls.train[1]!.outputUri).toBe(calls.train[0]!.outputUri);
     expect(outcome).toMatchObject({ status: 'completed', gate: { passed: true, base: 0.3, tuned: 0.9 } });
-    expect(outcome.reportUri).toMatch(/evaluate\/report\.html$/);
-    expect(outcome.modelUri).toMatch(/export\/model$/);
+    expect(outcome.reportUri).toMatch(/report\.html$/);
+    expect(outcome.modelUri).toMatch(/model$/);
   });
 
   it('ends as cancelled when cancelled mid-stage, after the stage confirmed it stopped', async () => {

@@ -28,6 +28,8 @@ export interface StageSummary {
   artifacts?: Record<string, string>;
   metrics?: Record<string, number>;
   fingerprint?: string;
+  /** Step the stage's job resumed from (0 for a fresh start). */
+  resumedFromStep?: number;
   message?: string;
 }
 
@@ -41,6 +43,8 @@ export interface PipelineProgress {
   loss: number | null;
   etaSeconds: number | null;
   lastCheckpoint: string;
+  /** The run's artifact-store folder. */
+  outputRoot: string;
   /** The current details text shown in the Temporal UI. */
   details: string;
 }

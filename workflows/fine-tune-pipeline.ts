@@ -43,6 +43,7 @@ import {
   type StageSummary,
 } from './definitions.js';
 import { compareMetric, type GateResult } from './gate.js';
+import { stageKey } from './stage-key.js';
 
 /** Finished stages, carried over continue-as-new and into `vlmflow retry`. */
 export interface PipelineState {
@@ -112,6 +113,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     loss: null,
     etaSeconds: null,
     lastCheckpoint: '',
+    outputRoot: root,
     details: '',
   };
   let paused = false;
@@ -178,12 +180,14 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
   ]);
 
   /**
-   * Runs one stage (or reuses it from the carried-over state), restarting it after each pause. `fn` gets
-   * the job id (workflow id + stage) and the newest checkpoint seen.
+   * Runs one stage (or reuses it from the carried-over state), restarting it after each pause. `fn` gets the
+   * job id and output folder (from the content key when there is one, else workflow id + stage) and the newest
+   * checkpoint seen.
    */
   async function stage(
     name: StageName,
-    fn: (jobId: string, checkpoint: string) => Promise<JobResult>,
+    key: string | null,
+    fn: (jobId: string, outputUri: string, checkpoint: string) => Promise<JobResult>,
   ): Promise<JobResult> {
     const summary = stageSummary(name)!;
     const done = state.completed[name];
@@ -204,11 +208,14 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       }
       summary.status = 'running';
       // The same id after a pause: the worker starts a new attempt that resumes from the stage's checkpoints.
-      summary.jobId = `${workflowId}/${name}`;
+      // A keyed stage's job is named by its content key, so an identical earlier run's result is attached to.
+      summary.jobId = key ? `stages/${key}` : `${workflowId}/${name}`;
+      const outputUri = key ? `stages/${key}` : `${root}/${name}`;
       refresh();
       stageScope = new CancellationScope();
       try {
-        const result = await stageScope.run(() => fn(summary.jobId!, progress.lastCheckpoint));
+        const ran = await stageScope.run(() => fn(summary.jobId!, outputUri, progress.lastCheckpoint));
+        const result = { ...ran, fingerprint: ran.fingerprint || key || '' };
         Object.assign(summary, summaryOf(name, result));
         state.completed[name] = result;
         refresh();
@@ -227,26 +234,38 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     }
   }
 
+  /** A stage's content key when reuse is on (see stage-key.ts); null runs it under this run's own folder. */
+  function keyFor(name: StageName, inputs: Record<string, unknown>, fingerprints: string[]): string | null {
+    return config.reuse ? stageKey(name, { model: config.model, ...inputs }, fingerprints) : null;
+  }
+
   /** SFT or DPO; after an out-of-memory failure, once more with half the micro-batch (same effective batch). */
-  async function train(name: 'sft' | 'dpo', datasetUri: string, adapterUri: string): Promise<JobResult> {
+  async function train(name: 'sft' | 'dpo', dataset: JobResult, adapter: JobResult | null): Promise<JobResult> {
     const spec = name === 'sft' ? config.sft : config.dpo!;
+    const dpo = name === 'dpo' ? pick(config.dpo!) : undefined;
     let training: TrainingConfig = spec.training;
-    let outputUri = `${root}/${name}`;
     for (;;) {
+      const { retryOnOutOfMemory: _ignored, ...settings } = training;
+      const key = keyFor(name, { lora: spec.lora, training: settings, dpo, maxLength: config.dataset.maxLength }, [
+        dataset.fingerprint,
+        ...(adapter ? [adapter.fingerprint] : []),
+      ]);
       try {
-        return await stage(name, (jobId, checkpoint) =>
+        return await stage(name, key, (jobId, outputUri, checkpoint) =>
           acts.train({
             jobId,
             stage: name,
             kind: name,
             model: config.model,
-            adapterUri,
-            datasetUri,
+            adapterUri: adapter ? adapterOf(adapter) : '',
+            datasetUri: datasetOf(dataset),
             maxLength: config.dataset.maxLength,
             lora: spec.lora,
             training,
-            dpo: name === 'dpo' ? pick(config.dpo!) : undefined,
-            outputUri,
+            dpo,
+            outputUri: key
+              ? outputUri
+              : `${outputUri}${training === spec.training ? '' : `-mb${training.microBatchSize}`}`,
             resumeFromCheckpoint: checkpoint,
           }),
         );
@@ -259,7 +278,6 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
           gradientAccumulationSteps: training.gradientAccumulationSteps * 2,
           retryOnOutOfMemory: false,
         };
-        outputUri = `${root}/${name}-mb${training.microBatchSize}`;
         log.warn('out of memory; retrying with half the micro-batch', {
           stage: name,
           microBatchSize: training.microBatchSize,
@@ -270,33 +288,27 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     }
   }
 
-  try {
-    const prepared = await stage('prepare', (jobId) =>
+  /** Dataset prep; with reuse on, into the shared `datasets` folder where the worker caches by content. */
+  function prepare(name: 'prepare' | 'prepare-preference', dataset: PipelineConfig['dataset']): Promise<JobResult> {
+    return stage(name, null, (jobId, outputUri) =>
       acts.prepareDataset({
         jobId,
-        stage: 'prepare',
+        stage: name,
         model: config.model,
-        dataset: config.dataset,
-        outputUri: `${root}/prepare`,
+        dataset,
+        outputUri: config.reuse ? 'datasets' : outputUri,
       }),
     );
-    const datasetUri = prepared.artifacts.dataset ?? `${root}/prepare`;
-    const sft = await train('sft', datasetUri, '');
+  }
+
+  try {
+    const prepared = await prepare('prepare', config.dataset);
+    const sft = await train('sft', prepared, null);
     let tuned = { name: 'sft', result: sft };
 
     if (config.dpo) {
-      const dpo = config.dpo;
-      const preference = await stage('prepare-preference', (jobId) =>
-        acts.prepareDataset({
-          jobId,
-          stage: 'prepare-preference',
-          model: config.model,
-          dataset: dpo.dataset,
-          outputUri: `${root}/prepare-preference`,
-        }),
-      );
-      const result = await train('dpo', preference.artifacts.dataset ?? `${root}/prepare-preference`, adapterOf(sft));
-      tuned = { name: 'dpo', result };
+      const preference = await prepare('prepare-preference', config.dpo.dataset);
+      tuned = { name: 'dpo', result: await train('dpo', preference, sft) };
     }
 
     const variants = [
@@ -310,15 +322,20 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
         trainingLogUri: tuned.result.artifacts.training_log ?? '',
       });
     }
-    const evaluation = await stage('evaluate', (jobId) =>
+    const evalKey = keyFor('evaluate', { evaluate: config.evaluate, variants: variants.map((v) => v.name) }, [
+      prepared.fingerprint,
+      sft.fingerprint,
+      ...(tuned.name === 'dpo' ? [tuned.result.fingerprint] : []),
+    ]);
+    const evaluation = await stage('evaluate', evalKey, (jobId, outputUri) =>
       acts.evaluate({
         jobId,
         stage: 'evaluate',
         model: config.model,
         variants,
-        datasetUri,
+        datasetUri: datasetOf(prepared),
         evaluate: config.evaluate,
-        outputUri: `${root}/evaluate`,
+        outputUri,
       }),
     );
 
@@ -342,23 +359,25 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
 
     let modelUri = '';
     if (config.export.enabled) {
-      const exported = await stage('export', (jobId) =>
+      // Pushing to a hub is a side effect to repeat, so only a local export is reused.
+      const exportKey = config.export.pushToHub ? null : keyFor('export', {}, [tuned.result.fingerprint]);
+      const exported = await stage('export', exportKey, (jobId, outputUri) =>
         acts.exportModel({
           jobId,
           stage: 'export',
           model: config.model,
           adapterUri: adapterOf(tuned.result),
-          outputUri: `${root}/export`,
+          outputUri,
           pushToHub: config.export.pushToHub,
           privateRepo: config.export.privateRepo,
           card: {
             workflow_id: workflowId,
-            dataset_fingerprint: prepared.fingerprint,
-            eval_metrics: evaluation.artifacts.metrics ?? '',
+            data_fingerprint: prepared.fingerprint,
+            ...(evaluation.artifacts.metrics ? { eval_metrics_uri: evaluation.artifacts.metrics } : {}),
           },
         }),
       );
-      modelUri = exported.artifacts.model ?? `${root}/export`;
+      modelUri = exported.artifacts.model ?? '';
     }
 
     progress.stage = null;
@@ -383,6 +402,10 @@ function adapterOf(result: JobResult): string {
   return result.artifacts.adapter ?? '';
 }
 
+function datasetOf(result: JobResult): string {
+  return result.artifacts.dataset ?? '';
+}
+
 function pick(dpo: NonNullable<PipelineConfig['dpo']>) {
   return {
     beta: dpo.beta,
@@ -396,11 +419,12 @@ function summaryOf(name: StageName, result: JobResult | undefined): StageSummary
   if (!result) return { name, status: 'pending' };
   return {
     name,
-    status: result.cached ? 'reused' : 'completed',
+    status: result.reused ? 'reused' : 'completed',
     jobId: result.jobId,
     artifacts: result.artifacts,
     metrics: result.metrics,
     fingerprint: result.fingerprint,
+    resumedFromStep: result.resumedFromStep,
   };
 }
 

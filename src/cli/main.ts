@@ -1,5 +1,6 @@
 /** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
 import { Command } from 'commander';
+import { registerPipelineCommands } from './commands.js';
 import { demo } from './demo.js';
 import { worker } from './worker.js';
 
@@ -21,6 +22,8 @@ program
   .action(async () => {
     process.exitCode = await worker();
   });
+
+registerPipelineCommands(program);
 
 try {
   await program.parseAsync(process.argv);

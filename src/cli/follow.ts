@@ -1,0 +1,118 @@
+/**
+ * Follows a running fineTunePipeline from the CLI: a live progress bar per stage (cli-progress) fed by the
+ * workflow's `progress` query, with step/total, loss and the ETA the worker's step rate gives; then the
+ * outcome, the report path and an exit code.
+ */
+import type { WorkflowHandle } from '@temporalio/client';
+import cliProgress from 'cli-progress';
+import { progressQuery, type PipelineProgress } from '../../workflows/definitions.js';
+import type { fineTunePipeline, PipelineResult } from '../../workflows/fine-tune-pipeline.js';
+import { ExitCode } from './exit-codes.js';
+import { describeFailure, formatDuration, formatEta, isCancelled, stageLines } from './print.js';
+
+export async function followPipeline(
+  handle: WorkflowHandle<typeof fineTunePipeline>,
+  opts: { pollMs?: number; out?: NodeJS.WriteStream } = {},
+): Promise<number> {
+  const out = opts.out ?? process.stdout;
+  const started = Date.now();
+  const bar = new cliProgress.SingleBar(
+    {
+      format: '  {stage} [{bar}] {value}/{total} {unit} | loss {loss} | ETA {eta}',
+      hideCursor: true,
+      clearOnComplete: true,
+      stream: out,
+      noTTYOutput: false,
+    },
+    cliProgress.Presets.shades_classic,
+  );
+  let shownStage: string | null = null;
+  let barActive = false;
+  let lastQueryOk = Date.now();
+  let hinted = false;
+  const printed = new Set<string>();
+
+  const poll = async () => {
+    let p: PipelineProgress;
+    try {
+      p = await handle.query(progressQuery);
+      lastQueryOk = Date.now();
+    } catch {
+      if (!hinted && Date.now() - lastQueryOk > 30_000) {
+        hinted = true;
+        out.write('  (no workflow worker answers yet: is `vlmflow dev` or `vlmflow worker` running?)\n');
+      }
+      return;
+    }
+    for (const s of p.stages) {
+      if ((s.status === 'completed' || s.status === 'reused') && !printed.has(s.name)) {
+        printed.add(s.name);
+        if (barActive) {
+          bar.stop();
+          barActive = false;
+        }
+        out.write(`${stageLines([s])[0]}\n`);
+      }
+    }
+    if (p.stage !== shownStage && p.stage && !printed.has(p.stage)) {
+      if (barActive) bar.stop();
+      shownStage = p.stage;
+      bar.start(Math.max(p.totalSteps, 1), p.step, payload(p));
+      barActive = true;
+    } else if (barActive) {
+      bar.setTotal(Math.max(p.totalSteps, 1));
+      bar.update(p.step, payload(p));
+    }
+  };
+
+  const timer = setInterval(() => void poll(), opts.pollMs ?? 1000);
+  try {
+    const result = await handle.result();
+    clearInterval(timer);
+    await poll();
+    if (barActive) bar.stop();
+    printResult(out, handle.workflowId, result, Date.now() - started);
+    return ExitCode.ok;
+  } catch (err) {
+    clearInterval(timer);
+    if (barActive) bar.stop();
+    if (isCancelled(err)) {
+      out.write(
+        `Run ${handle.workflowId} was cancelled; checkpoints are kept. \`vlmflow retry ${handle.workflowId}\` resumes it.\n`,
+      );
+      return ExitCode.cancelled;
+    }
+    out.write(`Run ${handle.workflowId} failed: ${describeFailure(err)}\n`);
+    out.write(
+      `\`vlmflow status ${handle.workflowId}\` shows the stages; \`vlmflow retry ${handle.workflowId}\` resumes from the failed stage.\n`,
+    );
+    return ExitCode.failed;
+  }
+}
+
+function payload(p: PipelineProgress) {
+  return {
+    stage: `${p.stage ?? ''}${p.status === 'paused' ? ' (paused)' : ''}`.padEnd(10),
+    unit: p.stage === 'sft' || p.stage === 'dpo' ? 'steps' : 'items',
+    loss: p.loss === null ? '-' : p.loss.toFixed(4),
+    eta: formatEta(p.etaSeconds),
+  };
+}
+
+export function printResult(out: NodeJS.WritableStream, workflowId: string, result: PipelineResult, ms?: number) {
+  out.write(
+    `Run ${workflowId} ${result.status === 'completed' ? 'completed' : 'completed, but the gate flagged it'}${ms ? ` in ${formatDuration(ms)}` : ''}.\n`,
+  );
+  for (const line of stageLines(result.stages)) out.write(`${line}\n`);
+  const headline = Object.entries(result.metrics).filter(
+    ([k]) => !k.includes('/delta') && !k.includes('/better') && !k.endsWith('items_per_second'),
+  );
+  if (headline.length) {
+    out.write('Metrics:\n');
+    for (const [k, v] of headline) out.write(`  ${k.padEnd(28)} ${v.toFixed(4)}\n`);
+  }
+  if (result.gate) out.write(`Gate: ${result.gate.message}\n`);
+  if (result.adapterUri) out.write(`Adapter: ${result.adapterUri}\n`);
+  if (result.modelUri) out.write(`Model:   ${result.modelUri}\n`);
+  if (result.reportUri) out.write(`Report:  ${result.reportUri}\n`);
+}

@@ -1,0 +1,206 @@
+/**
+ * The whole product on one machine: the real Temporal dev server, the TS workers, the real Python worker and
+ * the tiny random-weight Idefics3 model, on a synthetic task it can learn on CPU in a minute or two.
+ * The pipeline prepares the data, trains (SFT), evaluates base against tuned, gates on the result and exports;
+ * cancelling mid-training ends cleanly with a checkpoint on disk, and a retry resumes from it.
+ */
+import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { CancelledFailure } from '@temporalio/common';
+import { temporal } from '@temporalio/proto';
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { execa } from 'execa';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createActivities } from '../activities/index.js';
+import { planRetry } from '../src/pipeline-retry.js';
+import { stateDir, temporalCli, workerPython } from '../src/paths.js';
+import type { PipelineConfigInput } from '../src/pipeline-config.js';
+import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
+import { searchAttributes } from '../src/search-attributes.js';
+import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
+import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
+import { progressQuery } from '../workflows/definitions.js';
+import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
+import { tempDir } from './helpers.js';
+import { quietLogger } from './temporal-helpers.js';
+
+const fixturesDir = path.join(import.meta.dirname, 'fixtures', 'histories');
+const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
+
+/** The offline demo's recipe, shortened: the tiny model learns shape colours. */
+function demoConfig(dataDir: string, overrides: Partial<PipelineConfigInput> = {}): PipelineConfigInput {
+  return {
+    name: 'e2e',
+    model: { id: tinyModel, dtype: 'float32' },
+    dataset: {
+      sources: [{ uri: path.join(dataDir, 'data.jsonl'), layout: 'messages' }],
+      evalFraction: 0.2,
+      maxLength: 256,
+    },
+    sft: {
+      lora: { r: 16, alpha: 32, dropout: 0 },
+      training: {
+        learningRate: 3e-3,
+        maxSteps: 30,
+        microBatchSize: 8,
+        gradientAccumulationSteps: 1,
+        warmupRatio: 0,
+        lrScheduler: 'constant',
+        gradientCheckpointing: false,
+        saveSteps: 5,
+        evalSteps: 30,
+        loggingSteps: 1,
+      },
+    },
+    evaluate: { metrics: ['vqa_accuracy'], batchSize: 16, bootstrapSamples: 100, generation: { maxNewTokens: 8 } },
+    gate: { metric: 'vqa_accuracy', margin: 0.2 },
+    ...overrides,
+  };
+}
+
+describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny model)', () => {
+  let env: TestWorkflowEnvironment;
+  let python: PythonWorker;
+  let client: WorkerClient;
+  let workflowBundle: WorkflowBundle;
+  let artifacts: string;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    artifacts = tempDir('e2e-artifacts');
+    dataDir = path.join(artifacts, 'data', 'shape_colour');
+    const build = async () => {
+      await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
+      await execa(workerPython, [
+        '-m',
+        'vlmflow_worker.synthetic',
+        '--task',
+        'shape_colour',
+        '--rows',
+        '160',
+        '--seed',
+        '0',
+        '--out',
+        dataDir,
+      ]);
+    };
+    let bundle: WorkflowBundle;
+    [env, bundle] = await Promise.all([
+      TestWorkflowEnvironment.createLocal({
+        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+      }),
+      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
+      build(),
+    ]).then(([e, b]) => [e, b] as const);
+    workflowBundle = bundle;
+    python = await startPythonWorker({
+      artifactRoot: artifacts,
+      dataRoots: [path.dirname(tinyModel)],
+      env: { HF_HUB_OFFLINE: '1' },
+    });
+    client = createWorkerClient(python.address);
+  }, 600_000);
+
+  afterAll(async () => {
+    client?.close();
+    await Promise.all([env?.teardown(), python?.stop()]);
+  });
+
+  async function withWorkers<T>(body: (taskQueue: string, gpuTaskQueue: string) => Promise<T>): Promise<T> {
+    const taskQueue = `e2e-${randomUUID()}`;
+    const gpuTaskQueue = `${taskQueue}-gpu`;
+    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const activities = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: gpuTaskQueue,
+      activities: createActivities(client),
+      maxConcurrentActivityTaskExecutions: 1,
+      ...heartbeatThrottle,
+    });
+    return workflows.runUntil(activities.runUntil(body(taskQueue, gpuTaskQueue)));
+  }
+
+  it('runs prepare → SFT → evaluate → gate → export; a cancel mid-SFT keeps a checkpoint, retry resumes from it, and the tuned model beats the base', async () => {
+    const config = demoConfig(dataDir);
+    const workflowId = `e2e-${randomUUID()}`;
+    const checkpoint = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId,
+        args: [config, { gpuTaskQueue }],
+      });
+      const p = await waitFor(
+        () => handle.query(progressQuery),
+        (q) => q.stage === 'sft' && q.lastCheckpoint !== '',
+        600_000,
+      );
+      await handle.cancel();
+      const err = await handle.result().catch((e: unknown) => e);
+      expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+      await recordHistory(handle, 'pipeline-e2e-cancel');
+      return p.lastCheckpoint;
+    });
+    expect(existsSync(checkpoint)).toBe(true);
+    const savedStep = Number(/checkpoint-(\d+)$/.exec(checkpoint)?.[1]);
+
+    const result = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const plan = await planRetry(env.client, workflowId, gpuTaskQueue);
+      expect(plan.reused).toEqual(['prepare']);
+      const handle = await env.client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId: `${workflowId}-retry`,
+        args: [plan.config, plan.options],
+      });
+      const outcome = await handle.result();
+      await recordHistory(handle, 'pipeline-e2e');
+      return outcome;
+    });
+    expect(result.status).toBe('completed');
+    expect(result.stages.map((s) => s.name)).toEqual(['prepare', 'sft', 'evaluate', 'gate', 'export']);
+    expect(result.stages.every((s) => s.status === 'completed')).toBe(true);
+    expect(result.stages.find((s) => s.name === 'sft')?.resumedFromStep).toBeGreaterThanOrEqual(savedStep);
+    expect(result.gate?.passed).toBe(true);
+    expect(result.metrics['sft/vqa_accuracy']).toBeGreaterThan(result.metrics['base/vqa_accuracy']! + 0.2);
+    expect(existsSync(result.reportUri)).toBe(true);
+    expect(readdirSync(result.modelUri).some((f) => f.endsWith('.safetensors'))).toBe(true);
+
+    // Same inputs again: every stage comes back from the earlier work instead of running.
+    const started = Date.now();
+    const again = await withWorkers((taskQueue, gpuTaskQueue) =>
+      env.client.workflow.execute(fineTunePipeline, {
+        taskQueue,
+        workflowId: `${workflowId}-again`,
+        args: [config, { gpuTaskQueue }],
+      }),
+    );
+    expect(again.stages.map((s) => [s.name, s.status])).toEqual([
+      ['prepare', 'reused'],
+      ['sft', 'reused'],
+      ['evaluate', 'reused'],
+      ['gate', 'completed'],
+      ['export', 'reused'],
+    ]);
+    expect(again.reportUri).toBe(result.reportUri);
+    expect(Date.now() - started).toBeLessThan(120_000);
+  }, 1_800_000);
+});
+
+async function waitFor<T>(fn: () => Promise<T>, ok: (value: T) => boolean, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn().catch(() => undefined);
+    if (value !== undefined && ok(value)) return value;
+    if (Date.now() > deadline) throw new Error(`condition not met in time; last value: ${JSON.stringify(value)}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+async function recordHistory(handle: WorkflowHandle, name: string): Promise<void> {
+  if (!process.env.VLMFLOW_RECORD_FIXTURES) return;
+  mkdirSync(fixturesDir, { recursive: true });
+  const history = temporal.api.history.v1.History.fromObject(await handle.fetchHistory());
+  writeFileSync(path.join(fixturesDir, `${name}.json`), JSON.stringify(history.toJSON(), null, 1) + '\n');
+}
