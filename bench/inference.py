@@ -14,21 +14,17 @@ the real image processor sizes (longest edge 1536, 384 px tiles). Prints a table
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import shown, write_result  # bench/machine.py: machine, versions, git commit, -latest.json
 from PIL import Image
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
 from vlmflow_worker import tiny_model
 from vlmflow_worker.generate import run_generate
-from vlmflow_worker.health import library_versions
 from vlmflow_worker.models import ModelCache, ModelSpec
 from vlmflow_worker.settings import WorkerSettings
 
@@ -106,22 +102,6 @@ def request(model_id: str, images: list[bytes], batch_size: int, new_tokens: int
         generation=common_pb2.GenerationConfig(max_new_tokens=new_tokens),
         batch_size=batch_size,
     )
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
-def machine() -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,26 +188,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['prompt_tokens_per_item']:>15} | {row['items_per_second'] / base:>9.2f}"
         )
 
-    versions = library_versions()
     result = {
-        "benchmark": "inference",
         "model": name,
         "parameters": params,
         "device": args.device,
         "new_tokens": args.new_tokens,
         "items": args.items,
         "rows": rows,
-        "machine": machine(),
-        "versions": dict(versions),
-        "git_commit": git_commit(),
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"inference-{name}-{args.device}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    # The newest run under a stable name (the one kept in git), as the other benchmarks do.
-    (args.out / f"inference-{name}-{args.device}-latest.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    out = write_result(f"inference-{name}-{args.device}", result, args.out)
+    print(f"\nwrote {shown(out)}")
     return 0
 
 
