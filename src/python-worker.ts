@@ -88,7 +88,7 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
     });
   });
   return {
-    address: `127.0.0.1:${port}`,
+    address: `${dialHost(opts.host)}:${port}`,
     port,
     pid: child.pid!,
     process: child,
@@ -100,4 +100,10 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
       clearTimeout(timer);
     },
   };
+}
+
+/** Where to reach a worker bound to `host`: loopback for the default and wildcard binds, else the host itself. */
+function dialHost(host: string | undefined): string {
+  if (!host || host === '0.0.0.0' || host === '::' || host === '[::]') return '127.0.0.1';
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
