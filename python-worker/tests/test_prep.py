@@ -4,6 +4,7 @@ cache, path confinement and the failures a person must see."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,9 @@ from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
 from vlmflow_worker.synthetic import generate
 
 from .conftest import REPO_ROOT, WorkerProcess, start_worker
+
+# One torch thread per job process: the machine is small and shared; more threads only contend.
+os.environ.setdefault("VLMFLOW_TORCH_THREADS", "1")
 
 SHARED_DATA = (REPO_ROOT / "../shared/data").resolve()
 DEMO = SHARED_DATA / "llamafactory-mllm-demo"
