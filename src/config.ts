@@ -1,6 +1,6 @@
 /**
  * Process configuration from environment variables, validated once with zod. docker/ sets exactly
- * these names; docs/configuration lists them.
+ * these names (test/docker.test.ts checks); docker/README.md lists them in its environment table.
  */
 import { z } from 'zod';
 
