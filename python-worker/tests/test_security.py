@@ -3,6 +3,7 @@ and the refusal to bind a non-loopback address without them."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -187,3 +188,27 @@ def test_half_configured_tls_is_an_error(tmp_path: Path, certs: Path) -> None:
         WorkerSettings(artifact_root=tmp_path, tls_client_ca=certs / "ca.pem")
     with pytest.raises(ValueError, match="not a file"):
         WorkerSettings(artifact_root=tmp_path, tls_cert=tmp_path / "missing.pem", tls_key=tmp_path / "missing.key")
+
+
+def test_the_listening_line_says_what_protects_the_worker_and_never_the_token(tmp_path: Path, certs: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VLMFLOW_WORKER_")}
+    token = (certs / "token").read_text().strip()
+    args = ["--tls-cert", str(certs / "worker.pem"), "--tls-key", str(certs / "worker.key")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vlmflow_worker", "serve", "--port", "0", "--artifact-root", str(tmp_path), *args],
+        env={**clean, "VLMFLOW_WORKER_TOKEN": token, "PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if '"msg": "listening"' in line:
+            break
+    process.terminate()
+    lines.extend(process.stderr.readlines())
+    process.wait(timeout=30)
+    listening = json.loads(next(line for line in lines if '"msg": "listening"' in line))
+    assert (listening["tls"], listening["mutual_tls"], listening["token"]) == (True, False, True)
+    assert not any(token in line for line in lines)
