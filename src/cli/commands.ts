@@ -1,6 +1,7 @@
 /** The pipeline commands of the vlmflow CLI (run, status, list, cancel, pause, resume, retry, schedule). */
 import { Option, type Command } from 'commander';
 import { ConfigFileError } from './config-file.js';
+import { dev } from './dev.js';
 import { ExitCode } from './exit-codes.js';
 import { run } from './run.js';
 import { cancel, list, pause, resume, retry, status } from './runs.js';
@@ -20,6 +21,12 @@ function action<A extends unknown[]>(fn: (...args: A) => Promise<number>) {
 }
 
 export function registerPipelineCommands(program: Command): void {
+  program
+    .command('dev')
+    .description('start Temporal (dev server + UI), the Python worker and the TS workers until Ctrl-C')
+    .option('--no-demo-assets', "don't build the offline demo's tiny model and data")
+    .action(action((opts: { demoAssets: boolean }) => dev(opts)));
+
   program
     .command('run')
     .description('validate a pipeline config (YAML or JSON), start it and follow it with a progress bar')

@@ -1,13 +1,26 @@
 /**
- * `vlmflow demo`: the README's main command. Starts the local stack, runs a workflow through Temporal that
- * asks the Python worker for its Health, prints it with the Web UI address, then stops the stack.
+ * `vlmflow demo`: the README's main command. Starts the local stack (Temporal dev server with its UI, the
+ * Python worker, the TS workers), checks the worker through a workflow, builds the offline demo's tiny model
+ * and synthetic data, then runs examples/offline-demo.yaml end to end (prepare → SFT → evaluate → gate →
+ * export) with a live progress bar, and prints where the HTML report is.
  */
+import path from 'node:path';
+import { healthCheck } from '../../workflows/index.js';
+import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
 import { loadEnv } from '../config.js';
 import { startLocalStack } from '../local-stack.js';
-import { healthCheck } from '../../workflows/index.js';
+import { projectRoot, stateDir } from '../paths.js';
+import { readConfigFile } from './config-file.js';
+import { buildDemoAssets } from './demo-assets.js';
+import { ExitCode } from './exit-codes.js';
+import { followPipeline } from './follow.js';
+import { newRunId } from './run.js';
+
+export const demoConfigFile = path.join(projectRoot, 'examples', 'offline-demo.yaml');
 
 export async function demo(opts: { keep: boolean }): Promise<number> {
   const env = loadEnv();
+  const { raw, config } = readConfigFile(demoConfigFile);
   const stack = await startLocalStack(env);
   try {
     const health = await stack.client.workflow.execute(healthCheck, {
@@ -26,6 +39,28 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
     );
     console.log(`Temporal:       ${stack.temporalAddress} (namespace ${env.TEMPORAL_NAMESPACE})`);
     if (stack.uiUrl) console.log(`Temporal UI:    ${stack.uiUrl}`);
+
+    if (env.VLMFLOW_WORKER_ADDRESS) {
+      console.log(
+        'Using the Python worker at VLMFLOW_WORKER_ADDRESS: its artifact store must hold models/tiny-idefics3 and data/shape_colour.',
+      );
+    } else {
+      console.log('Building the tiny model and the synthetic shape-colour task (once)...');
+      await buildDemoAssets(env.VLMFLOW_ARTIFACT_ROOT ?? path.join(stateDir, 'artifacts'));
+    }
+
+    const workflowId = newRunId(config.name);
+    const handle = await stack.client.workflow.start(fineTunePipeline, {
+      taskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
+      workflowId,
+      args: [raw, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
+    });
+    console.log(`Running ${workflowId} (${path.relative(process.cwd(), demoConfigFile)}):`);
+    if (stack.uiUrl)
+      console.log(`  watch it at ${stack.uiUrl}/namespaces/${env.TEMPORAL_NAMESPACE}/workflows/${workflowId}`);
+    const code = await followPipeline(handle);
+    if (code === ExitCode.ok) console.log('Open the report in a browser to compare the base and the tuned model.');
+
     if (opts.keep) {
       console.log('Stack running; Ctrl-C stops it.');
       await new Promise<void>((resolve) => {
@@ -33,7 +68,7 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
         process.once('SIGTERM', resolve);
       });
     }
-    return 0;
+    return code;
   } finally {
     await stack.shutdown();
   }
