@@ -6,6 +6,7 @@ highest step among those folders (numerically: checkpoint-10 is newer than check
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from vlmflow_worker.errors import StorageError
 from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.train import faults
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_PREFIX = ".tmp-checkpoint-"
@@ -68,6 +71,9 @@ class AtomicCheckpointTrainer(Trainer):
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotate after the rename instead
         try:
             super()._save_checkpoint(model, trial)
+            faults.fail_checkpoint_write(step)  # test hook (issue 7), inert unless its variable is set
+        except (OSError, RuntimeError) as err:
+            raise _storage_error(err, run_dir, step, staging) from err
         finally:
             self._staging = None
             self.args.save_total_limit = limit
@@ -76,8 +82,11 @@ class AtomicCheckpointTrainer(Trainer):
             if final.exists():  # saved twice at the same step (cancel at a save step): keep the first
                 shutil.rmtree(staging, ignore_errors=True)
             else:
-                _fsync_tree(staging / final.name)
-                os.rename(staging / final.name, final)
+                try:
+                    _fsync_tree(staging / final.name)
+                    os.rename(staging / final.name, final)
+                except OSError as err:
+                    raise _storage_error(err, run_dir, step, staging) from err
                 shutil.rmtree(staging, ignore_errors=True)
             if limit:
                 for old in complete_checkpoints(run_dir)[:-limit]:
@@ -85,6 +94,37 @@ class AtomicCheckpointTrainer(Trainer):
             if self.job is not None:
                 self.job.checkpoint_saved(str(final), step)
         self.accelerator.wait_for_everyone()
+
+
+def _storage_error(err: Exception, run_dir: Path, step: int, staging: Path) -> Exception:
+    """A failed checkpoint write -> StorageError, the half-written staging folder removed first (so the space it held
+    is free for the failure event); any other error comes back as it is."""
+    # torch.save reports a failed write as RuntimeError("... file write failed"), safetensors as an OSError.
+    if isinstance(err, RuntimeError) and "write" not in str(err).lower():
+        return err
+    shutil.rmtree(staging, ignore_errors=True)
+    return storage_error(err, f"checkpoint-{step} under {run_dir}", run_dir)
+
+
+# Write failures a person fixes on the store (full, read-only, quota, permissions), not in the request.
+STORE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def is_store_failure(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in STORE_ERRNOS
+
+
+def storage_error(err: Exception, what: str, run_dir: Path) -> StorageError:
+    """Issue 7: the artifact store filled up or turned read-only. Names what could not be written, why, and the
+    newest complete checkpoint, which a write failure never touches (checkpoints appear by rename)."""
+    newest = newest_checkpoint(run_dir)
+    kept = f"the newest complete checkpoint, {newest.name}, is intact" if newest else "no earlier checkpoint exists"
+    why = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err)
+    return StorageError(
+        f"could not write {what}: {why}; {kept}. Free space in (or make writable) the artifact store, then start "
+        "the job again with the same job id to resume",
+        detail=str(err)[:2000],
+    )
 
 
 def _fsync_tree(folder: Path) -> None:

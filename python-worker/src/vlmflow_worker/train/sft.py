@@ -22,7 +22,15 @@ from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
 from vlmflow_worker.settings import WorkerSettings
-from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer, clean_staging, newest_checkpoint, step_of
+from vlmflow_worker.train import faults
+from vlmflow_worker.train.checkpoints import (
+    AtomicCheckpointTrainer,
+    clean_staging,
+    is_store_failure,
+    newest_checkpoint,
+    step_of,
+    storage_error,
+)
 from vlmflow_worker.train.collator import AnswerOnlyCollator
 from vlmflow_worker.train.config import TEXT_TARGETS, VISION_TARGETS, SFTConfig
 
@@ -122,6 +130,7 @@ def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, bf16
         report_to="none",
         disable_tqdm=True,
         use_cpu=on_cpu,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
         ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
 
@@ -142,6 +151,7 @@ class JobEvents(TrainerCallback):
         self.log = log
         self.cancelled = False
         self.history: list[dict[str, Any]] = []
+        self.last_eval: tuple[int, dict[str, float]] = (-1, {})
         self._mark = (time.perf_counter(), 0, 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -196,8 +206,10 @@ class JobEvents(TrainerCallback):
                 f.write(json.dumps(entry) + "\n")
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if self.ctx and metrics:
-            self.ctx.eval(state.global_step, {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        numbers = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, int | float)}
+        self.last_eval = (state.global_step, numbers)
+        if self.ctx and numbers:
+            self.ctx.eval(state.global_step, numbers)
 
 
 def oom_error(err: BaseException, config: SFTConfig, step: int) -> OutOfMemory:
@@ -241,7 +253,8 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         train_dataset=Rows(train_rows),
         eval_dataset=Rows(eval_rows) if has_eval else None,
         data_collator=collator,
-        callbacks=[events],
+        # The OOM test hook (issue 7) is added only when its variable is set.
+        callbacks=[events, *([faults.InjectedOutOfMemory(config.micro_batch_size)] if faults.armed_oom() else [])],
     )
     trainer.job = ctx
 
@@ -255,6 +268,10 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except (torch.OutOfMemoryError, MemoryError) as err:
         raise oom_error(err, config, trainer.state.global_step) from err
+    except OSError as err:  # the store filled up or turned read-only (the training log, say): typed STORAGE
+        if not is_store_failure(err):
+            raise
+        raise storage_error(err, str(err.filename or output), checkpoints) from err
     if events.cancelled:
         raise Cancelled(f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from")
 
@@ -262,7 +279,11 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     metrics["global_step"] = float(trainer.state.global_step)
     if has_eval:
-        metrics |= {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
+        step, numbers = events.last_eval
+        if step != trainer.state.global_step:  # the Trainer evaluates at the last step itself when it is due
+            trainer.evaluate()
+            numbers = events.last_eval[1]
+        metrics |= numbers
     adapter = output / "adapter"
     if args.should_save:
         staging = output / ".tmp-adapter"
