@@ -226,3 +226,17 @@ def test_qlora_on_cpu_is_a_clear_failed_precondition(
     with pytest.raises(grpc.RpcError) as err:
         list(sft_worker.stub().Train(request, timeout=60))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "CUDA" in err.value.details()
+
+
+def test_two_cpu_processes_train_one_job_under_torchrun(
+    sft_worker: WorkerProcess, tiny_model_path: Path, dataset: Path
+) -> None:
+    request = train_request("ddp", tiny_model_path, dataset, "runs/ddp", max_steps=4, num_processes=2)
+    events = [r.event for r in sft_worker.stub().Train(request, timeout=300)]
+    assert kinds(events)[-1] == "completed", events[-1]
+    assert kinds(events).count("accepted") == 1 and kinds(events).count("completed") == 1
+    log = [json.loads(line) for line in Path(events[-1].completed.artifacts["training_log"]).read_text().splitlines()]
+    assert {entry["step"] for entry in log if "loss" in entry} == {1, 2, 3, 4}  # rank 0 alone writes
+    assert events[-1].completed.metrics["global_step"] == 4
+    checkpoint = Path(sft_worker.artifact_root, "runs/ddp/checkpoints/checkpoint-4")
+    assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
