@@ -56,6 +56,11 @@ export interface PipelineOptions {
   gpuTaskQueue?: string;
   /** Stages already done (continue-as-new, retry): they are not run again. */
   state?: PipelineState;
+  /**
+   * Milliseconds a stage may go without a heartbeat before Temporal gives its attempt to another worker; default
+   * 3 minutes. The fault tests (test/faults.test.ts) shorten it so a SIGKILLed TS worker is noticed in seconds.
+   */
+  heartbeatTimeoutMs?: number;
 }
 
 export interface PipelineResult {
@@ -89,7 +94,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     // Hours-long training: no short start-to-close; a dead worker is noticed through heartbeats instead.
     startToCloseTimeout: '7 days',
-    heartbeatTimeout: '3 minutes',
+    heartbeatTimeout: options.heartbeatTimeoutMs ?? '3 minutes',
     // Cancel waits until the worker confirms the job stopped (checkpoint saved, GPU freed).
     cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '2 minutes', maximumAttempts: 20 },
