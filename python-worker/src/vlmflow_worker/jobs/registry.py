@@ -86,7 +86,7 @@ class JobRegistry:
                     checkpoint=record.job().last_checkpoint_uri,
                 ),
             )
-            record.done.set()
+        record.done.set()  # no process of this worker runs it
         self._jobs[job_id] = record
         return record
 
