@@ -4,15 +4,18 @@
  */
 import type { WorkerClient } from '../src/worker-client.js';
 import { createHealthActivity } from './health.js';
+import { createInferenceActivities } from './inference.js';
 import { createStageActivities } from './stages.js';
 
 export type { WorkerHealth } from './health.js';
+export type { BatchPlan, ShardResult } from './inference.js';
 export type { JobResult, PrepareDatasetInput, TrainInput, EvaluateInput, ExportInput } from './stages.js';
 
 export function createActivities(client: WorkerClient) {
   return {
     workerHealth: createHealthActivity(client),
     ...createStageActivities(client),
+    ...createInferenceActivities(client),
   };
 }
 

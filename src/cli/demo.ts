@@ -8,17 +8,20 @@ import path from 'node:path';
 import { healthCheck } from '../../workflows/index.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
 import { loadEnv } from '../config.js';
+import type { PipelineConfigInput } from '../pipeline-config.js';
 import { startLocalStack } from '../local-stack.js';
 import { projectRoot, stateDir } from '../paths.js';
 import { readConfigFile } from './config-file.js';
 import { buildDemoAssets } from './demo-assets.js';
 import { ExitCode } from './exit-codes.js';
+import { quietLogs } from './quiet-logs.js';
 import { followPipeline } from './follow.js';
 import { newRunId } from './run.js';
 
 export const demoConfigFile = path.join(projectRoot, 'examples', 'offline-demo.yaml');
 
 export async function demo(opts: { keep: boolean }): Promise<number> {
+  quietLogs();
   const env = loadEnv();
   const { raw, config } = readConfigFile(demoConfigFile);
   const stack = await startLocalStack(env);
@@ -40,20 +43,21 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
     console.log(`Temporal:       ${stack.temporalAddress} (namespace ${env.TEMPORAL_NAMESPACE})`);
     if (stack.uiUrl) console.log(`Temporal UI:    ${stack.uiUrl}`);
 
+    let input = raw;
     if (env.VLMFLOW_WORKER_ADDRESS) {
-      console.log(
-        'Using the Python worker at VLMFLOW_WORKER_ADDRESS: its artifact store must hold models/tiny-idefics3 and data/shape_colour.',
-      );
+      console.log('Using the Python worker at VLMFLOW_WORKER_ADDRESS: its artifact store must hold the demo assets.');
     } else {
       console.log('Building the tiny model and the synthetic shape-colour task (once)...');
-      await buildDemoAssets(env.VLMFLOW_ARTIFACT_ROOT ?? path.join(stateDir, 'artifacts'));
+      const artifactRoot = path.resolve(env.VLMFLOW_ARTIFACT_ROOT ?? path.join(stateDir, 'artifacts'));
+      await buildDemoAssets(artifactRoot);
+      input = withAbsolutePaths(raw, artifactRoot);
     }
 
     const workflowId = newRunId(config.name);
     const handle = await stack.client.workflow.start(fineTunePipeline, {
       taskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       workflowId,
-      args: [raw, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
+      args: [input, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
     });
     console.log(`Running ${workflowId} (${path.relative(process.cwd(), demoConfigFile)}):`);
     if (stack.uiUrl)
@@ -72,4 +76,17 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
   } finally {
     await stack.shutdown();
   }
+}
+
+/** The example's paths are relative to the artifact root; spell them out for every job kind. */
+function withAbsolutePaths(raw: unknown, artifactRoot: string): unknown {
+  const config = raw as PipelineConfigInput;
+  return {
+    ...config,
+    model: { ...config.model, id: path.join(artifactRoot, config.model?.id ?? '') },
+    dataset: {
+      ...config.dataset,
+      sources: config.dataset.sources.map((s) => ({ ...s, uri: path.join(artifactRoot, s.uri) })),
+    },
+  };
 }

@@ -8,8 +8,10 @@ import { startLocalStack } from '../local-stack.js';
 import { stateDir } from '../paths.js';
 import { buildDemoAssets } from './demo-assets.js';
 import { ExitCode } from './exit-codes.js';
+import { quietLogs } from './quiet-logs.js';
 
 export async function dev(opts: { demoAssets: boolean }): Promise<number> {
+  quietLogs();
   const env = loadEnv();
   const stack = await startLocalStack(env);
   try {

@@ -1,0 +1,112 @@
+/**
+ * batchInference: captioning / VQA / OCR over a folder of images or a JSONL list, split into shards answered by
+ * at most `parallelism` activities at once on the GPU task queue; results in <output>/results.jsonl. A shard
+ * whose file exists is skipped, so a retried, continued or re-run workflow picks up where it stopped.
+ */
+import {
+  ApplicationFailure,
+  continueAsNew,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { Activities } from '../activities/index.js';
+import { formatIssues, parseConfig } from '../src/config-issues.js';
+import { FailureType } from '../src/failure-types.js';
+import { batchInferenceSchema } from '../src/inference-config.js';
+import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/search-attributes.js';
+import { GPU_TASK_QUEUE } from '../src/task-queues.js';
+import { inferenceProgressQuery, type InferenceProgress } from './definitions.js';
+
+export interface BatchInferenceOptions {
+  gpuTaskQueue?: string;
+  /** First shard to run (set when continuing as new; earlier shards are done). */
+  fromShard?: number;
+}
+
+export interface BatchInferenceResult {
+  resultsUri: string;
+  items: number;
+  shards: number;
+  /** Shards found already done (earlier attempt or run). */
+  skippedShards: number;
+}
+
+export async function batchInference(raw: unknown, options: BatchInferenceOptions = {}): Promise<BatchInferenceResult> {
+  const parsed = parseConfig(batchInferenceSchema, raw);
+  if (!parsed.ok) {
+    throw ApplicationFailure.create({
+      type: FailureType.InvalidConfig,
+      message: formatIssues('batch inference input', parsed.issues),
+      nonRetryable: true,
+      details: [parsed.issues],
+    });
+  }
+  const config = parsed.data;
+  const acts = proxyActivities<Activities>({
+    taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
+    startToCloseTimeout: '2 hours',
+    heartbeatTimeout: '2 minutes',
+    retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
+  });
+  upsertSearchAttributes([
+    { key: VlmflowModel, value: config.model.id },
+    { key: VlmflowDataset, value: config.input },
+    { key: VlmflowStage, value: 'inference' },
+    { key: VlmflowStatus, value: 'running' },
+  ]);
+
+  const plan = await acts.planBatch({
+    input: config.input,
+    outputUri: config.outputUri || `runs/${workflowInfo().workflowId}`,
+    shardSize: config.shardSize,
+  });
+  const progress: InferenceProgress = {
+    status: 'running',
+    total: plan.total,
+    done: 0,
+    shards: plan.shards,
+    shardsDone: options.fromShard ?? 0,
+    outputUri: plan.outputDir,
+  };
+  setHandler(inferenceProgressQuery, () => progress);
+
+  let next = options.fromShard ?? 0;
+  let skipped = 0;
+  let stopForHistory = false;
+  const lane = async () => {
+    while (next < plan.shards && !stopForHistory) {
+      if (workflowInfo().continueAsNewSuggested) {
+        stopForHistory = true;
+        break;
+      }
+      const shard = next++;
+      const result = await acts.inferShard({
+        outputDir: plan.outputDir,
+        shard,
+        shardSize: config.shardSize,
+        task: config.task,
+        prompt: config.prompt,
+        model: config.model,
+        generation: config.generation,
+        batchSize: config.batchSize,
+      });
+      progress.shardsDone++;
+      progress.done += result.items;
+      if (result.skipped) skipped++;
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(config.parallelism, plan.shards) }, lane));
+  if (stopForHistory && next < plan.shards) {
+    await continueAsNew<typeof batchInference>(raw, { ...options, fromShard: next });
+  }
+
+  const merged = await acts.mergeShards({ outputDir: plan.outputDir, shards: plan.shards });
+  progress.status = 'completed';
+  upsertSearchAttributes([
+    { key: VlmflowStage, value: 'done' },
+    { key: VlmflowStatus, value: 'completed' },
+  ]);
+  return { resultsUri: merged.resultsUri, items: merged.items, shards: plan.shards, skippedShards: skipped };
+}
