@@ -4,9 +4,16 @@
  * pause / resume, cancel, the out-of-memory retry and the gate. The stage activities themselves are tested in
  * job-runner.test.ts, and the whole thing against the real Python worker in pipeline-e2e.test.ts.
  */
-import { Context } from '@temporalio/activity';
 import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import {
+  newCalls,
+  result,
+  scriptedActivities,
+  trainUntilCancelled,
+  type Calls,
+  type TrainScript,
+} from './scripted-activities.js';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
@@ -14,8 +21,6 @@ import { randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Activities, JobResult, TrainInput } from '../activities/index.js';
-import { progressSignaller } from '../activities/stages.js';
 import { FailureType } from '../src/failure-types.js';
 import { temporalCli } from '../src/paths.js';
 import type { PipelineConfigInput } from '../src/pipeline-config.js';
@@ -35,88 +40,6 @@ const config: PipelineConfigInput = {
   sft: { training: { microBatchSize: 4, gradientAccumulationSteps: 2 } },
   gate: { metric: 'vqa_accuracy', margin: 0.1 },
 };
-
-function result(jobId: string, artifacts: Record<string, string>, metrics: Record<string, number> = {}): JobResult {
-  return {
-    jobId,
-    artifacts,
-    metrics,
-    cached: false,
-    reused: false,
-    fingerprint: `fp-${jobId}`,
-    attached: false,
-    resumedFromStep: 0,
-    lastCheckpoint: '',
-    evals: [],
-  };
-}
-
-/** What the scripted activities saw. */
-interface Calls {
-  prepare: number;
-  train: TrainInput[];
-  trainCancelled: number;
-  evaluate: number;
-  exported: number;
-}
-
-type TrainScript = (input: TrainInput, call: number) => Promise<JobResult>;
-
-/** Scripted stand-ins for the stage activities, same names and types as the real ones. */
-function scriptedActivities(calls: Calls, train: TrainScript): Partial<Activities> {
-  return {
-    prepareDataset: (input) => {
-      calls.prepare++;
-      return Promise.resolve(result(input.jobId, { dataset: `${input.outputUri}/dataset` }));
-    },
-    train: async (input) => {
-      calls.train.push(input);
-      return train(input, calls.train.length);
-    },
-    evaluate: (input) => {
-      calls.evaluate++;
-      return Promise.resolve(
-        result(
-          input.jobId,
-          { report: `${input.outputUri}/report.html` },
-          { 'base/vqa_accuracy': 0.3, 'sft/vqa_accuracy': 0.9 },
-        ),
-      );
-    },
-    exportModel: (input) => {
-      calls.exported++;
-      return Promise.resolve(result(input.jobId, { model: `${input.outputUri}/model` }));
-    },
-  };
-}
-
-/** A training that reports steps and a checkpoint, then runs until cancelled (a pause or a cancel). */
-async function trainUntilCancelled(input: TrainInput, calls: Calls): Promise<JobResult> {
-  const report = progressSignaller(input.stage, 0);
-  const ctx = Context.current();
-  report(
-    {
-      jobId: input.jobId,
-      phase: 'training',
-      step: 20,
-      totalSteps: 100,
-      loss: 1.5,
-      etaSeconds: 80,
-      checkpoint: `${input.outputUri}/checkpoint-20`,
-      attached: false,
-    },
-    true,
-  );
-  for (;;) {
-    ctx.heartbeat({ step: 20 });
-    try {
-      await ctx.sleep(100);
-    } catch (err) {
-      if (err instanceof CancelledFailure) calls.trainCancelled++;
-      throw err;
-    }
-  }
-}
 
 describe('fineTunePipeline on the real dev server', () => {
   let env: TestWorkflowEnvironment;
@@ -151,10 +74,6 @@ describe('fineTunePipeline on the real dev server', () => {
       ...heartbeatThrottle,
     });
     return workflows.runUntil(activities.runUntil(body(taskQueue, gpuTaskQueue)));
-  }
-
-  function newCalls(): Calls {
-    return { prepare: 0, train: [], trainCancelled: 0, evaluate: 0, exported: 0 };
   }
 
   async function waitFor<T>(fn: () => Promise<T>, ok: (value: T) => boolean, timeoutMs = 20_000): Promise<T> {

@@ -29,7 +29,7 @@ export function isCancelled(err: unknown): boolean {
 }
 
 export function stageLines(stages: StageSummary[]): string[] {
-  const width = Math.max(...stages.map((s) => s.name.length), 5);
+  const width = Math.max(...stages.map((s) => s.name.length), 8);
   return stages.map((s) => {
     const mark = {
       completed: '✓',

@@ -1,0 +1,190 @@
+/**
+ * The vlmflow CLI as a person runs it (a child process, `node bin/vlmflow.js ...`) against the real dev
+ * server, with scripted stage activities on the GPU task queue: validation before anything starts, run with
+ * its result and exit code, status and list, pause / resume / cancel, and schedules that start runs.
+ */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { execa } from 'execa';
+import { randomUUID } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { projectRoot, temporalCli } from '../src/paths.js';
+import { searchAttributes } from '../src/search-attributes.js';
+import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
+import { progressQuery } from '../workflows/definitions.js';
+import { tempDir } from './helpers.js';
+import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
+import { quietLogger } from './temporal-helpers.js';
+
+const dir = tempDir('cli');
+const goodConfig = path.join(dir, 'good.yaml');
+writeFileSync(
+  goodConfig,
+  [
+    'name: cli-test',
+    'model: { id: tiny }',
+    'dataset:',
+    '  sources:',
+    '    - uri: synthetic/shape_colour',
+    'gate: { metric: vqa_accuracy, margin: 0.1 }',
+    '',
+  ].join('\n'),
+);
+const badConfig = path.join(dir, 'bad.json');
+writeFileSync(badConfig, JSON.stringify({ model: { id: 'x', quantisation: 'nf4' }, dataset: { sources: [] } }));
+
+describe('the vlmflow CLI against the real dev server', () => {
+  let env: TestWorkflowEnvironment;
+  let workflowBundle: WorkflowBundle;
+
+  beforeAll(async () => {
+    [env, workflowBundle] = await Promise.all([
+      TestWorkflowEnvironment.createLocal({
+        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+      }),
+      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
+    ]);
+  });
+
+  afterAll(async () => {
+    await env?.teardown();
+  });
+
+  /** Workers on fresh task queues while `body` runs; `cli` runs the CLI pointed at them. */
+  async function withStack<T>(
+    train: TrainScript,
+    body: (cli: (...args: string[]) => Promise<{ exitCode: number; out: string }>) => Promise<T>,
+  ): Promise<T> {
+    const taskQueue = `cli-${randomUUID()}`;
+    const gpuTaskQueue = `${taskQueue}-gpu`;
+    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const activities = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue: gpuTaskQueue,
+      activities: scriptedActivities(newCalls(), train),
+      ...heartbeatThrottle,
+    });
+    const cli = async (...args: string[]) => {
+      const r = await execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), ...args], {
+        reject: false,
+        all: true,
+        env: {
+          TEMPORAL_ADDRESS: env.address,
+          VLMFLOW_WORKFLOW_TASK_QUEUE: taskQueue,
+          VLMFLOW_GPU_TASK_QUEUE: gpuTaskQueue,
+          VLMFLOW_LOG_LEVEL: 'warn',
+        },
+      });
+      return { exitCode: r.exitCode ?? -1, out: r.all ?? '' };
+    };
+    return workflows.runUntil(activities.runUntil(body(cli)));
+  }
+
+  const quickTrain: TrainScript = (input) =>
+    Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` }));
+
+  it('refuses a bad config before starting anything, naming every field, with exit code 2', async () => {
+    const r = await execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'run', badConfig], {
+      reject: false,
+      all: true,
+      env: { TEMPORAL_ADDRESS: '127.0.0.1:1' },
+    });
+    expect(r.exitCode).toBe(2);
+    expect(r.all).toContain('model.quantisation: unknown field; accepted fields here: id, revision, quantization');
+    expect(r.all).toContain('dataset.sources: needs at least 1 item');
+    expect(r.all).not.toMatch(/\n\s+at /); // a sentence, not a stack trace
+  });
+
+  it('runs a pipeline to the end, prints the result and the report path, and status and list show it', async () => {
+    await withStack(quickTrain, async (cli) => {
+      const id = `cli-run-${randomUUID()}`;
+      const run = await cli('run', goodConfig, '--id', id);
+      expect(run.exitCode).toBe(0);
+      expect(run.out).toContain(`Run ${id} completed`);
+      expect(run.out).toMatch(/Report: +\S*report\.html/);
+      expect(run.out).toContain('Gate: sft beats base on vqa_accuracy');
+
+      const status = await cli('status', id);
+      expect(status.exitCode).toBe(0);
+      expect(status.out).toContain(`${id}: completed`);
+
+      const list = await cli('list', '--status', 'completed', '--model', 'tiny');
+      expect(list.out).toContain(id);
+
+      const missing = await cli('status', 'no-such-run');
+      expect(missing.exitCode).toBe(1);
+      expect(missing.out).toContain('there is no run with id no-such-run');
+    });
+  });
+
+  it('pauses, resumes and cancels a running pipeline from the command line', async () => {
+    // Odd calls train until cancelled (paused or cancelled); even ones finish at once (after resume).
+    const calls = newCalls();
+    const train: TrainScript = (input, n) => (n % 2 === 1 ? trainUntilCancelled(input, calls) : quickTrain(input, n));
+    await withStack(train, async (cli) => {
+      const id = `cli-steer-${randomUUID()}`;
+      expect((await cli('run', goodConfig, '--id', id, '--detach')).exitCode).toBe(0);
+      const handle = env.client.workflow.getHandle(id);
+      await until(async () => (await handle.query(progressQuery)).step === 20);
+
+      expect((await cli('pause', id)).out).toContain(`Asked ${id} to pause`);
+      await until(async () => (await handle.query(progressQuery)).status === 'paused');
+      const paused = await cli('status', id);
+      expect(paused.out).toMatch(/stage sft \(paused\) step 20\/100/);
+      expect(paused.out).toMatch(/last checkpoint: \S+checkpoint-20/);
+
+      expect((await cli('resume', id)).exitCode).toBe(0);
+      await handle.result();
+
+      const second = `cli-cancel-${randomUUID()}`;
+      expect((await cli('run', goodConfig, '--id', second, '--detach')).exitCode).toBe(0);
+      await until(async () => (await env.client.workflow.getHandle(second).query(progressQuery)).step === 20);
+      expect((await cli('cancel', second)).out).toContain('the running stage saves a checkpoint and stops');
+      await env.client.workflow
+        .getHandle(second)
+        .result()
+        .catch(() => undefined);
+      const status = await cli('status', second);
+      expect(status.exitCode).toBe(3);
+      expect(status.out).toContain(`${second}: cancelled`);
+    });
+  });
+
+  it('creates a schedule that starts runs, and triggers, describes, pauses and deletes it', async () => {
+    await withStack(quickTrain, async (cli) => {
+      const id = `nightly-${randomUUID().slice(0, 8)}`;
+      const created = await cli('schedule', 'create', id, goodConfig, '--cron', '0 2 * * *', '--overlap', 'skip');
+      expect(created.exitCode).toBe(0);
+      expect(created.out).toContain(`Schedule ${id} created (cron "0 2 * * *", overlap skip)`);
+
+      expect((await cli('schedule', 'trigger', id)).exitCode).toBe(0);
+      const schedule = env.client.schedule.getHandle(id);
+      await until(async () => (await schedule.describe()).info.recentActions.length > 0);
+      const runId = (await schedule.describe()).info.recentActions[0]!.action.workflow.workflowId;
+      const outcome = (await env.client.workflow.getHandle(runId).result()) as { status: string };
+      expect(outcome.status).toBe('completed');
+
+      const described = await cli('schedule', 'describe', id);
+      expect(described.out).toContain('runs started: 1');
+      expect(described.out).toContain(runId);
+      expect((await cli('schedule', 'list')).out).toContain(id);
+      expect((await cli('schedule', 'pause', id)).exitCode).toBe(0);
+      expect((await schedule.describe()).state.paused).toBe(true);
+      expect((await cli('schedule', 'delete', id)).exitCode).toBe(0);
+      const gone = await cli('schedule', 'describe', id);
+      expect(gone.exitCode).toBe(1);
+      expect(gone.out).toContain(`there is no schedule ${id}`);
+    });
+  });
+});
+
+async function until(predicate: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await predicate().catch(() => false)) return;
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

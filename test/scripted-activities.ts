@@ -1,0 +1,95 @@
+/** Scripted stand-ins for the stage activities (same names and types as the real ones), for workflow tests. */
+import { Context } from '@temporalio/activity';
+import { CancelledFailure } from '@temporalio/common';
+import type { Activities, JobResult, TrainInput } from '../activities/index.js';
+import { progressSignaller } from '../activities/stages.js';
+
+export function result(
+  jobId: string,
+  artifacts: Record<string, string>,
+  metrics: Record<string, number> = {},
+): JobResult {
+  return {
+    jobId,
+    artifacts,
+    metrics,
+    cached: false,
+    reused: false,
+    fingerprint: `fp-${jobId}`,
+    attached: false,
+    resumedFromStep: 0,
+    lastCheckpoint: '',
+    evals: [],
+  };
+}
+
+/** What the scripted activities saw. */
+export interface Calls {
+  prepare: number;
+  train: TrainInput[];
+  trainCancelled: number;
+  evaluate: number;
+  exported: number;
+}
+
+export type TrainScript = (input: TrainInput, call: number) => Promise<JobResult>;
+
+/** Scripted stand-ins for the stage activities, same names and types as the real ones. */
+export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Activities> {
+  return {
+    prepareDataset: (input) => {
+      calls.prepare++;
+      return Promise.resolve(result(input.jobId, { dataset: `${input.outputUri}/dataset` }));
+    },
+    train: async (input) => {
+      calls.train.push(input);
+      return train(input, calls.train.length);
+    },
+    evaluate: (input) => {
+      calls.evaluate++;
+      return Promise.resolve(
+        result(
+          input.jobId,
+          { report: `${input.outputUri}/report.html` },
+          { 'base/vqa_accuracy': 0.3, 'sft/vqa_accuracy': 0.9 },
+        ),
+      );
+    },
+    exportModel: (input) => {
+      calls.exported++;
+      return Promise.resolve(result(input.jobId, { model: `${input.outputUri}/model` }));
+    },
+  };
+}
+
+/** A training that reports steps and a checkpoint, then runs until cancelled (a pause or a cancel). */
+export async function trainUntilCancelled(input: TrainInput, calls: Calls): Promise<JobResult> {
+  const report = progressSignaller(input.stage, 0);
+  const ctx = Context.current();
+  report(
+    {
+      jobId: input.jobId,
+      phase: 'training',
+      step: 20,
+      totalSteps: 100,
+      loss: 1.5,
+      etaSeconds: 80,
+      checkpoint: `${input.outputUri}/checkpoint-20`,
+      attached: false,
+    },
+    true,
+  );
+  for (;;) {
+    ctx.heartbeat({ step: 20 });
+    try {
+      await ctx.sleep(100);
+    } catch (err) {
+      if (err instanceof CancelledFailure) calls.trainCancelled++;
+      throw err;
+    }
+  }
+}
+
+export function newCalls(): Calls {
+  return { prepare: 0, train: [], trainCancelled: 0, evaluate: 0, exported: 0 };
+}
