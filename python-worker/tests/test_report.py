@@ -88,6 +88,22 @@ def test_read_curves_from_a_job_event_log(tmp_path):
     assert curves["rewards/margins"] == [(1.0, 0.1)]
     assert report.read_curves(tmp_path / "missing.jsonl") == {}
 
+    trainer_log = tmp_path / "training_log.jsonl"
+    lines = [
+        {"step": 1, "epoch": 0.1, "loss": 0.69, "rewards/margins": 0.0, "learning_rate": 1e-3},
+        {"step": 2, "epoch": 0.2, "loss": 0.6, "rewards/margins": 0.2},
+        {"step": 2, "eval_loss": 0.65, "eval_rewards/accuracies": 0.75},
+        {"step": 2, "train_runtime": 3.0, "train_loss": 0.64},
+    ]
+    trainer_log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    curves = report.read_curves(trainer_log)
+    assert curves == {
+        "loss": [(1.0, 0.69), (2.0, 0.6)],
+        "rewards/margins": [(1.0, 0.0), (2.0, 0.2)],
+        "eval/loss": [(2.0, 0.65)],
+        "eval/rewards/accuracies": [(2.0, 0.75)],
+    }
+
 
 def test_nice_ticks_cover_the_range():
     ticks = report._nice_ticks(0.13, 0.92)

@@ -35,6 +35,7 @@ METRIC_LABELS = {
     "chosen_pick_rate": "Picks the chosen answer",
 }
 LOWER_IS_BETTER = {"cer", "wer"}
+PAIR_METRICS = {"preference_accuracy", "reward_margin"}
 PALETTE = ["#64748b", "#2563eb", "#db2777", "#059669", "#d97706", "#7c3aed"]
 GALLERY_LIMIT = 48
 THUMBNAIL = 224
@@ -89,7 +90,7 @@ def _json_default(value: Any) -> Any:
 
 
 def read_curves(log_path: Path) -> dict[str, Curve]:
-    """Curves from a training event log (JSONL of JobEvent in protobuf JSON, as jobs write them).
+    """Curves from a training log: a job's event log (JobEvent in protobuf JSON) or a trainer's training_log.jsonl.
 
     Returns {"loss": [...], "eval/<metric>": [...], "<progress metric>": [...]} with steps on x."""
     curves: dict[str, Curve] = {}
@@ -111,6 +112,17 @@ def read_curves(log_path: Path) -> dict[str, Curve]:
             step = float(event["eval"].get("step", 0))
             for name, value in (event["eval"].get("metrics") or {}).items():
                 curves.setdefault(f"eval/{name}", []).append((step, float(value)))
+        elif "step" in event and "train_runtime" not in event:
+            # A trainer's own log line (training_log.jsonl): {"step", "loss", "rewards/margins", "eval_loss", ...}.
+            step = float(event["step"])
+            for name, value in event.items():
+                if not isinstance(value, int | float) or name in ("step", "epoch"):
+                    continue
+                if name.startswith("eval_"):
+                    name = "eval/" + name.removeprefix("eval_")
+                elif name != "loss" and not name.startswith("rewards/"):
+                    continue
+                curves.setdefault(name, []).append((step, float(value)))
     return curves
 
 
@@ -364,7 +376,8 @@ def _gallery(
 ) -> str:
     if not samples:
         return ""
-    primary = metric_names[0] if metric_names else None
+    # The answers are judged by the first metric that reads them (preference metrics read log-probabilities).
+    primary = next((m for m in metric_names if m not in PAIR_METRICS), metric_names[0] if metric_names else None)
     base = variants[0]
 
     def changed(sample: dict[str, Any]) -> int:
@@ -400,7 +413,12 @@ def _gallery(
             f'<article class="sample"><div class="thumb">{image_html}</div><div class="body">'
             f'<div class="question">{_esc(sample.get("question", ""))}</div>'
             f'<div class="reference"><span class="muted">reference</span> {_esc(" | ".join(map(str, refs)))}</div>'
-            f"{''.join(answers)}</div></article>"
+            + (
+                f'<div class="reference"><span class="muted">rejected</span> {_esc(sample["rejected"])}</div>'
+                if sample.get("rejected")
+                else ""
+            )
+            + f"{''.join(answers)}</div></article>"
         )
     shown = len(ordered)
     note = f"{shown} of {len(samples)} samples, those where the variants answer differently first."
