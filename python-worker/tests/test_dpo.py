@@ -174,3 +174,23 @@ def test_train_dpo_from_an_sft_adapter_through_the_worker(worker, tiny_model_pat
     with pytest.raises(grpc.RpcError) as info:
         list(worker.stub().Train(bad, timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "preference rows" in info.value.details()
+
+
+def test_dora_on_text_and_vision_gets_gradients_under_checkpointing(single_tile_model, tmp_path):
+    """DoRA on the text model and the vision tower, gradient checkpointing on: every LoRA B matrix, vision ones
+    included, moved off its zero init, so gradients reached them."""
+    dataset = preference_dataset(tmp_path, rows=8, held_out=2)
+    settings = WorkerSettings(port=0, artifact_root=tmp_path)
+    request = train_request(single_tile_model, dataset, tmp_path / "run", max_steps=2, micro_batch_size=2)
+    request.lora.use_dora = True
+    request.lora.tune_vision = True
+    request.training.gradient_checkpointing = True
+    (tmp_path / "job").mkdir()
+    result = dpo.run(request, JobContext("dpo", tmp_path / "job", settings))
+    with safe_open(Path(result.artifacts["adapter"]) / "adapter_model.safetensors", "pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    b_matrices = {n: t for n, t in tensors.items() if "lora_B" in n}
+    assert any("vision_model" in n for n in b_matrices) and any("text_model" in n for n in b_matrices)
+    assert any("lora_magnitude_vector" in n for n in tensors)  # DoRA
+    still_zero = [n for n, t in b_matrices.items() if not t.abs().sum() > 0]
+    assert not still_zero, still_zero[:3]

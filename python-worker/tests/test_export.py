@@ -34,7 +34,11 @@ def make_adapter(base: Path, out: Path, use_dora: bool = False) -> Path:
             if "lora_B" in name:
                 param.mul_(20)
     peft_model.save_pretrained(out)
-    (out / "vlmflow_train.json").write_text(json.dumps({"data_fingerprint": "abc123", "learning_rate": 2e-4}))
+    dataset = out.parent / "dataset"
+    dataset.mkdir(exist_ok=True)
+    (dataset / "dataset.json").write_text(json.dumps({"kind": "sft", "fingerprint": "abc123"}))
+    settings = {"dataset_dir": str(dataset), "learning_rate": 2e-4}  # as the trainers write it
+    (out / "training_config.json").write_text(json.dumps(settings))
     return out
 
 

@@ -128,8 +128,11 @@ class Variants:
         yield self.model
 
 
-def generate_answers(model, processor, rows: list[EvalRow], dataset_dir: Path, kwargs: dict, batch_size: int):
-    """Answers in row order, generated in batches of similar length (generate.py's batching and decoding)."""
+def generate_answers(
+    model, processor, rows: list[EvalRow], dataset_dir: Path, kwargs: dict, batch_size: int, check=lambda: None
+):
+    """Answers in row order, generated in batches of similar length (generate.py's batching and decoding);
+    `check` runs before each batch (it raises to stop: cancellation)."""
     from PIL import Image
 
     from vlmflow_worker.generate import PreparedItem, encode, generate_batch
@@ -141,6 +144,7 @@ def generate_answers(model, processor, rows: list[EvalRow], dataset_dir: Path, k
     order = sorted(range(len(rows)), key=lambda i: encodings[i]["input_ids"].shape[1])
     answers: dict[int, str] = {}
     for first in range(0, len(order), batch_size):
+        check()
         chunk = order[first : first + batch_size]
         outputs = generate_batch(model, processor, [encodings[i] for i in chunk], kwargs)
         for i, (text, *_rest) in zip(chunk, outputs, strict=True):
@@ -266,7 +270,9 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
             torch.manual_seed(request.generation.seed)  # the same sampling noise for every variant
         try:
             with models.active(variant.name) as active:
-                predictions[variant.name] = generate_answers(active, processor, rows, dataset_dir, kwargs, batch_size)
+                predictions[variant.name] = generate_answers(
+                    active, processor, rows, dataset_dir, kwargs, batch_size, ctx.raise_if_cancelled
+                )
                 if kind == "preference":
                     logps[variant.name] = {
                         which: answer_logps(active, processor, rows, dataset_dir, which, batch_size)

@@ -58,13 +58,20 @@ def merge_adapter(spec: ModelSpec, device: str = "cpu"):
 def _training_facts(adapter: Path) -> dict[str, Any]:
     """What the trainer recorded beside the adapter (settings, data fingerprint), when it recorded anything."""
     facts: dict[str, Any] = {}
-    for name in ("vlmflow_train.json", "training.json", "train_config.json", "training_args.json"):
+    for name in ("training_config.json", "vlmflow_train.json"):
         path = adapter / name
         if path.is_file():
             try:
                 facts.update(json.loads(path.read_text()))
             except ValueError:
                 continue
+    # The trainers record the prepared dataset's folder; its dataset.json names the content fingerprint.
+    dataset_meta = Path(str(facts.get("dataset_dir", ""))) / "dataset.json"
+    if "data_fingerprint" not in facts and facts.get("dataset_dir") and dataset_meta.is_file():
+        try:
+            facts["data_fingerprint"] = json.loads(dataset_meta.read_text()).get("fingerprint", "")
+        except ValueError:
+            pass
     return facts
 
 
