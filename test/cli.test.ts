@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { projectRoot, temporalCli } from '../src/paths.js';
+import { projectRoot, stateDir, temporalCli, workerPython } from '../src/paths.js';
 import { searchAttributes } from '../src/search-attributes.js';
 import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
 import { progressQuery } from '../workflows/definitions.js';
@@ -177,6 +177,31 @@ describe('the vlmflow CLI against the real dev server', () => {
       expect(gone.exitCode).toBe(1);
       expect(gone.out).toContain(`there is no schedule ${id}`);
     });
+  });
+});
+
+describe('vlmflow infer and doctor', () => {
+  const cli = (args: string[], env: Record<string, string> = {}) =>
+    execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), ...args], { reject: false, all: true, env });
+  const photo = path.resolve(projectRoot, '..', 'shared', 'data', 'llamafactory-mllm-demo', 'mllm_demo_data', '1.jpg');
+  const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
+
+  it('answers about a local image with a worker it starts for the command', async () => {
+    await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
+    const r = await cli(['infer', 'caption', photo, '--model', tinyModel, '--max-new-tokens', '3'], {
+      VLMFLOW_ARTIFACT_ROOT: tempDir('infer'),
+    });
+    expect(r.exitCode).toBe(0);
+    expect(r.all).toMatch(new RegExp(`^${photo}: .+$`, 'm'));
+  });
+
+  it('says what is wrong instead of failing obscurely', async () => {
+    const vqa = await cli(['infer', 'vqa', photo]);
+    expect(vqa.exitCode).toBe(1);
+    expect(vqa.all).toContain('vqa needs a question: pass --prompt');
+    const doctor = await cli(['doctor'], { TEMPORAL_ADDRESS: '127.0.0.1:1' });
+    expect(doctor.exitCode).toBe(1);
+    expect(doctor.all).toContain('✗ Temporal at 127.0.0.1:1 — nothing answers; check TEMPORAL_ADDRESS');
   });
 });
 

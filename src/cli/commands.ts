@@ -1,7 +1,9 @@
 /** The pipeline commands of the vlmflow CLI (run, status, list, cancel, pause, resume, retry, schedule). */
-import { Option, type Command } from 'commander';
+import { Argument, Option, type Command } from 'commander';
 import { ConfigFileError } from './config-file.js';
 import { dev } from './dev.js';
+import { doctor } from './doctor.js';
+import { infer, inferTasks, type InferOptions, type InferTask } from './infer.js';
 import { ExitCode } from './exit-codes.js';
 import { run } from './run.js';
 import { cancel, list, pause, resume, retry, status } from './runs.js';
@@ -76,6 +78,22 @@ export function registerPipelineCommands(program: Command): void {
     .option('--id <workflowId>', 'id of the new run')
     .option('--detach', 'start it and return without following', false)
     .action(action((id: string, opts: { id?: string; detach: boolean }) => retry(id, opts)));
+
+  program
+    .command('infer')
+    .description('ask a model about local images or videos and print the answers')
+    .addArgument(new Argument('<task>', 'what to ask').choices(inferTasks))
+    .argument('<files...>', 'images (caption, vqa, ocr) or videos (video)')
+    .option('--model <id>', 'hub id or local model folder', 'HuggingFaceTB/SmolVLM-Instruct')
+    .option('--prompt <text>', 'the question (vqa, video) or an instruction override')
+    .option('--max-new-tokens <n>', 'answer length cap', (v) => Number.parseInt(v, 10), 128)
+    .option('--frames <n>', 'frames sampled per video', (v) => Number.parseInt(v, 10), 8)
+    .action(action((task: InferTask, files: string[], opts: InferOptions) => infer(task, files, opts)));
+
+  program
+    .command('doctor')
+    .description('check the stack (Temporal, workers, Python worker, CUDA) and say what is missing')
+    .action(action(() => doctor()));
 
   const schedule = program.command('schedule').description('Temporal Schedules that start pipeline runs');
   schedule
