@@ -263,4 +263,75 @@ describe('fineTunePipeline on the real dev server', () => {
     );
     expect(calls.exported).toBe(0);
   });
+
+  it('runs SFT then preference prep and DPO from the SFT adapter, evaluates base, SFT and DPO, and exports the DPO adapter', async () => {
+    const calls = newCalls();
+    const withDpo = {
+      ...config,
+      dpo: { dataset: { sources: [{ uri: 'synthetic/shape_colour_pref', layout: 'preference' }] }, beta: 0.2 },
+    } as const;
+    const outcome = await withWorkers(
+      calls,
+      (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
+      (taskQueue, gpuTaskQueue) =>
+        env.client.workflow.execute(fineTunePipeline, {
+          taskQueue,
+          workflowId: `dpo-${randomUUID()}`,
+          args: [withDpo, { gpuTaskQueue }],
+        }),
+    );
+    expect(outcome.stages.map((s) => s.name)).toEqual([
+      'prepare',
+      'sft',
+      'prepare-preference',
+      'dpo',
+      'evaluate',
+      'gate',
+      'export',
+    ]);
+    const [sft, dpo] = calls.train;
+    expect(sft).toMatchObject({ kind: 'sft', adapterUri: '' });
+    expect(dpo).toMatchObject({
+      kind: 'dpo',
+      adapterUri: `${sft!.outputUri}/adapter`,
+      dpo: { beta: 0.2, lossType: 'sigmoid' },
+    });
+    expect(dpo!.datasetUri).toContain(calls.prepareInputs[1]!.outputUri);
+    expect(calls.evaluateInputs[0]!.variants.map((v) => [v.name, v.adapterUri])).toEqual([
+      ['base', ''],
+      ['sft', `${sft!.outputUri}/adapter`],
+      ['dpo', `${dpo!.outputUri}/adapter`],
+    ]);
+    expect(outcome.gate).toMatchObject({ tuned: 0.95, passed: true });
+    expect(calls.exportInputs[0]!.adapterUri).toBe(`${dpo!.outputUri}/adapter`);
+  });
+
+  it('does not run again the stages it is given as finished (continue-as-new and retry carry them)', async () => {
+    const calls = newCalls();
+    const done = (name: string, artifacts: Record<string, string>) => ({
+      ...result(`earlier/${name}`, artifacts),
+      fingerprint: `fp-${name}`,
+    });
+    const state = {
+      outputRoot: 'runs/earlier',
+      completed: {
+        prepare: done('prepare', { dataset: 'datasets/abc' }),
+        sft: done('sft', { adapter: 'stages/sft/adapter' }),
+      },
+    };
+    const outcome = await withWorkers(
+      calls,
+      () => Promise.reject(new Error('training must not run again')),
+      (taskQueue, gpuTaskQueue) =>
+        env.client.workflow.execute(fineTunePipeline, {
+          taskQueue,
+          workflowId: `carried-${randomUUID()}`,
+          args: [config, { gpuTaskQueue, state }],
+        }),
+    );
+    expect(calls.prepare + calls.train.length).toBe(0);
+    expect(calls.evaluateInputs[0]).toMatchObject({ datasetUri: 'datasets/abc' });
+    expect(calls.evaluateInputs[0]!.variants[1]).toMatchObject({ name: 'sft', adapterUri: 'stages/sft/adapter' });
+    expect(outcome.adapterUri).toBe('stages/sft/adapter');
+  });
 });

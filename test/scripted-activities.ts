@@ -1,7 +1,14 @@
 /** Scripted stand-ins for the stage activities (same names and types as the real ones), for workflow tests. */
 import { Context } from '@temporalio/activity';
 import { CancelledFailure } from '@temporalio/common';
-import type { Activities, JobResult, TrainInput } from '../activities/index.js';
+import type {
+  Activities,
+  EvaluateInput,
+  ExportInput,
+  JobResult,
+  PrepareDatasetInput,
+  TrainInput,
+} from '../activities/index.js';
 import { progressSignaller } from '../activities/stages.js';
 
 export function result(
@@ -30,6 +37,9 @@ export interface Calls {
   trainCancelled: number;
   evaluate: number;
   exported: number;
+  prepareInputs: PrepareDatasetInput[];
+  evaluateInputs: EvaluateInput[];
+  exportInputs: ExportInput[];
 }
 
 export type TrainScript = (input: TrainInput, call: number) => Promise<JobResult>;
@@ -39,6 +49,7 @@ export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Ac
   return {
     prepareDataset: (input) => {
       calls.prepare++;
+      calls.prepareInputs.push(input);
       return Promise.resolve(result(input.jobId, { dataset: `${input.outputUri}/dataset` }));
     },
     train: async (input) => {
@@ -47,16 +58,18 @@ export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Ac
     },
     evaluate: (input) => {
       calls.evaluate++;
+      calls.evaluateInputs.push(input);
       return Promise.resolve(
         result(
           input.jobId,
           { report: `${input.outputUri}/report.html` },
-          { 'base/vqa_accuracy': 0.3, 'sft/vqa_accuracy': 0.9 },
+          { 'base/vqa_accuracy': 0.3, 'sft/vqa_accuracy': 0.9, 'dpo/vqa_accuracy': 0.95 },
         ),
       );
     },
     exportModel: (input) => {
       calls.exported++;
+      calls.exportInputs.push(input);
       return Promise.resolve(result(input.jobId, { model: `${input.outputUri}/model` }));
     },
   };
@@ -91,5 +104,14 @@ export async function trainUntilCancelled(input: TrainInput, calls: Calls): Prom
 }
 
 export function newCalls(): Calls {
-  return { prepare: 0, train: [], trainCancelled: 0, evaluate: 0, exported: 0 };
+  return {
+    prepare: 0,
+    train: [],
+    trainCancelled: 0,
+    evaluate: 0,
+    exported: 0,
+    prepareInputs: [],
+    evaluateInputs: [],
+    exportInputs: [],
+  };
 }
