@@ -396,8 +396,13 @@ def resume_point(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> tu
     return (step_of(found), str(found)) if found else (0, "")
 
 
-def run(request: jobs_pb2.TrainRequest, ctx: JobContext) -> JobResult:
-    return train_dpo(config_of(request, ctx.settings), ctx, ctx.settings)
+def run(request: jobs_pb2.TrainRequest, ctx: JobContext) -> JobResult | None:
+    config = config_of(request, ctx.settings)
+    if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        from vlmflow_worker.train.job import launch  # SFT's torchrun launch; each rank re-enters this entry
+
+        return launch(config, ctx)
+    return train_dpo(config, ctx, ctx.settings)
 
 
 JOB = JobSpec(request_type=jobs_pb2.TrainRequest, validate=validate, run=run, resume_point=resume_point)
