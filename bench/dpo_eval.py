@@ -11,7 +11,8 @@ median over the steps after --warmup, from the trainers' per-step progress logs.
 sequences of an SFT step (chosen and rejected) plus a no-grad reference pass with the adapter disabled.
 
 Evaluation: items/s of the Evaluate job for base + one adapter on the eval split (greedy answers; on the preference
-split also the log-probabilities of both answers under each variant). Writes bench/results/dpo-eval-<device>-latest.json.
+split also the log-probabilities of both answers under each variant).
+Writes bench/results/dpo-eval-<device>-latest.json.
 """
 
 from __future__ import annotations
@@ -62,16 +63,10 @@ def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:
         folder = work / f"dataset-{kind}"
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copytree(raw / "images", folder / "images", dirs_exist_ok=True)
-        lines = [
-            json.loads(line) for line in (raw / "data.jsonl").read_text().splitlines()
-        ]
+        lines = [json.loads(line) for line in (raw / "data.jsonl").read_text().splitlines()]
         lines = [{"id": f"r{i}", **row} for i, row in enumerate(lines)]
-        (folder / "train.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in lines[:-held_out])
-        )
-        (folder / "eval.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in lines[-held_out:])
-        )
+        (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[:-held_out]))
+        (folder / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines[-held_out:]))
         meta = {
             "kind": kind,
             "fingerprint": "bench",
@@ -86,10 +81,9 @@ def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:
 # ---- 2. one measurement, in its own process ---------------------------------------------------------------------
 
 
-def measure_training(
-    kind: str, model: Path, dataset: Path, output: Path, args
-) -> dict[str, Any]:
+def measure_training(kind: str, model: Path, dataset: Path, output: Path, args) -> dict[str, Any]:
     import torch
+
     from vlmflow_worker.dpo import DPOTrainConfig, train_dpo
     from vlmflow_worker.train.config import SFTConfig
     from vlmflow_worker.train.sft import train_sft
@@ -117,16 +111,9 @@ def measure_training(
         result = train_sft(SFTConfig(learning_rate=1e-4, **common))
     else:
         result = train_dpo(DPOTrainConfig(learning_rate=5e-5, beta=0.1, **common))
-    log = [
-        json.loads(line)
-        for line in (output / "training_log.jsonl").read_text().splitlines()
-    ]
+    log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
     steps = [e for e in log if "samples_per_second" in e and e["step"] > args.warmup]
-    step_seconds = [
-        args.micro_batch / e["samples_per_second"]
-        for e in steps
-        if e["samples_per_second"]
-    ]
+    step_seconds = [args.micro_batch / e["samples_per_second"] for e in steps if e["samples_per_second"]]
     tokens = [e["tokens_per_second"] for e in steps]
     peak = (
         torch.cuda.max_memory_allocated()
@@ -145,11 +132,7 @@ def measure_training(
         **(
             {
                 "final_rewards/margins": next(
-                    (
-                        e["rewards/margins"]
-                        for e in reversed(log)
-                        if "rewards/margins" in e
-                    ),
+                    (e["rewards/margins"] for e in reversed(log) if "rewards/margins" in e),
                     None,
                 )
             }
@@ -159,10 +142,9 @@ def measure_training(
     }
 
 
-def measure_eval(
-    kind: str, model: Path, dataset: Path, adapter: Path, output: Path, args
-) -> dict[str, Any]:
+def measure_eval(kind: str, model: Path, dataset: Path, adapter: Path, output: Path, args) -> dict[str, Any]:
     import torch
+
     from vlmflow.v1 import common_pb2, jobs_pb2
     from vlmflow_worker.evaluate import run
     from vlmflow_worker.jobs.context import JobContext
@@ -181,9 +163,7 @@ def measure_eval(
     )
     (output / "job").mkdir(parents=True, exist_ok=True)
     metrics = run(request, JobContext("bench-eval", output / "job", settings)).metrics
-    peak = (
-        torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_peak()
-    )
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_peak()
     return {
         "kind": f"eval-{kind}",
         "items": args.held_out,
@@ -219,12 +199,8 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument(
-        "--steps", type=int, default=0, help="Training steps (default 12 CPU, 20 CUDA)."
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=2, help="Steps left out of the step time."
-    )
+    parser.add_argument("--steps", type=int, default=0, help="Training steps (default 12 CPU, 20 CUDA).")
+    parser.add_argument("--warmup", type=int, default=2, help="Steps left out of the step time.")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--held-out", type=int, default=32)
@@ -256,19 +232,13 @@ def main() -> None:
                 str(work),
             ]
             command += [
-                f"--{k.replace('_', '-')}={v}"
-                for k, v in vars(args).items()
-                if k not in ("one", "model", "work")
+                f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("one", "model", "work")
             ]
             env = {
                 **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    [str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]
-                ),
+                "PYTHONPATH": os.pathsep.join([str(REPO / "bench"), os.environ.get("PYTHONPATH", "")]),
             }
-            done = subprocess.run(
-                command, check=False, capture_output=True, text=True, env=env
-            )
+            done = subprocess.run(command, check=False, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 sys.exit(f"{one} failed:\n{done.stderr[-4000:]}")
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -276,12 +246,8 @@ def main() -> None:
 
     sft, dpo, eval_sft, eval_pref = results
     gib = 2**30
-    print(
-        f"\nmodel {shown(model)} on {args.device}, micro-batch {args.micro_batch}, LoRA r16, {args.steps} steps"
-    )
-    print(
-        f"{'run':<24}{'step s (median)':>16}{'samples/s':>11}{'tokens/s':>10}{'peak GiB':>10}"
-    )
+    print(f"\nmodel {shown(model)} on {args.device}, micro-batch {args.micro_batch}, LoRA r16, {args.steps} steps")
+    print(f"{'run':<24}{'step s (median)':>16}{'samples/s':>11}{'tokens/s':>10}{'peak GiB':>10}")
     for r in (sft, dpo):
         print(
             f"{r['kind'].upper():<24}{r['step_seconds_median']:>16.3f}{r['samples_per_second']:>11.2f}"
@@ -289,17 +255,13 @@ def main() -> None:
         )
     print(f"DPO / SFT step time: {dpo['step_seconds_median'] / sft['step_seconds_median']:.2f}x, peak memory: "
           f"{dpo['peak_memory_bytes'] / sft['peak_memory_bytes']:.2f}x")  # fmt: skip
-    print(
-        f"\n{'eval split':<24}{'items':>8}{'base items/s':>14}{'tuned items/s':>15}{'peak GiB':>10}"
-    )
+    print(f"\n{'eval split':<24}{'items':>8}{'base items/s':>14}{'tuned items/s':>15}{'peak GiB':>10}")
     for r in (eval_sft, eval_pref):
         print(
             f"{r['kind']:<24}{r['items']:>8}{r['items_per_second_base']:>14.2f}{r['items_per_second_tuned']:>15.2f}"
             f"{r['peak_memory_bytes'] / gib:>10.2f}"
         )
-    settings = {
-        k: v for k, v in vars(args).items() if k not in ("one", "model", "work")
-    }
+    settings = {k: v for k, v in vars(args).items() if k not in ("one", "model", "work")}
     path = write_result(
         f"dpo-eval-{args.device}",
         {

@@ -113,7 +113,7 @@ def test_evaluate_preference_split_scores_the_base_at_chance(tiny_model_path, ad
 
 
 def test_bad_requests_name_the_field(tiny_model_path, adapter, tmp_path):
-    from vlmflow_worker.errors import InvalidArgument, NotFound, PathOutsideRoots
+    from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, PathOutsideRoots
 
     dataset = prepared_dataset(tmp_path, "shape_colour", 2)
     settings = WorkerSettings(port=0, artifact_root=tmp_path, data_roots=[adapter.parent])
@@ -131,6 +131,11 @@ def test_bad_requests_name_the_field(tiny_model_path, adapter, tmp_path):
     missing.variants[0].adapter_uri = str(tmp_path)
     with pytest.raises(NotFound, match=r"variants\[0\].adapter_uri"):
         evaluate.validate(missing, settings)
+    quantized = jobs_pb2.EvaluateRequest()
+    quantized.CopyFrom(good)
+    quantized.model.quantization = common_pb2.QUANTIZATION_NF4
+    with pytest.raises(FailedPrecondition, match="CUDA"):
+        evaluate.validate(quantized, settings)
     twice = jobs_pb2.EvaluateRequest()
     twice.CopyFrom(good)
     twice.variants.append(jobs_pb2.EvalVariant(name="lora", adapter_uri=str(adapter)))

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlmflow.v1 import jobs_pb2
+from vlmflow.v1 import common_pb2, jobs_pb2
 from vlmflow_worker import metrics as M
-from vlmflow_worker.errors import BadData, InvalidArgument, NotFound, OutOfMemory
+from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.report import read_curves, write_report
@@ -187,6 +187,14 @@ def validate(request: jobs_pb2.EvaluateRequest, settings: WorkerSettings) -> Non
         raise InvalidArgument("model.model_id is empty: name the base model")
     if request.model.adapter_uri:
         raise InvalidArgument("model.adapter_uri must be empty: put adapters in variants, the base is evaluated too")
+    if request.model.quantization in (common_pb2.QUANTIZATION_NF4, common_pb2.QUANTIZATION_INT8):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FailedPrecondition(
+                "model.quantization needs a CUDA GPU (bitsandbytes) and this worker has none; evaluate with "
+                "QUANTIZATION_NONE here, or send the job to a GPU worker"
+            )
     dataset = resolve_uri(request.dataset_uri, settings, "dataset_uri")
     if not (dataset / "dataset.json").is_file():
         raise NotFound(f"dataset_uri {request.dataset_uri!r} is not a prepared dataset (no dataset.json)")
