@@ -146,6 +146,11 @@ export const generationSchema = z
 
 export const evaluateSchema = z
   .object({
+    /**
+     * Which eval split: the SFT dataset's, or (with dpo) the preference dataset's, whose rows give preference
+     * accuracy and reward margins.
+     */
+    on: z.enum(['sft', 'preference']).default('sft'),
     /** Empty = the metrics that fit the dataset. */
     metrics: z.array(z.enum(evalMetrics)).default([]),
     generation: generationSchema.default(generationSchema.parse({})),
@@ -200,7 +205,24 @@ export const pipelineConfigSchema = z
     /** Reuse stages whose inputs are unchanged (content fingerprint) from earlier runs. */
     reuse: z.boolean().default(true),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    if (config.evaluate.on === 'preference' && !config.dpo) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['evaluate', 'on'],
+        message: '"preference" needs a dpo section with a preference dataset; use "sft" or add dpo',
+      });
+    }
+    const preferenceOnly = ['preference_accuracy', 'reward_margin', 'chosen_pick_rate'];
+    if (config.gate && preferenceOnly.includes(config.gate.metric) && config.evaluate.on !== 'preference') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['gate', 'metric'],
+        message: `${config.gate.metric} needs preference rows: set evaluate.on to "preference" (with dpo)`,
+      });
+    }
+  });
 
 /** What a person writes (defaults optional). */
 export type PipelineConfigInput = z.input<typeof pipelineConfigSchema>;

@@ -310,10 +310,12 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     const prepared = await prepare('prepare', config.dataset);
     const sft = await train('sft', prepared, null);
     let tuned = { name: 'sft', result: sft };
+    let evalDataset = prepared;
 
     if (config.dpo) {
       const preference = await prepare('prepare-preference', config.dpo.dataset);
       tuned = { name: 'dpo', result: await train('dpo', preference, sft) };
+      if (config.evaluate.on === 'preference') evalDataset = preference;
     }
 
     const variants = [
@@ -328,7 +330,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       });
     }
     const evalKey = keyFor('evaluate', { evaluate: config.evaluate, variants: variants.map((v) => v.name) }, [
-      prepared.fingerprint,
+      evalDataset.fingerprint,
       sft.fingerprint,
       ...(tuned.name === 'dpo' ? [tuned.result.fingerprint] : []),
     ]);
@@ -338,7 +340,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
         stage: 'evaluate',
         model: config.model,
         variants,
-        datasetUri: datasetOf(prepared),
+        datasetUri: datasetOf(evalDataset),
         evaluate: config.evaluate,
         outputUri,
       }),
