@@ -1,0 +1,449 @@
+/**
+ * Durability with real processes, broken for real (issue 7): the Temporal dev server (persistent SQLite, from
+ * src/temporal-dev-server.ts), the Python worker (src/python-worker.ts) and the TS workers as child processes
+ * (`node bin/vlmflow.js worker`, the deployment's entry), so each can be SIGKILLed. The tiny model trains on
+ * synthetic shapes; checkpoints every 3 steps.
+ *
+ * 1. One run goes through three faults during SFT: the dev server stopped and started again, the TS worker
+ *    SIGKILLed and replaced, the Python worker SIGKILLed and restarted. It completes; the running job was attached
+ *    (not started again) after the TS worker died, and resumed from its newest checkpoint (at most one checkpoint
+ *    interval redone) after the Python worker died.
+ * 2. `vlmflow cancel` mid-SFT: the run ends cancelled, the checkpoint is on disk, the job's process is gone;
+ *    `vlmflow retry` resumes from that checkpoint and completes.
+ * 3. Two Python workers on one artifact store, each with its TS worker on the same task queues: two runs train
+ *    one on each; SIGKILLing one pair moves its run to the other, which resumes from the shared checkpoint.
+ *
+ * Every number these tests see is printed on a `durability:` line; docs/durability.md tabulates them.
+ *
+ *   npx vitest run test/faults.test.ts
+ */
+import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
+import { CancelledFailure } from '@temporalio/common';
+import { execa, type ResultPromise } from 'execa';
+import { randomUUID } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { projectRoot, stateDir, workerPython } from '../src/paths.js';
+import type { PipelineConfigInput } from '../src/pipeline-config.js';
+import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
+import { startDevServer, type DevServer } from '../src/temporal-dev-server.js';
+import { progressQuery, type PipelineProgress, type StageName, type StageSummary } from '../workflows/definitions.js';
+import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
+import { freePort, tempDir } from './helpers.js';
+
+const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
+const SAVE_STEPS = 3;
+
+function pipelineConfig(dataFile: string, maxSteps: number, seed = 42): PipelineConfigInput {
+  return {
+    name: 'faults',
+    model: { id: tinyModel, dtype: 'float32' },
+    dataset: { sources: [{ uri: dataFile, layout: 'messages' }], evalFraction: 0.2, maxLength: 256 },
+    sft: {
+      lora: { r: 8, alpha: 16, dropout: 0 },
+      training: {
+        learningRate: 1e-3,
+        maxSteps,
+        microBatchSize: 4,
+        gradientAccumulationSteps: 1,
+        warmupRatio: 0,
+        lrScheduler: 'constant',
+        gradientCheckpointing: false,
+        saveSteps: SAVE_STEPS,
+        evalSteps: 1000,
+        loggingSteps: 1,
+        saveTotalLimit: 0,
+        seed,
+      },
+    },
+    evaluate: {
+      metrics: ['vqa_accuracy'],
+      maxSamples: 4,
+      batchSize: 4,
+      bootstrapSamples: 10,
+      generation: { maxNewTokens: 2 },
+    },
+    export: { enabled: false },
+  };
+}
+
+/** `node bin/vlmflow.js worker`, ready once it logs 'workers running'. */
+interface TsWorker {
+  process: ResultPromise;
+  kill(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+async function startTsWorker(env: Record<string, string>): Promise<TsWorker> {
+  const child = execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'worker'], {
+    env: { ...env, VLMFLOW_LOG_LEVEL: 'info' },
+    reject: false,
+    stdout: 'ignore',
+    stderr: 'pipe',
+    forceKillAfterDelay: false,
+  });
+  const tail: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`TS worker not ready:\n${tail.join('\n')}`)), 120_000);
+    createInterface({ input: child.stderr }).on('line', (line) => {
+      tail.push(line);
+      if (tail.length > 30) tail.shift();
+      if (line.includes('"workers running"')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    void child.then((r) => {
+      clearTimeout(timer);
+      reject(new Error(`TS worker exited (${r.exitCode ?? r.signal}):\n${tail.join('\n')}`));
+    });
+  });
+  const ended = () => child.exitCode !== null || child.signalCode !== null;
+  return {
+    process: child,
+    async kill() {
+      if (!ended()) child.kill('SIGKILL');
+      await child;
+    },
+    async stop() {
+      if (!ended()) child.kill('SIGTERM');
+      await child;
+    },
+  };
+}
+
+/** Event logs of one job (`events.jsonl` plus the rotated `events.<n>.jsonl` of earlier attempts), oldest first. */
+function jobLogs(artifacts: string, jobId: string): Record<string, unknown>[][] {
+  const folder = path.join(artifacts, 'jobs', encodeURIComponent(jobId));
+  if (!existsSync(folder)) return [];
+  const names = readdirSync(folder).filter((f) => /^events(\.\d+)?\.jsonl$/.test(f));
+  const order = (f: string) => (f === 'events.jsonl' ? Infinity : Number(f.split('.')[1]));
+  return names
+    .sort((a, b) => order(a) - order(b))
+    .map((f) =>
+      readFileSync(path.join(folder, f), 'utf8')
+        .split('\n')
+        .filter((l) => l.trim())
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    );
+}
+
+/** How many processes the worker started for a job: one `accepted` event per attempt. */
+function processesStarted(artifacts: string, jobId: string): number {
+  return jobLogs(artifacts, jobId)
+    .flat()
+    .filter((e) => 'accepted' in e).length;
+}
+
+/** Highest training step an attempt reported. */
+function lastStep(log: Record<string, unknown>[]): number {
+  const steps = log.map((e) => Number((e.progress as { step?: string } | undefined)?.step ?? 0));
+  return Math.max(0, ...steps);
+}
+
+function jobIdOf(progress: { stages: StageSummary[] }, stage: StageName): string {
+  const jobId = progress.stages.find((s) => s.name === stage)?.jobId;
+  if (!jobId) throw new Error(`no job id for stage ${stage} yet: ${JSON.stringify(progress.stages)}`);
+  return jobId;
+}
+
+function childPid(artifacts: string, jobId: string): number {
+  return Number(readFileSync(path.join(artifacts, 'jobs', encodeURIComponent(jobId), 'child.pid'), 'utf8'));
+}
+
+/** The parent process id (Linux /proc). */
+function parentOf(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('durability with real processes', () => {
+  let artifacts: string;
+  let dataFile: string;
+  let temporalState: string;
+  let temporalPort: number;
+  let uiPort: number;
+  let pythonPort: number;
+  let dev: DevServer;
+  let python: PythonWorker;
+  let tsWorker: TsWorker;
+  let connection: Connection;
+  let client: Client;
+  const taskQueue = `faults-${randomUUID()}`;
+  const gpuTaskQueue = `${taskQueue}-gpu`;
+  let workerEnv: Record<string, string>;
+
+  const startPython = (port: number) =>
+    startPythonWorker({
+      port,
+      artifactRoot: artifacts,
+      dataRoots: [path.dirname(tinyModel)],
+      env: { HF_HUB_OFFLINE: '1' },
+    });
+
+  beforeAll(async () => {
+    artifacts = tempDir('faults-artifacts');
+    temporalState = tempDir('faults-temporal');
+    const dataDir = path.join(artifacts, 'data', 'shapes');
+    dataFile = path.join(dataDir, 'data.jsonl');
+    [temporalPort, uiPort, pythonPort] = await Promise.all([freePort(), freePort(), freePort()]);
+    await Promise.all([
+      execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]),
+      execa(workerPython, [
+        '-m',
+        'vlmflow_worker.synthetic',
+        '--task',
+        'shape_colour',
+        '--rows',
+        '40',
+        '--seed',
+        '0',
+        '--out',
+        dataDir,
+      ]),
+    ]);
+    [dev, python] = await Promise.all([
+      startDevServer({ stateDir: temporalState, port: temporalPort, uiPort }),
+      startPython(pythonPort),
+    ]);
+    workerEnv = {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      TEMPORAL_ADDRESS: dev.address,
+      VLMFLOW_WORKER_ADDRESS: python.address,
+      VLMFLOW_WORKFLOW_TASK_QUEUE: taskQueue,
+      VLMFLOW_GPU_TASK_QUEUE: gpuTaskQueue,
+    };
+    tsWorker = await startTsWorker(workerEnv);
+    connection = await Connection.connect({ address: dev.address });
+    client = new Client({ connection });
+  }, 600_000);
+
+  afterAll(async () => {
+    await connection?.close();
+    await tsWorker?.stop();
+    await Promise.all([python?.stop(), dev?.stop()]);
+  });
+
+  /** The progress query, or undefined while nobody can answer it (the worker or the server is down). */
+  async function progressOf(workflowId: string): Promise<PipelineProgress | undefined> {
+    try {
+      return await client.workflow.getHandle(workflowId).query(progressQuery);
+    } catch {
+      return undefined;
+    }
+  }
+
+  async function until(
+    what: string,
+    workflowId: string,
+    ok: (p: PipelineProgress) => boolean,
+    timeoutMs = 300_000,
+  ): Promise<PipelineProgress> {
+    const deadline = Date.now() + timeoutMs;
+    let last: PipelineProgress | undefined;
+    for (;;) {
+      last = (await progressOf(workflowId)) ?? last;
+      if (last && ok(last)) return last;
+      if (Date.now() > deadline) throw new Error(`${what}: not reached; last progress ${JSON.stringify(last)}`);
+      await sleep(300);
+    }
+  }
+
+  const stepOfCheckpoint = (uri: string) => Number(/checkpoint-(\d+)$/.exec(uri)?.[1] ?? 0);
+
+  it('completes through a dev server restart, a SIGKILLed TS worker and a SIGKILLed Python worker mid-SFT', async () => {
+    const workflowId = `chaos-${randomUUID()}`;
+    const handle = await client.workflow.start(fineTunePipeline, {
+      taskQueue,
+      workflowId,
+      args: [pipelineConfig(dataFile, 36), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+    });
+    const started = Date.now();
+
+    // 1. The dev server stops while SFT runs, and starts again on the same database.
+    await until('sft running', workflowId, (p) => p.stage === 'sft' && p.step >= 1);
+    await dev.stop();
+    await sleep(2_000);
+    dev = await startDevServer({ stateDir: temporalState, port: temporalPort, uiPort });
+    const afterServer = await until('progress after the server restart', workflowId, (p) => p.stage === 'sft');
+
+    // 2. The TS worker dies mid-stage (SIGKILL: no goodbye to Temporal); another one starts.
+    const beforeTs = await until(
+      'a checkpoint',
+      workflowId,
+      (p) => p.lastCheckpoint !== '' && p.step > afterServer.step,
+    );
+    // The stage's job id (a content key when stage reuse is on): the worker keeps its records under it.
+    const sftJob = jobIdOf(beforeTs, 'sft');
+    const processesBeforeTsKill = processesStarted(artifacts, sftJob);
+    await tsWorker.kill();
+    const tsKilledAt = Date.now();
+    tsWorker = await startTsWorker(workerEnv);
+    const attached = await until(
+      'the new TS worker relays the same job',
+      workflowId,
+      (p) => p.step > beforeTs.step + 1,
+    );
+    const tsRecoverySeconds = (Date.now() - tsKilledAt) / 1000;
+    expect(processesStarted(artifacts, sftJob)).toBe(processesBeforeTsKill); // attached, not started again
+
+    // 3. The Python worker dies mid-SFT (its job process with it); it starts again on the same port.
+    const beforePython = await until(
+      'a later checkpoint',
+      workflowId,
+      (p) => p.stage === 'sft' && stepOfCheckpoint(p.lastCheckpoint) > stepOfCheckpoint(attached.lastCheckpoint),
+    );
+    const jobPid = childPid(artifacts, sftJob);
+    python.process.kill('SIGKILL');
+    await python.process;
+    const pythonKilledAt = Date.now();
+    python = await startPython(pythonPort);
+    await sleep(500);
+    expect(isAlive(jobPid)).toBe(false); // the training process died with its worker
+
+    const result: PipelineResult = await handle.result();
+    const totalSeconds = (Date.now() - started) / 1000;
+    expect(result.status).toBe('completed');
+    const sft = result.stages.find((s) => s.name === 'sft')!;
+    expect(sft.status).toBe('completed');
+
+    // Resumed from the newest checkpoint on disk: at most one checkpoint interval redone.
+    const logs = jobLogs(artifacts, sftJob);
+    expect(logs).toHaveLength(2); // one process before the Python worker died, one after
+    const reachedBeforeKill = lastStep(logs[0]!);
+    const resumedFrom = sft.resumedFromStep ?? 0;
+    expect(resumedFrom).toBeGreaterThanOrEqual(stepOfCheckpoint(beforePython.lastCheckpoint));
+    const redone = reachedBeforeKill - resumedFrom;
+    expect(redone).toBeLessThanOrEqual(SAVE_STEPS);
+    expect(processesStarted(artifacts, sftJob)).toBe(2);
+    expect(processesStarted(artifacts, jobIdOf(result, 'prepare'))).toBe(1);
+    expect(existsSync(path.join(sft.artifacts!.adapter!, 'adapter_model.safetensors'))).toBe(true);
+    expect(result.metrics['sft/vqa_accuracy']).toBeGreaterThanOrEqual(0);
+
+    console.log(
+      `durability: ${JSON.stringify({
+        test: 'chaos',
+        totalSeconds,
+        tsRecoverySeconds,
+        pythonRecoverySeconds: (Date.now() - pythonKilledAt) / 1000,
+        reachedBeforeKill,
+        resumedFrom,
+        redone,
+        sftProcesses: processesStarted(artifacts, sftJob),
+      })}`,
+    );
+  }, 420_000);
+
+  it('vlmflow cancel mid-SFT leaves a checkpoint and no process; vlmflow retry resumes from it', async () => {
+    const workflowId = `cancel-${randomUUID()}`;
+    const cli = (...args: string[]) =>
+      execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), ...args], { env: workerEnv, reject: false });
+    const handle = await client.workflow.start(fineTunePipeline, {
+      taskQueue,
+      workflowId,
+      args: [pipelineConfig(dataFile, 24), { gpuTaskQueue }],
+    });
+    const running = await until('a checkpoint', workflowId, (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
+    const sftJob = jobIdOf(running, 'sft');
+    const jobPid = childPid(artifacts, sftJob);
+
+    const cancelled = await cli('cancel', workflowId);
+    expect(cancelled.exitCode, cancelled.stderr).toBe(0);
+    expect(cancelled.stdout).toContain('saves a checkpoint and stops');
+    const err = await handle.result().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+    expect((await handle.describe()).status.name).toBe('CANCELLED');
+
+    const checkpoints = path.dirname(running.lastCheckpoint);
+    const saved = readdirSync(checkpoints)
+      .filter((f) => /^checkpoint-\d+$/.test(f))
+      .map((f) => Number(f.split('-')[1]));
+    expect(saved.length).toBeGreaterThan(0);
+    expect(readdirSync(checkpoints).filter((f) => f.startsWith('.tmp'))).toEqual([]);
+    const savedStep = Math.max(...saved);
+    expect(isAlive(jobPid)).toBe(false);
+    const log = jobLogs(artifacts, sftJob).at(-1)!;
+    expect(log.at(-1)).toMatchObject({ failed: { reason: 'FAILURE_REASON_CANCELLED' } });
+    const stoppedAt = lastStep(log);
+
+    const retryId = `${workflowId}-retry`;
+    const retried = await cli('retry', workflowId, '--id', retryId, '--detach');
+    expect(retried.exitCode, retried.stderr).toBe(0);
+    expect(retried.stdout).toContain('reusing prepare');
+    const result = await client.workflow.getHandle<typeof fineTunePipeline>(retryId).result();
+    expect(result.status).toBe('completed');
+    const sft = result.stages.find((s) => s.name === 'sft')!;
+    expect(sft.resumedFromStep).toBe(savedStep);
+    expect(processesStarted(artifacts, jobIdOf(result, 'prepare'))).toBe(1);
+    console.log(
+      `durability: ${JSON.stringify({ test: 'cancel-retry', savedStep, stoppedAt, redone: stoppedAt - savedStep, resumedFrom: sft.resumedFromStep })}`,
+    );
+  }, 300_000);
+  it('spreads two runs over two worker pairs; killing one pair moves its run to the other through the shared store', async () => {
+    // Pair B: another Python worker on the same artifact store, and its own TS worker on the same task queues.
+    const pythonB = await startPython(await freePort());
+    const tsB = await startTsWorker({ ...workerEnv, VLMFLOW_WORKER_ADDRESS: pythonB.address });
+    try {
+      // Different seeds, so stage reuse does not fold the two runs into one job.
+      const ids = [`spread-1-${randomUUID()}`, `spread-2-${randomUUID()}`];
+      const handles = await Promise.all(
+        ids.map((workflowId, i) =>
+          client.workflow.start(fineTunePipeline, {
+            taskQueue,
+            workflowId,
+            args: [pipelineConfig(dataFile, 15, i + 1), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+          }),
+        ),
+      );
+      const running = await Promise.all(
+        ids.map((id) => until('sft with a checkpoint', id, (p) => p.stage === 'sft' && p.lastCheckpoint !== '')),
+      );
+      const sftJobs = running.map((p) => jobIdOf(p, 'sft'));
+      // Which Python worker runs each training: the parent of the job's process.
+      const owners = sftJobs.map((job) => parentOf(childPid(artifacts, job)));
+      expect(new Set(owners)).toEqual(new Set([python.pid, pythonB.pid]));
+
+      // Pair B dies (both processes SIGKILLed); its run moves to pair A and resumes from the shared checkpoint.
+      const victim = owners.indexOf(pythonB.pid);
+      const before = await until('victim checkpoint', ids[victim]!, (p) => p.lastCheckpoint !== '');
+      pythonB.process.kill('SIGKILL');
+      await Promise.all([tsB.kill(), pythonB.process]);
+      const killedAt = Date.now();
+      const results = await Promise.all(handles.map((h) => h.result()));
+      expect(results.map((r) => r.status)).toEqual(['completed', 'completed']);
+      const moved = results[victim]!.stages.find((s) => s.name === 'sft')!;
+      expect(moved.resumedFromStep).toBeGreaterThanOrEqual(stepOfCheckpoint(before.lastCheckpoint));
+      const logs = jobLogs(artifacts, sftJobs[victim]!);
+      expect(logs).toHaveLength(2); // one process on pair B, one on pair A
+      const redone = lastStep(logs[0]!) - (moved.resumedFromStep ?? 0);
+      expect(redone).toBeLessThanOrEqual(SAVE_STEPS);
+      console.log(
+        `durability: ${JSON.stringify({
+          test: 'scale-out',
+          owners: owners.map((o) => (o === python.pid ? 'A' : 'B')),
+          reachedBeforeKill: lastStep(logs[0]!),
+          resumedFrom: moved.resumedFromStep,
+          redone,
+          secondsToFinishBoth: (Date.now() - killedAt) / 1000,
+        })}`,
+      );
+    } finally {
+      await tsB.kill();
+      await pythonB.stop();
+    }
+  }, 420_000);
+});
