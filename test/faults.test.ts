@@ -12,6 +12,8 @@
  *    `vlmflow retry` resumes from that checkpoint and completes.
  * 3. Two Python workers on one artifact store, each with its TS worker on the same task queues: two runs train
  *    one on each; SIGKILLing one pair moves its run to the other, which resumes from the shared checkpoint.
+ * 4. A Python worker whose steps run out of memory above micro-batch 2 (VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH): SFT
+ *    fails typed OUT_OF_MEMORY and the pipeline's retry with half the micro-batch completes.
  *
  * Every number these tests see is printed on a `durability:` line; docs/durability.md tabulates them.
  *
@@ -446,4 +448,48 @@ describe('durability with real processes', () => {
       await pythonB.stop();
     }
   }, 420_000);
+  it('an injected out-of-memory fails SFT typed, and the pipeline retry with half the micro-batch completes', async () => {
+    // Pair C: a Python worker whose training steps run out of memory above micro-batch 2, on its own queues.
+    const pythonC = await startPythonWorker({
+      port: await freePort(),
+      artifactRoot: artifacts,
+      dataRoots: [path.dirname(tinyModel)],
+      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH: '2' },
+    });
+    const queues = { workflows: `oom-${randomUUID()}`, gpu: `oom-${randomUUID()}-gpu` };
+    const tsC = await startTsWorker({
+      ...workerEnv,
+      VLMFLOW_WORKER_ADDRESS: pythonC.address,
+      VLMFLOW_WORKFLOW_TASK_QUEUE: queues.workflows,
+      VLMFLOW_GPU_TASK_QUEUE: queues.gpu,
+    });
+    try {
+      const config = pipelineConfig(dataFile, 6, 7); // micro-batch 4: over the limit
+      const result = await client.workflow.execute(fineTunePipeline, {
+        taskQueue: queues.workflows,
+        workflowId: `oom-${randomUUID()}`,
+        args: [config, { gpuTaskQueue: queues.gpu }],
+      });
+      expect(result.status).toBe('completed');
+      const sft = result.stages.find((s) => s.name === 'sft')!;
+      expect(sft.status).toBe('completed');
+      expect(sft.message).toContain('out of memory; retrying with micro-batch 2');
+      expect(sft.metrics?.global_step).toBe(6);
+      const settings = JSON.parse(readFileSync(path.join(sft.artifacts!.adapter!, 'training_config.json'), 'utf8')) as {
+        micro_batch_size: number;
+        gradient_accumulation_steps: number;
+      };
+      expect([settings.micro_batch_size, settings.gradient_accumulation_steps]).toEqual([2, 2]);
+      // The first attempt's job ended typed OUT_OF_MEMORY, saying what to change.
+      const oomJobs = readdirSync(path.join(artifacts, 'jobs'))
+        .flatMap((folder) => jobLogs(artifacts, decodeURIComponent(folder)).flat())
+        .filter((e) => (e.failed as { reason?: string } | undefined)?.reason === 'FAILURE_REASON_OUT_OF_MEMORY');
+      expect(oomJobs.length).toBeGreaterThanOrEqual(1);
+      expect(JSON.stringify(oomJobs[0])).toContain('micro_batch_size 4');
+      console.log(`durability: ${JSON.stringify({ test: 'oom-retry', message: sft.message, steps: 6 })}`);
+    } finally {
+      await tsC.kill();
+      await pythonC.stop();
+    }
+  }, 300_000);
 });
