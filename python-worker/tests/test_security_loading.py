@@ -46,11 +46,6 @@ def test_nothing_unpickles() -> None:
     assert offenders == []
 
 
-@pytest.mark.xfail(
-    reason="evaluate.py (Variants) and dpo.py load adapters with PeftModel directly, without models._load_adapter's "
-    "safetensors check; peft then falls back to adapter_model.bin (torch.load, weights_only=True)",
-    strict=False,
-)
 def test_every_adapter_load_goes_through_the_safetensors_check() -> None:
     offenders = [
         name

@@ -166,9 +166,9 @@ def as_dataset(rows: list[dict[str, Any]]):
 def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
     """(model, processor, peft_config): a PeftModel continuing the SFT adapter (peft_config None), or the plain
     model and the LoraConfig TRL wraps it with (reference = adapter disabled)."""
-    from peft import LoraConfig, PeftModel, prepare_model_for_kbit_training
+    from peft import LoraConfig, prepare_model_for_kbit_training
 
-    from vlmflow_worker.models import ModelSpec, load_model
+    from vlmflow_worker.models import ModelSpec, attach_adapter, load_model
     from vlmflow_worker.train.sft import device_for_rank, lora_targets
 
     spec = ModelSpec(config.model_id, config.revision, config.quantization, dtype=config.dtype)
@@ -182,7 +182,7 @@ def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
         )
     torch.manual_seed(config.seed)
     if config.adapter_dir:
-        model = PeftModel.from_pretrained(model, config.adapter_dir, is_trainable=True)
+        model = attach_adapter(model, config.adapter_dir, trainable=True, what="model.adapter_uri (the SFT adapter)")
         return model, processor, None
     # The same LoRA/DoRA layout SFT uses, applied by TRL so that it knows the adapter is new.
     peft_config = LoraConfig(

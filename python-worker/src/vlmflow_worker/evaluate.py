@@ -109,13 +109,10 @@ class Variants:
     def __init__(self, model, names_to_adapters: dict[str, str]) -> None:
         self.model = model
         self.adapters = names_to_adapters
-        if names_to_adapters:
-            from peft import PeftModel
+        from vlmflow_worker.models import attach_adapter
 
-            first, *rest = names_to_adapters.items()
-            self.model = PeftModel.from_pretrained(model, first[1], adapter_name=first[0], is_trainable=False)
-            for name, path in rest:
-                self.model.load_adapter(path, adapter_name=name, is_trainable=False)
+        for name, path in names_to_adapters.items():
+            self.model = attach_adapter(self.model, path, name=name, what=f"variant {name!r} adapter_uri")
         self.model.eval()
 
     @contextlib.contextmanager

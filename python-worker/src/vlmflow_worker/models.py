@@ -194,20 +194,35 @@ def _translate_load_error(spec: ModelSpec, err: Exception) -> WorkerError:
 
 
 def _load_adapter(model, spec: ModelSpec):
-    adapter = Path(spec.adapter).expanduser()
+    return attach_adapter(model, spec.adapter)
+
+
+def attach_adapter(model, adapter_dir: str | Path, *, name: str = "default", trainable: bool = False, what: str = ""):
+    """Loads a PEFT adapter onto `model` from safetensors only; every adapter load in the worker goes through here.
+
+    A model that is already a PeftModel gets the adapter added under `name`; anything else is wrapped.
+    Pickled weights (adapter_model.bin) are refused rather than left to peft's torch.load fallback.
+    """
+    what = what or "model.adapter_uri"
+    adapter = Path(adapter_dir).expanduser()
     if not adapter.is_dir():
-        raise NotFound(f"model.adapter_uri: adapter folder {spec.adapter!r} does not exist")
+        raise NotFound(f"{what}: adapter folder {str(adapter_dir)!r} does not exist")
     if not (adapter / "adapter_config.json").is_file():
-        raise InvalidArgument(f"model.adapter_uri: {spec.adapter!r} is not a PEFT adapter (no adapter_config.json)")
+        raise InvalidArgument(f"{what}: {str(adapter_dir)!r} is not a PEFT adapter (no adapter_config.json)")
     if not (adapter / "adapter_model.safetensors").is_file():
         unsafe = [p.name for p in adapter.glob("adapter_model*.bin")]
         hint = (
             f" (found {', '.join(unsafe)}: pickled weights are refused, convert them to safetensors)" if unsafe else ""
         )
-        raise InvalidArgument(f"model.adapter_uri: {spec.adapter!r} has no adapter_model.safetensors{hint}")
+        raise InvalidArgument(f"{what}: {str(adapter_dir)!r} has no adapter_model.safetensors{hint}")
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(adapter), is_trainable=False, use_safetensors=True)
+    if isinstance(model, PeftModel):
+        model.load_adapter(str(adapter), adapter_name=name, is_trainable=trainable, use_safetensors=True)
+        return model
+    return PeftModel.from_pretrained(
+        model, str(adapter), adapter_name=name, is_trainable=trainable, use_safetensors=True
+    )
 
 
 def load_model(
