@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import grpc
@@ -109,9 +110,11 @@ def test_vqa_preference_parquet_and_image_folder_layouts(prep_worker: WorkerProc
         data_dir / "rlaif.jsonl", [{"image": image, "question": "What?", "chosen": "red", "rejected": "blue"}] * 2
     )
     cases = {
-        "vqa": [jobs_pb2.DatasetSource(uri=str(vqa), columns={"img": "image", "query": "question"})],
-        "parquet": [jobs_pb2.DatasetSource(uri=str(data_dir / "vqa.parquet"), layout=jobs_pb2.DATASET_LAYOUT_VQA)],
-        "folder": [jobs_pb2.DatasetSource(uri=str(data_dir / "folder"))],
+        "vqa-parquet-folder": [
+            jobs_pb2.DatasetSource(uri=str(vqa), columns={"img": "image", "query": "question"}),
+            jobs_pb2.DatasetSource(uri=str(data_dir / "vqa.parquet"), layout=jobs_pb2.DATASET_LAYOUT_VQA),
+            jobs_pb2.DatasetSource(uri=str(data_dir / "folder")),
+        ],
         "pref": [
             jobs_pb2.DatasetSource(uri=str(data_dir / "pref" / "data.jsonl")),
             jobs_pb2.DatasetSource(uri=str(rlaif), layout=jobs_pb2.DATASET_LAYOUT_PREFERENCE),
@@ -120,6 +123,7 @@ def test_vqa_preference_parquet_and_image_folder_layouts(prep_worker: WorkerProc
     for name, sources in cases.items():
         completed = end(prepare(prep_worker, f"layout-{name}", sources))
         assert completed.metrics["rows_dropped"] == 0, (name, completed)
+        assert completed.metrics["rows_kept"] == {"pref": 6, "vqa-parquet-folder": 7}[name]
         meta = json.loads((Path(completed.artifacts["dataset"]) / "dataset.json").read_text())
         assert meta["kind"] == ("preference" if name == "pref" else "sft"), name
     rows = (Path(completed.artifacts["dataset"]) / "train.jsonl").read_text().splitlines()
@@ -180,3 +184,10 @@ def test_empty_dataset_and_no_assistant_turn_fail_with_bad_data(prep_worker: Wor
     failed = end(prepare(prep_worker, "no-answer", [jobs_pb2.DatasetSource(uri=str(path))]))
     assert failed.reason == jobs_pb2.FAILURE_REASON_BAD_DATA
     assert "no_assistant_turn: 3" in failed.message
+
+
+def test_a_hub_dataset_id_without_a_hub_fails_not_found_quickly(prep_worker: WorkerProcess) -> None:
+    started = time.monotonic()
+    failed = end(prepare(prep_worker, "hub", [jobs_pb2.DatasetSource(uri="HuggingFaceM4/ChartQA", split="train")]))
+    assert failed.reason == jobs_pb2.FAILURE_REASON_NOT_FOUND and "hub" in failed.message
+    assert time.monotonic() - started < 60

@@ -41,9 +41,8 @@ def load(folder: Path):
 def run(folder: Path) -> int:
     if os.environ.get("VLMFLOW_TORCH_THREADS"):
         # CPU threads per job process; 1 avoids oversubscription on a shared or small machine (tests, CI).
-        import torch
-
-        torch.set_num_threads(int(os.environ["VLMFLOW_TORCH_THREADS"]))
+        # Through the environment, read when torch loads: a job that never needs torch does not pay its import.
+        os.environ["OMP_NUM_THREADS"] = os.environ["VLMFLOW_TORCH_THREADS"]
     meta, settings, spec, request = load(folder)
     ctx = JobContext(meta["job_id"], folder, settings)
     try:

@@ -122,6 +122,13 @@ def _read_image_folder(source: Source) -> Iterator[dict[str, Any]]:
 
 
 def _read_hub(source: Source) -> Iterator[dict[str, Any]]:
+    from vlmflow_worker.models import _hub_reachable
+
+    if not _hub_reachable():  # fail in seconds, not after minutes of retries
+        raise NotFound(
+            f"sources[{source.index}].uri {source.spec.uri!r} is not a local path inside the allowed roots and the "
+            "hub is unreachable; download the dataset to a data root and pass its path"
+        )
     try:
         import datasets
 
