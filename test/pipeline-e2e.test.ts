@@ -68,10 +68,12 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
   let workflowBundle: WorkflowBundle;
   let artifacts: string;
   let dataDir: string;
+  let prefDir: string;
 
   beforeAll(async () => {
     artifacts = tempDir('e2e-artifacts');
     dataDir = path.join(artifacts, 'data', 'shape_colour');
+    prefDir = path.join(artifacts, 'data', 'shape_colour_pref');
     const build = async () => {
       await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
       await execa(workerPython, [
@@ -85,6 +87,19 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
         '0',
         '--out',
         dataDir,
+      ]);
+      await execa(workerPython, [
+        '-m',
+        'vlmflow_worker.synthetic',
+        '--task',
+        'shape_colour',
+        '--rows',
+        '96',
+        '--seed',
+        '1',
+        '--preference',
+        '--out',
+        prefDir,
       ]);
     };
     let bundle: WorkflowBundle;
@@ -185,6 +200,56 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
     ]);
     expect(again.reportUri).toBe(result.reportUri);
     expect(Date.now() - started).toBeLessThan(120_000);
+  }, 1_800_000);
+
+  it('runs SFT then DPO from the SFT adapter, and DPO beats the base on held-out preference pairs', async () => {
+    const config = demoConfig(dataDir, {
+      dpo: {
+        dataset: {
+          sources: [{ uri: path.join(prefDir, 'data.jsonl'), layout: 'preference' }],
+          evalFraction: 0.25,
+          maxLength: 256,
+        },
+        lora: { r: 16, alpha: 32, dropout: 0 },
+        training: {
+          learningRate: 2e-3,
+          maxSteps: 12,
+          microBatchSize: 8,
+          gradientAccumulationSteps: 1,
+          warmupRatio: 0,
+          lrScheduler: 'constant',
+          gradientCheckpointing: false,
+          saveSteps: 12,
+          evalSteps: 12,
+          loggingSteps: 1,
+        },
+        beta: 0.1,
+      },
+      evaluate: { on: 'preference', batchSize: 16, bootstrapSamples: 100, generation: { maxNewTokens: 8 } },
+      gate: { metric: 'preference_accuracy', margin: 0.2 },
+    });
+    const result = await withWorkers((taskQueue, gpuTaskQueue) =>
+      env.client.workflow.execute(fineTunePipeline, {
+        taskQueue,
+        workflowId: `e2e-dpo-${randomUUID()}`,
+        args: [config, { gpuTaskQueue }],
+      }),
+    );
+    // prepare and sft come back from the test above when it ran first (same inputs, same content keys).
+    expect(result.stages.map((s) => [s.name, s.name === 'prepare' || s.name === 'sft' ? 'done' : s.status])).toEqual([
+      ['prepare', 'done'],
+      ['sft', 'done'],
+      ['prepare-preference', 'completed'],
+      ['dpo', 'completed'],
+      ['evaluate', 'completed'],
+      ['gate', 'completed'],
+      ['export', 'completed'],
+    ]);
+    expect(result.metrics['dpo/preference_accuracy']).toBeGreaterThanOrEqual(
+      result.metrics['base/preference_accuracy']! + 0.2,
+    );
+    expect(result.adapterUri).toContain('stages/dpo-');
+    expect(existsSync(result.reportUri)).toBe(true);
   }, 1_800_000);
 });
 
