@@ -273,12 +273,16 @@ describe('fineTunePipeline on the real dev server', () => {
     const outcome = await withWorkers(
       calls,
       (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
-      (taskQueue, gpuTaskQueue) =>
-        env.client.workflow.execute(fineTunePipeline, {
+      async (taskQueue, gpuTaskQueue) => {
+        const handle = await env.client.workflow.start(fineTunePipeline, {
           taskQueue,
           workflowId: `dpo-${randomUUID()}`,
           args: [withDpo, { gpuTaskQueue }],
-        }),
+        });
+        const done = await handle.result();
+        await saveHistory(handle, 'sft-dpo');
+        return done;
+      },
     );
     expect(outcome.stages.map((s) => s.name)).toEqual([
       'prepare',

@@ -228,13 +228,16 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       evaluate: { on: 'preference', batchSize: 16, bootstrapSamples: 100, generation: { maxNewTokens: 8 } },
       gate: { metric: 'preference_accuracy', margin: 0.2 },
     });
-    const result = await withWorkers((taskQueue, gpuTaskQueue) =>
-      env.client.workflow.execute(fineTunePipeline, {
+    const result = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(fineTunePipeline, {
         taskQueue,
         workflowId: `e2e-dpo-${randomUUID()}`,
         args: [config, { gpuTaskQueue }],
-      }),
-    );
+      });
+      const outcome = await handle.result();
+      await recordHistory(handle, 'pipeline-e2e-dpo');
+      return outcome;
+    });
     // prepare and sft come back from the test above when it ran first (same inputs, same content keys).
     expect(result.stages.map((s) => [s.name, s.name === 'prepare' || s.name === 'sft' ? 'done' : s.status])).toEqual([
       ['prepare', 'done'],
