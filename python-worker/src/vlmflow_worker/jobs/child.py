@@ -1,12 +1,15 @@
 """The child process of one job: reads the request from the job folder, runs the kind's entry, records the end.
 
 python -m vlmflow_worker.jobs.child <job_dir>
+python -m vlmflow_worker.jobs.child --warm     # a spare: imports first, then reads its job folder from stdin
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -16,7 +19,7 @@ from pathlib import Path
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.jobs.kinds import spec_for
+from vlmflow_worker.jobs.kinds import ENTRY_MODULES, spec_for
 from vlmflow_worker.log import setup_logging
 from vlmflow_worker.settings import WorkerSettings
 
@@ -91,10 +94,37 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def wait_for_job() -> Path:
+    """A spare job process (`--warm`, started by the registry before a job needs it): does the imports every job
+    pays (torch, transformers, peft: seconds) while no job waits, then reads its job folder from stdin and sends its
+    output to the folder's child.log, as a process started for the job would."""
+    try:
+        for module in (*ENTRY_MODULES.values(), "vlmflow_worker.train.sft"):
+            importlib.import_module(module)
+    except Exception:
+        pass  # the job imports again in run() and reports the error as a typed failure
+    line = sys.stdin.readline().strip()
+    if not line:
+        os._exit(0)  # the worker stopped or no longer needs a spare
+    folder = Path(line)
+    log = os.open(folder / "child.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    return folder
+
+
 def main() -> None:
     die_with_parent()
     setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
-    sys.exit(run(Path(sys.argv[1])))
+    folder = wait_for_job() if sys.argv[1] == "--warm" else Path(sys.argv[1])
+    code = run(folder)
+    # The end is on disk (fsync'd): skip the interpreter's teardown (unloading torch takes seconds) so the worker
+    # sees the exit, ends the stream and frees the slot at once.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

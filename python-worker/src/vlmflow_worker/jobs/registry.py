@@ -6,11 +6,17 @@ activity worker's concurrency equals the capacity Health reports, and a refused 
 
 Detaching (a caller's stream ends or is cancelled) never stops a job: a retried activity attaches to it again.
 Stopping is explicit, through CancelJob.
+
+Warm start: once a job has started, a spare job process is started beside it (`child --warm`) that does the
+imports every job pays (torch, transformers: seconds), and the next job is handed to it through its stdin; the server
+imports the job kinds' modules in a thread at the same time, for the next request's validation. A worker that never
+runs a job never pays for either. VLMFLOW_WARM_JOB_PROCESS=0 turns the spare off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -24,9 +30,20 @@ from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import FailedPrecondition, NotFound
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.child import failure
+from vlmflow_worker.jobs.kinds import ENTRY_MODULES
 from vlmflow_worker.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.jobs")
+WARM_ENV = "VLMFLOW_WARM_JOB_PROCESS"
+
+
+def _import_job_modules() -> None:
+    """Imports what validating a request of each kind needs, so the first Train request does not wait seconds."""
+    for module in ENTRY_MODULES.values():
+        try:
+            importlib.import_module(module)
+        except Exception:
+            log.warning("could not import a job module ahead of use", extra={"module": module}, exc_info=True)
 
 
 @dataclass
@@ -63,6 +80,8 @@ class JobRegistry:
         self._jobs: dict[str, JobRecord] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self._warm: asyncio.subprocess.Process | None = None  # the spare job process, see the module doc
+        self._modules_imported = False
 
     # ---- lookup ----
 
@@ -147,24 +166,62 @@ class JobRegistry:
         meta = {"job_id": job_id, "kind": kind, "request_type": request.DESCRIPTOR.full_name, "settings": settings}
         (folder / "job.json").write_text(json.dumps(meta, indent=2) + "\n")
         (folder / "request.binpb").write_bytes(request.SerializeToString())
-        with open(folder / "child.log", "ab") as out:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "vlmflow_worker.jobs.child",
-                str(folder),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env={**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"},
-            )
+        process = await self._take_warm(folder)
+        if process is None:
+            with open(folder / "child.log", "ab") as out:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "vlmflow_worker.jobs.child",
+                    str(folder),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=self._child_env(),
+                )
         (folder / "child.pid").write_text(f"{process.pid}\n")
         log.info("job started", extra={"job_id": job_id, "kind": jobs_pb2.JobKind.Name(kind), "pid": process.pid})
         record = JobRecord(job_id, kind, folder, process=process)
         task = asyncio.create_task(self._supervise(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        await self._prewarm()
         return record
+
+    def _child_env(self) -> dict[str, str]:
+        return {**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+
+    async def _take_warm(self, folder: Path) -> asyncio.subprocess.Process | None:
+        """The spare job process, told its job folder; None when there is none or it died."""
+        process, self._warm = self._warm, None
+        if process is None or process.returncode is not None or process.stdin is None:
+            return None
+        try:
+            process.stdin.write(f"{folder}\n".encode())
+            await process.stdin.drain()
+            process.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        return process
+
+    async def _prewarm(self) -> None:
+        """Starts the spare for the next job (and, once, imports the job kinds' modules in a thread)."""
+        if os.environ.get(WARM_ENV, "1") == "0":
+            return
+        if not self._modules_imported:
+            self._modules_imported = True
+            asyncio.get_running_loop().run_in_executor(None, _import_job_modules)
+        if self._warm is None:
+            self._warm = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "vlmflow_worker.jobs.child",
+                "--warm",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=self._child_env(),
+            )
 
     async def _supervise(self, record: JobRecord) -> None:
         """Relays the child's log lines to watchers; records a failure when the child dies without one."""
@@ -258,3 +315,7 @@ class JobRegistry:
         """Server shutdown: running jobs checkpoint and stop (killed after the grace period)."""
         running = self.running()
         await asyncio.gather(*(self.cancel(r.job_id, wait=True, reason="worker shutting down") for r in running))
+        spare, self._warm = self._warm, None
+        if spare is not None and spare.returncode is None:
+            spare.kill()
+            await spare.wait()
