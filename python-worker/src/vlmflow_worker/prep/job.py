@@ -5,21 +5,29 @@ Output: `<output_uri>/<fingerprint[:16]>/` with `train.jsonl`, `eval.jsonl`, `im
 fingerprint covers the sources' content and every setting: a second prep of the same inputs is a cache hit.
 
 Zero request fields mean defaults: max_length 2048, eval_fraction 0.1, max_drop_fraction 0.1, all rows.
+
+Parallelism: checking a row (decoding and storing its images, counting its tokens) is independent of the others, so
+past the first SERIAL_ROWS rows of a source the rest go through a process pool of VLMFLOW_PREP_PROCESSES processes
+(default: every core, at most 8; 1 turns it off). `imap` keeps the input order, so the output is identical either way;
+a small dataset never pays for starting the pool.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vlmflow.v1 import jobs_pb2
+from vlmflow.v1 import common_pb2, jobs_pb2
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
@@ -34,6 +42,8 @@ DEFAULT_MAX_LENGTH = 2048
 DEFAULT_EVAL_FRACTION = 0.1
 DEFAULT_MAX_DROP_FRACTION = 0.1
 EXAMPLES_PER_REASON = 5
+PROCESSES_ENV = "VLMFLOW_PREP_PROCESSES"
+SERIAL_ROWS = 512  # checked in the job process before a pool is worth its start-up (seconds per process)
 
 
 def settings_of(request: jobs_pb2.PrepareDatasetRequest) -> dict[str, Any]:
@@ -152,13 +162,70 @@ def run(request: jobs_pb2.PrepareDatasetRequest, ctx: JobContext) -> JobResult:
     return result(final, stats, fp, cached=False)
 
 
+class RowChecker:
+    """One record -> ("row", kind, data, image sizes, tokens) or ("drop", reason, detail); images stored in `out`."""
+
+    def __init__(self, model: common_pb2.ModelRef, settings: WorkerSettings, out: Path, max_length: int) -> None:
+        self.counter = TokenCounter(model, settings) if model.model_id else None
+        self.normalizer = Normalizer(MediaStore(out, settings))
+        self.max_length = max_length
+
+    def __call__(self, record: Any, layout: int, base: Path | None, columns: dict[str, str]) -> tuple:
+        try:
+            row = self.normalizer.row(record, layout, base, columns)
+            length = self.counter.count(row) if self.counter else 0
+            if self.counter and length > self.max_length:
+                raise Drop(
+                    "too_long",
+                    f"{length} tokens (images included) > max_length {self.max_length}; dropped rather than cut",
+                )
+        except Drop as drop:
+            return ("drop", drop.reason, drop.detail)
+        return ("row", row.kind, row.data, [image.size for image in row.images], length)
+
+
+_pool_checker: RowChecker | str = ""  # in a pool process: its own checker, built once (or why it could not be)
+
+
+def _pool_init(model_bytes: bytes, settings: WorkerSettings, out: Path, max_length: int) -> None:
+    global _pool_checker
+    try:
+        _pool_checker = RowChecker(common_pb2.ModelRef.FromString(model_bytes), settings, out, max_length)
+    except Exception as err:  # raised here, the pool would start replacement processes forever
+        _pool_checker = f"a prep pool process could not start: {type(err).__name__}: {err}"
+
+
+def _pool_check(task: tuple) -> tuple:
+    if isinstance(_pool_checker, str):
+        raise RuntimeError(_pool_checker)
+    return _pool_checker(*task)
+
+
+def prep_processes() -> int:
+    value = os.environ.get(PROCESSES_ENV, "")
+    return max(1, int(value)) if value.strip() else min(8, os.cpu_count() or 1)
+
+
+def checked(records: Iterable[Any], check: RowChecker, args: tuple, pool_args: tuple) -> Iterator[tuple]:
+    """Checked rows in input order: the first SERIAL_ROWS here, the rest through a pool when one is allowed."""
+    records = iter(records)
+    head = list(itertools.islice(records, SERIAL_ROWS))
+    yield from (check(record, *args) for record in head)
+    processes = prep_processes()
+    if len(head) < SERIAL_ROWS or processes == 1:
+        yield from (check(record, *args) for record in records)
+        return
+    # spawn, not fork: the job process may hold threads (torch, tokenizers) that a fork would copy mid-lock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, initializer=_pool_init, initargs=pool_args) as pool:
+        yield from pool.imap(_pool_check, ((record, *args) for record in records), chunksize=32)
+
+
 def build(request, options: dict[str, Any], ctx: JobContext, out: Path, fp: str) -> dict[str, Any]:
-    counter = None
-    if request.model.model_id:
-        counter = TokenCounter(request.model, ctx.settings)
-    else:
+    if not request.model.model_id:
         ctx.warning("model is empty: token lengths are not checked; pass the model you will train")
-    normalizer = Normalizer(MediaStore(out, ctx.settings))
+    check = RowChecker(request.model, ctx.settings, out, options["max_length"])
+    pool_args = (request.model.SerializeToString(), ctx.settings, out, options["max_length"])
     kept: list[dict[str, Any]] = []
     kinds: set[str] = set()
     dropped: Counter[str] = Counter()
@@ -167,30 +234,24 @@ def build(request, options: dict[str, Any], ctx: JobContext, out: Path, fp: str)
     for i, spec in enumerate(request.sources):
         source = resolve_source(i, spec, ctx.settings)
         base = source.base if source.path is not None else None
-        for number, record in enumerate(read_records(source)):
-            if options["max_rows"] and rows_in >= options["max_rows"]:
-                break
+        records = read_records(source)
+        if options["max_rows"]:
+            records = itertools.islice(records, max(0, options["max_rows"] - rows_in))
+        args = (spec.layout, base, dict(spec.columns))
+        for number, outcome in enumerate(checked(records, check, args, pool_args)):
             rows_in += 1
             if rows_in % 50 == 0:
                 ctx.raise_if_cancelled()
                 ctx.progress("reading rows", step=rows_in)
-            try:
-                row = normalizer.row(record, spec.layout, base, dict(spec.columns))
-                length = counter.count(row) if counter else 0
-                if counter and length > options["max_length"]:
-                    raise Drop(
-                        "too_long",
-                        f"{length} tokens (images included) > max_length {options['max_length']}; "
-                        "dropped rather than cut",
-                    )
-            except Drop as drop:
-                dropped[drop.reason] += 1
-                if len(examples[drop.reason]) < EXAMPLES_PER_REASON:
-                    examples[drop.reason].append({"source": i, "row": number, "detail": drop.detail})
+            if outcome[0] == "drop":
+                _, reason, detail = outcome
+                dropped[reason] += 1
+                if len(examples[reason]) < EXAMPLES_PER_REASON:
+                    examples[reason].append({"source": i, "row": number, "detail": detail})
                 continue
-            kinds.add(row.kind)
-            sizes = [image.size for image in row.images]
-            kept.append({"id": f"s{i}-{number}", **row.data, "num_tokens": length, "image_sizes": sizes})
+            _, kind, data, sizes, length = outcome
+            kinds.add(kind)
+            kept.append({"id": f"s{i}-{number}", **data, "num_tokens": length, "image_sizes": sizes})
 
     if rows_in == 0:
         raise BadData("the sources hold no rows: check the uris and that the files are not empty")
