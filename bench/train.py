@@ -1,0 +1,423 @@
+"""SFT throughput and memory: the project's trainer (train/sft.py) beside a plain TRL `SFTTrainer` script, same model,
+same data, same LoRA, same micro-batch, each variant in its own process (clean peak memory).
+
+python-worker/.venv/bin/python bench/train.py                     # tiny model, CPU (LoRA, fp32): cannot rot
+python-worker/.venv/bin/python bench/train.py --device cuda       # SmolVLM-Instruct architecture, random weights:
+                                                                  # bf16 LoRA and QLoRA NF4, full image splitting
+
+On CUDA the model has SmolVLM-Instruct's exact shapes (bench/inference.py's smolvlm_instruct_model), saved once under
+.state/models/, and the processor its real sizes (longest edge 1536, 384 px tiles, 81 tokens per tile), so every
+synthetic image becomes 16 tiles + the global one = 17 tiles, 1,377 image tokens. Micro-batch 4.
+
+Reported per variant, over the steps after --warmup: samples/s, tokens/s (real, unpadded), padding share, peak
+memory (CUDA: max allocated; CPU: the process's peak RSS), and MFU = (4·N_text·tokens + 2·N_vision·patch tokens) / s
+over the measured dense matmul rate of the device (bf16 on CUDA, fp32 on CPU): the base is frozen (LoRA), so the text
+model costs forward + input gradients (4·N per token) and the vision tower, which has no adapter, forward only.
+
+The TRL script uses TRL's defaults (padded batches, loss on every token, gradient checkpointing on, bf16 on CUDA),
+with max_length=None so no image token is cut. Only the hyper-parameters both must share are set alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from machine import REPO, shown, write_result
+
+STATE = REPO / ".state"
+VARIANTS_CPU = ["project-lora", "trl-lora"]
+VARIANTS_CUDA = ["project-lora", "trl-lora", "project-qlora", "trl-qlora"]
+
+
+# ---- 1. model and data ------------------------------------------------------------------------------------------
+
+
+def model_folder(device: str) -> Path:
+    """The tiny model (CPU) or random SmolVLM-Instruct-architecture weights (CUDA), as a local model folder."""
+    if device == "cpu":
+        from vlmflow_worker import tiny_model
+
+        return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
+    folder = STATE / "models" / "smolvlm-instruct-arch-random"
+    if not (folder / "config.json").is_file():
+        from inference import smolvlm_instruct_model
+
+        model, processor = smolvlm_instruct_model("cuda")
+        model.save_pretrained(folder, safe_serialization=True)
+        processor.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+    return folder
+
+
+def prepared_dataset(model: Path, rows: int, work: Path) -> Path:
+    """Synthetic shape-colour rows of varied aspect ratios, prepared by the project's PrepareDataset job (the same
+    split for every variant)."""
+    from vlmflow.v1 import common_pb2, jobs_pb2
+    from vlmflow_worker.jobs.context import JobContext
+    from vlmflow_worker.prep.job import run as prepare
+    from vlmflow_worker.settings import WorkerSettings
+    from vlmflow_worker.synthetic import generate
+
+    settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=work, data_roots=[model.parent], job_capacity=1)
+    data = generate("shape_colour", rows, 0, work / "data")
+    vary_aspect_ratios(data)
+    request = jobs_pb2.PrepareDatasetRequest(
+        job_id="bench-prep",
+        sources=[jobs_pb2.DatasetSource(uri=str(data), layout=jobs_pb2.DATASET_LAYOUT_MESSAGES)],
+        model=common_pb2.ModelRef(model_id=str(model)),
+        max_length=2048,
+        eval_fraction=0.05,
+        output_uri="datasets",
+    )
+    (work / "jobs" / "bench-prep").mkdir(parents=True, exist_ok=True)
+    result = prepare(request, JobContext("bench-prep", work / "jobs" / "bench-prep", settings))
+    return Path(result.artifacts["dataset"])
+
+
+def vary_aspect_ratios(data: Path) -> None:
+    """Real VLM data mixes shapes: images stretched to aspect ratios from 1:3 to 3:1 (seeded) give rows of different
+    tile counts, so the image-token count varies per row, as padding and packing meet it in practice."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(0)
+    for line in data.read_text().splitlines():
+        for name in json.loads(line)["images"]:
+            path = data.parent / name
+            image = Image.open(path)
+            ratio = rng.choice([1 / 3, 1 / 2, 1, 1, 2, 3])
+            side = max(image.size)
+            image.resize((max(16, round(side * min(1, ratio))), max(16, round(side * min(1, 1 / ratio))))).save(path)
+
+
+def flops_per_token(model) -> tuple[int, int, int]:
+    """(N_text without the embedding table, N_vision, patch tokens per tile) of an Idefics3 model."""
+    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+    text = sum(
+        p.numel() for n, p in inner.text_model.named_parameters() if "embed_tokens" not in n and "lora_" not in n
+    )
+    text += sum(p.numel() for n, p in inner.connector.named_parameters())
+    head = model.get_base_model().lm_head if hasattr(model, "get_base_model") else model.lm_head
+    text += head.weight.numel()
+    vision = sum(p.numel() for n, p in inner.vision_model.named_parameters() if "lora_" not in n)
+    vc = inner.vision_model.config
+    return text, vision, (vc.image_size // vc.patch_size) ** 2
+
+
+def matmul_rate(device: str) -> float:
+    """Measured dense matmul FLOP/s: bf16 8192³ on CUDA, fp32 1024³ on CPU."""
+    n, dtype = (8192, torch.bfloat16) if device == "cuda" else (1024, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    reps = 50 if device == "cuda" else 10
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+# ---- 2. one variant, in its own process ---------------------------------------------------------------------------
+
+
+class Meter:
+    """Throughput between the end of step `warmup` and the last step, from the trainer's log events."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.marks: list[tuple[int, float, int, int, int]] = []  # step, time, tokens, padded tokens, tiles
+        self.tokens = self.padded = self.tiles = 0
+        self.losses: list[tuple[int, float]] = []
+
+    def count(self, batch: dict[str, torch.Tensor]) -> None:
+        self.tokens += int(batch["attention_mask"].sum())
+        self.padded += int(batch["input_ids"].numel())
+        if "pixel_attention_mask" in batch:  # real tiles (Idefics3 pads the tile dimension too)
+            self.tiles += int(batch["pixel_attention_mask"].flatten(2).any(-1).sum())
+        elif "pixel_values" in batch:
+            self.tiles += int(batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1])
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step in (meter.warmup, state.max_steps):
+                    if torch.cuda.is_available():
+                        torch.cuda.synchronize()
+                    mark = (state.global_step, time.perf_counter(), meter.tokens, meter.padded, meter.tiles)
+                    meter.marks.append(mark)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    meter.losses.append((state.global_step, float(logs["loss"])))
+
+        return _Callback()
+
+
+def lora_config(quantized: bool):
+    from peft import LoraConfig
+
+    from vlmflow_worker.train.config import SFTConfig
+    from vlmflow_worker.train.sft import lora_targets
+
+    config = SFTConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05)
+    return LoraConfig(
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=lora_targets(config), bias="none", task_type="CAUSAL_LM"
+    )
+
+
+def run_project(args, dataset: Path, model: Path, meter: Meter, output: Path) -> Any:
+    """The project's path: train_sft with its answer-only collator and atomic-checkpoint trainer."""
+    from vlmflow_worker.train import sft
+    from vlmflow_worker.train.config import SFTConfig
+
+    class CountingCollator(sft.AnswerOnlyCollator):
+        def __call__(self, rows):
+            batch = super().__call__(rows)
+            meter.count(batch)
+            return batch
+
+    class MeteredTrainer(sft.AtomicCheckpointTrainer):
+        def __init__(self, *a, **kw):
+            kw["callbacks"] = [*kw.get("callbacks", []), meter.callback()]
+            super().__init__(*a, **kw)
+
+    sft.AnswerOnlyCollator, sft.AtomicCheckpointTrainer = CountingCollator, MeteredTrainer  # bench-only hooks
+    config = SFTConfig(
+        model_id=str(model),
+        dataset_dir=str(dataset),
+        output_dir=str(output),
+        quantization="nf4" if args.variant.endswith("qlora") else "none",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        learning_rate=1e-4,
+        max_steps=args.steps,
+        micro_batch_size=args.micro_batch,
+        gradient_accumulation_steps=1,
+        warmup_ratio=0.0,
+        lr_scheduler="constant",
+        gradient_checkpointing=True,
+        save_steps=10**6,  # no checkpoint inside the measured steps
+        eval_steps=0,
+        logging_steps=1,
+        max_length=2048,
+    )
+    sft.train_sft(config)
+    return None
+
+
+def run_trl(args, dataset: Path, model_dir: Path, meter: Meter, output: Path) -> Any:
+    """A plain TRL script: from_pretrained, SFTTrainer with its defaults and the same LoRA."""
+    from datasets import Dataset
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+    cuda = args.device == "cuda"
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    if args.variant.endswith("qlora"):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, device_map="cuda" if cuda else None, **kwargs)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    rows = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines() if line.strip()]
+    data = Dataset.from_list(
+        [
+            {"messages": r["messages"], "images": [Image.open(dataset / p).convert("RGB") for p in r["images"]]}
+            for r in rows
+        ]
+    )
+
+    class CountingCollator(DataCollatorForVisionLanguageModeling):
+        def torch_call(self, examples):
+            batch = super().torch_call(examples)
+            meter.count(batch)
+            return batch
+
+    config = SFTConfig(
+        output_dir=str(output),
+        per_device_train_batch_size=args.micro_batch,
+        learning_rate=1e-4,
+        max_steps=args.steps,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        max_length=None,
+        bf16=cuda,  # TRL's default on CUDA; fp32 on CPU like the project's trainer
+        use_cpu=not cuda,
+        seed=42,
+        disable_tqdm=True,
+    )
+    collator = CountingCollator(processor=processor, max_length=None, pad_to_multiple_of=None)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=data,
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=lora_config(args.variant.endswith("qlora")),
+        callbacks=[meter.callback()],
+    )
+    trainer.train()
+    return trainer.model
+
+
+def one_variant(args) -> dict[str, Any]:
+    from transformers import AutoModelForImageTextToText
+
+    dataset, model = Path(args.dataset), Path(args.model)
+    output = Path(args.work) / args.variant
+    meter = Meter(args.warmup)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    (run_project if args.variant.startswith("project") else run_trl)(args, dataset, model, meter, output)
+    (s0, t0, k0, p0, i0), (s1, t1, k1, p1, i1) = meter.marks[0], meter.marks[-1]
+    seconds = t1 - t0
+    samples = (s1 - s0) * args.micro_batch
+    with torch.device("meta"):  # shapes only, for the FLOP count
+        from transformers import AutoConfig
+
+        shapes = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model))
+    n_text, n_vision, patches_per_tile = flops_per_token(shapes)
+    flops = 4 * n_text * (k1 - k0) + 2 * n_vision * patches_per_tile * (i1 - i0)
+    if args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "variant": args.variant,
+        "measured_steps": s1 - s0,
+        "seconds": round(seconds, 3),
+        "samples_per_second": round(samples / seconds, 3),
+        "tokens_per_second": round((k1 - k0) / seconds, 1),
+        "padding_share": round(1 - (k1 - k0) / max(p1 - p0, 1), 3),
+        "tiles_per_sample": round((i1 - i0) / max(samples, 1), 2),
+        "tokens_per_sample": round((k1 - k0) / max(samples, 1), 1),
+        "peak_memory_gib": round(peak / 2**30, 3),
+        "achieved_flops_per_second": flops / seconds,
+        "n_text": n_text,
+        "n_vision": n_vision,
+        "losses": meter.losses,
+    }
+
+
+# ---- 3. the driver ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--variants", default="", help="Comma-separated; default: all for the device.")
+    parser.add_argument("--steps", type=int, default=0, help="Optimizer steps (default 30 on CPU, 40 on CUDA).")
+    parser.add_argument("--warmup", type=int, default=5, help="Steps before the measurement starts.")
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=2, help="Runs of each variant (CPU timings are noisy).")
+    parser.add_argument("--work", default=str(STATE / "bench-train"))
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.steps = args.steps or (30 if args.device == "cpu" else 40)
+    if args.variant:
+        print("RESULT " + json.dumps(one_variant(args)), flush=True)
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda needs a CUDA GPU")
+
+    work = Path(args.work) / args.device
+    model = model_folder(args.device)
+    dataset = prepared_dataset(model, args.rows, work)
+    rate = matmul_rate(args.device)
+    variants = args.variants.split(",") if args.variants else (VARIANTS_CPU if args.device == "cpu" else VARIANTS_CUDA)
+    rows = []
+    for repeat in range(args.repeats):
+        for variant in variants:
+            command = [sys.executable, __file__, "--variant", variant, "--dataset", str(dataset), "--model", str(model)]
+            command += ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            command += ["--micro-batch", str(args.micro_batch), "--work", str(work / f"run{repeat}")]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if done.returncode != 0 or line is None:
+                print(done.stdout[-3000:], done.stderr[-5000:], file=sys.stderr)
+                raise SystemExit(f"{variant} failed (exit {done.returncode})")
+            row = json.loads(line[len("RESULT ") :]) | {"repeat": repeat, "load_average_1m": os.getloadavg()[0]}
+            row["mfu"] = round(row["achieved_flops_per_second"] / rate, 5)
+            rows.append(row)
+            print(
+                f"{variant:>14} #{repeat}: {row['samples_per_second']:8.2f} samples/s {row['tokens_per_second']:9.0f}"
+                f" tok/s  peak {row['peak_memory_gib']:.2f} GiB  MFU {row['mfu']:.1%}",
+                flush=True,
+            )
+
+    print(
+        f"\n{args.device}: micro-batch {args.micro_batch}, {args.steps} steps ({args.warmup} warm-up), "
+        f"matmul rate {rate / 1e12:.3f} TFLOP/s"
+    )
+    print(f"{'variant':>14} | {'samples/s':>16} | {'tokens/s':>10} | {'pad':>5} | {'peak GiB':>8} | {'MFU':>6} | x TRL")
+    summary = {}
+    for variant in variants:
+        mine = [r for r in rows if r["variant"] == variant]
+        sps = [r["samples_per_second"] for r in mine]
+        summary[variant] = {
+            "samples_per_second_min": min(sps),
+            "samples_per_second_max": max(sps),
+            "tokens_per_second_mean": round(sum(r["tokens_per_second"] for r in mine) / len(mine), 1),
+            "peak_memory_gib_max": max(r["peak_memory_gib"] for r in mine),
+            "mfu_mean": round(sum(r["mfu"] for r in mine) / len(mine), 4),
+            "padding_share": mine[0]["padding_share"],
+        }
+    for variant, s in summary.items():
+        trl = summary.get("trl-" + variant.split("-", 1)[1])
+        mean = (s["samples_per_second_min"] + s["samples_per_second_max"]) / 2
+        vs = mean / ((trl["samples_per_second_min"] + trl["samples_per_second_max"]) / 2) if trl else float("nan")
+        s["x_trl"] = round(vs, 3)
+        print(
+            f"{variant:>14} | {s['samples_per_second_min']:7.2f}–{s['samples_per_second_max']:<7.2f} | "
+            f"{s['tokens_per_second_mean']:10.0f} | {s['padding_share']:5.1%} | {s['peak_memory_gib_max']:8.2f} | "
+            f"{s['mfu_mean']:6.1%} | {vs:.2f}"
+        )
+    result = {
+        "device": args.device,
+        "model": "tiny-idefics3" if args.device == "cpu" else "smolvlm-instruct-arch (random weights)",
+        "micro_batch": args.micro_batch,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "matmul_tflops": round(rate / 1e12, 4),
+        "summary": summary,
+        "rows": rows,
+    }
+    out = write_result(f"train-{args.device}", result)
+    print(f"\nwrote {shown(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
