@@ -3,6 +3,7 @@
  * server, with scripted stage activities on the GPU task queue: validation before anything starts, run with
  * its result and exit code, status and list, pause / resume / cancel, and schedules that start runs.
  */
+import { ApplicationFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { execa } from 'execa';
@@ -149,6 +150,28 @@ describe('the vlmflow CLI against the real dev server', () => {
       const status = await cli('status', second);
       expect(status.exitCode).toBe(3);
       expect(status.out).toContain(`${second}: cancelled`);
+    });
+  });
+
+  it('retries a failed run: finished stages are reused and the failed stage runs again', async () => {
+    // The first training fails for good; the retry's training succeeds.
+    const train: TrainScript = (input, n) =>
+      n === 1
+        ? Promise.reject(
+            ApplicationFailure.create({ type: 'BadData', message: 'the dataset has no rows', nonRetryable: true }),
+          )
+        : quickTrain(input, n);
+    await withStack(train, async (cli) => {
+      const id = `cli-retry-${randomUUID()}`;
+      const failed = await cli('run', goodConfig, '--id', id);
+      expect(failed.exitCode).toBe(1);
+      expect(failed.out).toContain(`Run ${id} failed: train activity: the dataset has no rows [BadData]`);
+      expect(failed.out).toContain(`vlmflow retry ${id}`);
+
+      const retried = await cli('retry', id, '--id', `${id}-again`);
+      expect(retried.exitCode).toBe(0);
+      expect(retried.out).toContain(`Started ${id}-again, reusing prepare`);
+      expect(retried.out).toContain(`Run ${id}-again completed`);
     });
   });
 
