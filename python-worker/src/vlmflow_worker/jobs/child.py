@@ -42,10 +42,6 @@ def load(folder: Path):
 
 
 def run(folder: Path) -> int:
-    if os.environ.get("VLMFLOW_TORCH_THREADS"):
-        # CPU threads per job process; 1 avoids oversubscription on a shared or small machine (tests, CI).
-        # Through the environment, read when torch loads: a job that never needs torch does not pay its import.
-        os.environ["OMP_NUM_THREADS"] = os.environ["VLMFLOW_TORCH_THREADS"]
     meta, settings, spec, request = load(folder)
     ctx = JobContext(meta["job_id"], folder, settings)
     try:
@@ -114,7 +110,15 @@ def wait_for_job() -> Path:
     return folder
 
 
+def limit_threads() -> None:
+    """CPU threads per job process (VLMFLOW_TORCH_THREADS; 1 avoids oversubscription on a small or shared machine).
+    Through OMP_NUM_THREADS, which torch reads when it loads: so this runs before anything imports torch."""
+    if os.environ.get("VLMFLOW_TORCH_THREADS"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["VLMFLOW_TORCH_THREADS"]
+
+
 def main() -> None:
+    limit_threads()
     die_with_parent()
     setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
     folder = wait_for_job() if sys.argv[1] == "--warm" else Path(sys.argv[1])
