@@ -91,6 +91,10 @@ def test_relative_model_ids_resolve_under_the_artifact_root(tiny_model_path: Pat
         ModelSpec.from_proto(common_pb2.ModelRef(model_id="org/name"), WorkerSettings(artifact_root=tmp_path)).model_id
         == "org/name"
     )
+    # The trainers build a ModelSpec from their config, not from the proto: the same resolution applies.
+    settings = WorkerSettings(artifact_root=tmp_path)
+    model, _ = load_model(ModelSpec("exports/tiny"), settings=settings)
+    assert model.config.model_type == "idefics3"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

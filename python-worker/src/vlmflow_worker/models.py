@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -64,17 +65,8 @@ class ModelSpec:
             from vlmflow_worker.storage import resolve_uri
 
             adapter = str(resolve_uri(adapter, settings, what="model.adapter_uri"))
-        model_id = ref.model_id
-        if model_id.startswith("file://"):
-            model_id = model_id[len("file://") :]
-        if settings is not None and model_id and not Path(model_id).is_absolute():
-            # A relative folder under the artifact root (where merged and exported models go) wins over a hub id,
-            # as a local folder does in transformers.
-            candidate = settings.artifact_root / model_id
-            if (candidate / "config.json").is_file():
-                model_id = str(candidate)
         return cls(
-            model_id=model_id,
+            model_id=resolve_model_id(ref.model_id, settings),
             revision=ref.revision,
             quantization=_QUANT_FROM_PROTO.get(ref.quantization, "none"),
             adapter=adapter,
@@ -83,11 +75,23 @@ class ModelSpec:
         )
 
 
+def resolve_model_id(model_id: str, settings: WorkerSettings | None) -> str:
+    """A relative folder under the artifact root (where merged and exported models go) wins over a hub id, as a
+    local folder does in transformers; `file://` is stripped. Every way into load_model goes through here."""
+    if model_id.startswith("file://"):
+        model_id = model_id[len("file://") :]
+    if settings is not None and model_id and not Path(model_id).is_absolute():
+        candidate = settings.artifact_root / model_id
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    return model_id
+
+
 def as_spec(ref: ModelSpec | str | Path | Any, settings: WorkerSettings | None = None) -> ModelSpec:
     if isinstance(ref, ModelSpec):
-        return ref
+        return dataclasses.replace(ref, model_id=resolve_model_id(ref.model_id, settings))
     if isinstance(ref, (str, Path)):
-        return ModelSpec(model_id=str(ref))
+        return ModelSpec(model_id=resolve_model_id(str(ref), settings))
     return ModelSpec.from_proto(ref, settings)
 
 
