@@ -18,12 +18,14 @@ const demo = path.resolve(projectRoot, '..', 'shared', 'data', 'llamafactory-mll
 const media = (name: string) => path.join(demo, 'mllm_demo_data', name);
 const image = (name: string) => ({ source: { $case: 'uri' as const, value: media(name) } });
 
-describe.skipIf(!existsSync(demo))('Generate on the real worker', () => {
+describe('Generate on the real worker', () => {
   let worker: PythonWorker;
   let client: WorkerClient;
   let modelId: string;
 
   beforeAll(async () => {
+    // The shared data sits beside the clone (../shared): its absence is a broken checkout, not a reason to skip.
+    if (!existsSync(demo)) throw new Error(`the shared demo data is missing at ${demo}`);
     // The tiny model is built by the project (seconds, offline) and reused; the same folder pytest uses.
     modelId = path.join(stateDir, 'models', 'tiny-idefics3');
     execaSync(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', modelId]);

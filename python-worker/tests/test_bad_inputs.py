@@ -64,7 +64,7 @@ def _video_with_unknown_codec(path: Path) -> None:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> Media:
     if not DEMO.is_dir():
-        pytest.skip(f"demo data not found at {DEMO}")
+        pytest.fail(f"the shared demo data is missing (a broken checkout: ../shared sits beside the clone) at {DEMO}")
     root = tmp_path_factory.mktemp("bad-media")
     outside = tmp_path_factory.mktemp("outside-the-roots") / "secret.png"
     outside.write_bytes(_png((32, 32)))

@@ -25,7 +25,7 @@ def photo(name: str) -> common_pb2.Image:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> WorkerSettings:
     if not DATA.is_dir():
-        pytest.skip(f"demo data not found at {DEMO}")
+        pytest.fail(f"the shared demo data is missing (a broken checkout: ../shared sits beside the clone) at {DEMO}")
     return WorkerSettings(artifact_root=tmp_path_factory.mktemp("artifacts"), data_roots=[DEMO])
 
 

@@ -15,7 +15,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-m
 @pytest.fixture(autouse=True)
 def _needs_demo_data() -> None:
     if not DATA.is_dir():
-        pytest.skip(f"demo data not found at {DATA}")
+        pytest.fail(f"the shared demo data is missing (a broken checkout: ../shared sits beside the clone) at {DATA}")
 
 
 def test_one_answer_per_image_for_a_caption_batch(tiny_model_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -20,7 +20,7 @@ DATA = DEMO / "mllm_demo_data"
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Iterator[WorkerProcess]:
     if not DATA.is_dir():
-        pytest.skip(f"demo data not found at {DEMO}")
+        pytest.fail(f"the shared demo data is missing (a broken checkout: ../shared sits beside the clone) at {DEMO}")
     proc = start_worker(tmp_path_factory.mktemp("artifacts"), "--data-root", str(DEMO))
     yield proc
     proc.process.terminate()

@@ -21,7 +21,7 @@ PHOTOS = DEMO / "mllm_demo_data"
 @pytest.fixture
 def settings(tmp_path: Path) -> WorkerSettings:
     if not PHOTOS.is_dir():
-        pytest.skip(f"demo data not found at {DEMO}")
+        pytest.fail(f"the shared demo data is missing (a broken checkout: ../shared sits beside the clone) at {DEMO}")
     return WorkerSettings(artifact_root=tmp_path, data_roots=[DEMO])
 
 

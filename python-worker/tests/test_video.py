@@ -15,7 +15,9 @@ VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory
 @pytest.fixture(autouse=True)
 def _needs_demo_data() -> None:
     if not VIDEOS.is_dir():
-        pytest.skip(f"demo videos not found at {VIDEOS}")
+        pytest.fail(
+            f"the shared demo videos are missing (a broken checkout: ../shared sits beside the clone) at {VIDEOS}"
+        )
 
 
 @pytest.mark.parametrize("name", ["1.mp4", "2.avi", "3.mp4"])
