@@ -182,11 +182,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work", default=str(STATE / "bench-dpo"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per run (0: torch's default). 1 on a small shared CPU: more threads only spin.",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant:
+        if args.threads and args.device == "cpu":
+            torch.set_num_threads(args.threads)
         print("RESULT " + json.dumps(one_variant(args)), flush=True)
         return 0
 
@@ -199,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, __file__, "--variant", variant, "--dataset", str(dataset), "--model", str(model)]
             command += ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
             command += ["--micro-batch", str(args.micro_batch), "--work", str(work / f"run{repeat}")]
+            command += ["--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if done.returncode != 0 or line is None:

@@ -8,7 +8,7 @@
  * goes: schedule-to-start, activity start → job child spawned (gRPC, validation), spawn → job accepted (interpreter
  * and imports), and the end of training → activity completed.
  *
- *   npx tsx bench/orchestration.ts [--runs 2] [--steps 30]
+ *   npx tsx bench/orchestration.ts [--runs 2] [--steps 30] [--threads 1]
  *
  * The pipeline also runs prepare and evaluate (it cannot run SFT alone; export is off); only SFT is compared.
  */
@@ -35,6 +35,9 @@ const arg = (name: string, fallback: number) => {
 };
 const runs = arg('--runs', 2);
 const steps = arg('--steps', 30);
+// One torch thread in the job child and in the direct run alike: on a small shared CPU more threads only spin, and
+// make both timings swing with the load.
+const threads = String(arg('--threads', 1));
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 const artifacts = tempDir('bench-orchestration');
@@ -161,7 +164,7 @@ async function main() {
   const python = await startPythonWorker({
     artifactRoot: artifacts,
     dataRoots: [path.dirname(tinyModel)],
-    env: { HF_HUB_OFFLINE: '1' },
+    env: { HF_HUB_OFFLINE: '1', VLMFLOW_TORCH_THREADS: threads },
   });
   const workerClient = createWorkerClient(python.address);
   const native = await NativeConnection.connect({ address: server.address });
@@ -196,7 +199,7 @@ async function main() {
         workerPython,
         [path.join(projectRoot, 'bench', 'train_direct.py'), stack.folder, artifacts, `bench-direct/${i}`],
         {
-          env: { HF_HUB_OFFLINE: '1' },
+          env: { HF_HUB_OFFLINE: '1', VLMFLOW_TORCH_THREADS: threads },
         },
       );
       const b = JSON.parse(direct.stdout.trim().split('\n').at(-1)!) as { import_s: number; train_s: number };

@@ -341,12 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each variant (CPU timings are noisy).")
     parser.add_argument("--work", default=str(STATE / "bench-train"))
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads per run (0: torch's default). 1 on a small shared CPU: more threads only spin.",
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.steps = args.steps or (30 if args.device == "cpu" else 40)
     if args.variant:
+        if args.threads and args.device == "cpu":
+            torch.set_num_threads(args.threads)
         print("RESULT " + json.dumps(one_variant(args)), flush=True)
         return 0
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -355,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) / args.device
     model = model_folder(args.device)
     dataset = prepared_dataset(model, args.rows, work)
+    if args.threads and args.device == "cpu":
+        torch.set_num_threads(args.threads)  # the rate of what one run may use
     rate = matmul_rate(args.device)
     variants = args.variants.split(",") if args.variants else (VARIANTS_CPU if args.device == "cpu" else VARIANTS_CUDA)
     rows = []
@@ -363,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, __file__, "--variant", variant, "--dataset", str(dataset), "--model", str(model)]
             command += ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
             command += ["--micro-batch", str(args.micro_batch), "--work", str(work / f"run{repeat}")]
+            command += ["--threads", str(args.threads)]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if done.returncode != 0 or line is None:
@@ -411,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup_steps": args.warmup,
         "matmul_tflops": round(rate / 1e12, 4),
+        "torch_threads": args.threads or torch.get_num_threads(),
         "summary": summary,
         "rows": rows,
     }

@@ -11,6 +11,7 @@ output folder differs (a fresh one, so nothing resumes). `import_s` is the impor
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -39,6 +40,10 @@ def main() -> int:
     request = jobs_pb2.TrainRequest.FromString((folder / "request.binpb").read_bytes())
     request.output_uri = output_uri
     config = config_of(request, settings)
+    if os.environ.get("VLMFLOW_TORCH_THREADS"):  # as a job child does
+        import torch
+
+        torch.set_num_threads(int(os.environ["VLMFLOW_TORCH_THREADS"]))
     begin = time.perf_counter()
     result = train_sft(config, None, settings)
     end = time.perf_counter()

@@ -95,7 +95,8 @@ def wait_for_job() -> Path:
     pays (torch, transformers, peft: seconds) while no job waits, then reads its job folder from stdin and sends its
     output to the folder's child.log, as a process started for the job would."""
     try:
-        for module in (*ENTRY_MODULES.values(), "vlmflow_worker.train.sft"):
+        # What the costly jobs share first (torch, transformers' Trainer, peft), then each kind's entry module.
+        for module in ("vlmflow_worker.train.sft", "vlmflow_worker.models", *ENTRY_MODULES.values()):
             importlib.import_module(module)
     except Exception:
         pass  # the job imports again in run() and reports the error as a typed failure
