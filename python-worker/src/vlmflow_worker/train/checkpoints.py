@@ -73,7 +73,10 @@ class AtomicCheckpointTrainer(Trainer):
             super()._save_checkpoint(model, trial)
             faults.fail_checkpoint_write(step)  # test hook (issue 7), inert unless its variable is set
         except (OSError, RuntimeError) as err:
-            raise _storage_error(err, run_dir, step, staging) from err
+            mapped = _storage_error(err, run_dir, step, staging)
+            if mapped is err:  # not a write failure: as it was
+                raise
+            raise mapped from err
         finally:
             self._staging = None
             self.args.save_total_limit = limit
