@@ -290,10 +290,7 @@ export function failureFromStatus(err: ServiceError, rpc: string, jobId: string)
     case GrpcStatus.NOT_FOUND:
       return nonRetryable(FailureType.NotFound);
     case GrpcStatus.FAILED_PRECONDITION:
-      // The worker also says FAILED_PRECONDITION when all its job slots are taken: that one passes.
-      return /\bbusy\b/.test(err.details)
-        ? retryable(FailureType.WorkerBusy)
-        : nonRetryable(FailureType.FailedPrecondition);
+      return nonRetryable(FailureType.FailedPrecondition);
     case GrpcStatus.RESOURCE_EXHAUSTED:
       return nonRetryable(FailureType.OutOfMemory);
     case GrpcStatus.UNIMPLEMENTED:
@@ -303,6 +300,7 @@ export function failureFromStatus(err: ServiceError, rpc: string, jobId: string)
         nonRetryable: true,
         details: [details],
       });
+    // UNAVAILABLE: restarting, unreachable, or every job slot taken (the worker's WorkerBusy).
     case GrpcStatus.UNAVAILABLE:
     case GrpcStatus.DEADLINE_EXCEEDED:
       return retryable(FailureType.WorkerUnavailable);

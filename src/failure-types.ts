@@ -17,10 +17,8 @@ export const FailureType = {
   Storage: 'StorageError',
   /** The worker does not implement this RPC yet (gRPC UNIMPLEMENTED). Not retried. */
   Unimplemented: 'Unimplemented',
-  /** The worker cannot be reached or is restarting (gRPC UNAVAILABLE, stream cut). Retried. */
+  /** The worker cannot be reached, is restarting, or has every job slot taken (gRPC UNAVAILABLE). Retried. */
   WorkerUnavailable: 'WorkerUnavailable',
-  /** Every job slot of the worker is taken (another job runs). Retried. */
-  WorkerBusy: 'WorkerBusy',
   /** The job stopped without our asking (worker shutdown, job process died). Retried; it resumes. */
   JobInterrupted: 'JobInterrupted',
   /** The worker hit a bug or its job process crashed. Retried. */

@@ -240,9 +240,9 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
     [GrpcStatus.NOT_FOUND, 'no model at models/nope', FailureType.NotFound, true],
     [GrpcStatus.FAILED_PRECONDITION, '4-bit quantization needs CUDA', FailureType.FailedPrecondition, true],
     [
-      GrpcStatus.FAILED_PRECONDITION,
+      GrpcStatus.UNAVAILABLE,
       'this worker runs 1 job(s) at once and is busy with: x',
-      FailureType.WorkerBusy,
+      FailureType.WorkerUnavailable,
       false,
     ],
     [GrpcStatus.UNAVAILABLE, 'worker restarting', FailureType.WorkerUnavailable, false],

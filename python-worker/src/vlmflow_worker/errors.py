@@ -52,6 +52,13 @@ class FailedPrecondition(WorkerError):
     reason = jobs_pb2.FAILURE_REASON_FAILED_PRECONDITION
 
 
+class WorkerBusy(WorkerError):
+    """Every job slot is taken. UNAVAILABLE, so callers retry later (Temporal queues the work meanwhile)."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+    reason = jobs_pb2.FAILURE_REASON_FAILED_PRECONDITION
+
+
 class OutOfMemory(WorkerError):
     """The device ran out of memory; the message carries the figures and what to change."""
 

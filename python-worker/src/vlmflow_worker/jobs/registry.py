@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.errors import FailedPrecondition, NotFound
+from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.child import failure
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES
@@ -146,7 +146,7 @@ class JobRegistry:
             busy = self.running()
             if len(busy) >= self.capacity:
                 names = ", ".join(r.job_id for r in busy)
-                raise FailedPrecondition(
+                raise WorkerBusy(
                     f"this worker runs {self.capacity} job(s) at once and is busy with: {names}; "
                     "retry when it has finished (Health reports job_capacity and jobs_running)"
                 )
