@@ -6,9 +6,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
@@ -44,8 +46,15 @@ def start_worker(artifact_root: Path, *extra: str) -> WorkerProcess:
         except json.JSONDecodeError:
             continue
         if entry.get("msg") == "listening":
+            # Keep draining the worker's log: a full pipe would block the worker on its next log line.
+            threading.Thread(target=_relay, args=(process.stderr,), daemon=True).start()
             return WorkerProcess(process, int(entry["port"]), artifact_root)
     raise RuntimeError(f"worker exited with {process.wait()} before listening")
+
+
+def _relay(stream: IO[str]) -> None:
+    for line in stream:
+        sys.stderr.write(line)  # pytest captures it and shows it for failing tests
 
 
 @pytest.fixture(scope="session")
