@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,12 @@ import torch
 from PIL import Image
 
 from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.errors import BadData, Cancelled, FailedPrecondition, InvalidArgument, NotFound
+from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
-from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer, clean_staging, newest_checkpoint, step_of
+from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer, newest_checkpoint, step_of
 from vlmflow_worker.train.config import SFTConfig
 
 # TRL 1.16's DPO losses (DPOConfig.loss_type); several can be combined, e.g. "sigmoid,sft" (RPO-style).
@@ -273,7 +272,7 @@ def job_events(ctx: JobContext | None, collator: PreferenceCollator, config: DPO
 def train_dpo(
     config: DPOTrainConfig, ctx: JobContext | None = None, settings: WorkerSettings | None = None
 ) -> JobResult:
-    from vlmflow_worker.train.sft import oom_error
+    from vlmflow_worker.train.sft import save_adapter, train_resuming
 
     output = Path(config.output_dir)
     checkpoints = output / "checkpoints"
@@ -300,42 +299,15 @@ def train_dpo(
     )
     trainer.job = ctx
 
-    # 4. Train, resuming from the newest complete checkpoint on disk.
-    clean_staging(checkpoints)
-    resume = newest_checkpoint(checkpoints)
-    if resume is not None and ctx is not None:
-        ctx.last_checkpoint_uri = str(resume)
-        ctx.log(f"resuming from {resume} (step {step_of(resume)})")
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    except (torch.OutOfMemoryError, MemoryError) as err:
-        raise oom_error(err, config, trainer.state.global_step) from err
-    if events.cancelled:
-        raise Cancelled(f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from")
+    # 4. Train, resuming from the newest complete checkpoint on disk (typed OOM / STORAGE / cancel, as SFT).
+    result = train_resuming(trainer, config, ctx, events, output, checkpoints)
 
     # 5. The policy adapter only (not TRL's frozen "ref" copy), the processor and the settings, renamed into place.
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     metrics["global_step"] = float(trainer.state.global_step)
     if has_eval:
         metrics |= {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
-    adapter = output / "adapter"
-    if args.should_save:
-        staging = output / ".tmp-adapter"
-        shutil.rmtree(staging, ignore_errors=True)
-        trainer.model.save_pretrained(staging, safe_serialization=True, selected_adapters=["default"])
-        processor.save_pretrained(staging)
-        (staging / "training_config.json").write_text(json.dumps(vars(config), indent=2) + "\n")
-        shutil.rmtree(adapter, ignore_errors=True)
-        os.rename(staging, adapter)
-        (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    trainer.accelerator.wait_for_everyone()
-    artifacts = {
-        "adapter": str(adapter),
-        "checkpoints": str(checkpoints),
-        "training_log": str(output / "training_log.jsonl"),
-        "metrics": str(output / "metrics.json"),
-    }
-    return JobResult(artifacts=artifacts, metrics=metrics)
+    return save_adapter(trainer, processor, config, output, checkpoints, metrics, selected_adapters=["default"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -259,6 +259,23 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     trainer.job = ctx
 
     # 5. Train, resuming from the newest complete checkpoint on disk (optimizer, scheduler, RNG, data position).
+    result = train_resuming(trainer, config, ctx, events, output, checkpoints)
+
+    # 6. The adapter (safetensors) and the processor, renamed into place; final eval metrics.
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+    metrics["global_step"] = float(trainer.state.global_step)
+    if has_eval:
+        step, numbers = events.last_eval
+        if step != trainer.state.global_step:  # the Trainer evaluates at the last step itself when it is due
+            trainer.evaluate()
+            numbers = events.last_eval[1]
+        metrics |= numbers
+    return save_adapter(trainer, processor, config, output, checkpoints, metrics)
+
+
+def train_resuming(trainer, config: SFTConfig, ctx: JobContext | None, events, output: Path, checkpoints: Path):
+    """Runs trainer.train from the newest complete checkpoint on disk (SFT and DPO alike), with typed failures:
+    out of memory (with what to change), a store that refuses writes (STORAGE), and cancellation."""
     clean_staging(checkpoints)
     resume = newest_checkpoint(checkpoints)
     if resume is not None and ctx is not None:
@@ -274,21 +291,16 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         raise storage_error(err, str(err.filename or output), checkpoints) from err
     if events.cancelled:
         raise Cancelled(f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from")
+    return result
 
-    # 6. The adapter (safetensors) and the processor, renamed into place; final eval metrics.
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-    metrics["global_step"] = float(trainer.state.global_step)
-    if has_eval:
-        step, numbers = events.last_eval
-        if step != trainer.state.global_step:  # the Trainer evaluates at the last step itself when it is due
-            trainer.evaluate()
-            numbers = events.last_eval[1]
-        metrics |= numbers
+
+def save_adapter(trainer, processor, config, output: Path, checkpoints: Path, metrics: dict[str, float], **save_kw):
+    """The adapter (safetensors), the processor and the settings, staged then renamed into place; the job result."""
     adapter = output / "adapter"
-    if args.should_save:
+    if trainer.args.should_save:
         staging = output / ".tmp-adapter"
         shutil.rmtree(staging, ignore_errors=True)
-        trainer.model.save_pretrained(staging, safe_serialization=True)
+        trainer.model.save_pretrained(staging, safe_serialization=True, **save_kw)
         processor.save_pretrained(staging)
         (staging / "training_config.json").write_text(json.dumps(vars(config), indent=2) + "\n")
         shutil.rmtree(adapter, ignore_errors=True)
