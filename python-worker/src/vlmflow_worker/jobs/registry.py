@@ -10,7 +10,8 @@ Stopping is explicit, through CancelJob.
 Warm start: once a job has started, a spare job process is started beside it (`child --warm`) that does the
 imports every job pays (torch, transformers: seconds), and the next job is handed to it through its stdin; the server
 imports the job kinds' modules in a thread at the same time, for the next request's validation. A worker that never
-runs a job never pays for either. VLMFLOW_WARM_JOB_PROCESS=0 turns the spare off.
+runs a job never pays for either. VLMFLOW_WARM_JOB_PROCESS: 1 on, 0 off, auto (default) on with CUDA only: on a
+CPU-only worker the spare's imports compete with the running job for the few cores (bench/README.md has the figures).
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def _import_job_modules() -> None:
             importlib.import_module(module)
         except Exception:
             log.warning("could not import a job module ahead of use", extra={"module": module}, exc_info=True)
+
+
+def warm_spare_wanted() -> bool:
+    setting = os.environ.get(WARM_ENV, "auto").strip().lower()
+    if setting == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return setting not in ("0", "false", "off")
 
 
 @dataclass
@@ -206,12 +216,10 @@ class JobRegistry:
 
     async def _prewarm(self) -> None:
         """Starts the spare for the next job (and, once, imports the job kinds' modules in a thread)."""
-        if os.environ.get(WARM_ENV, "1") == "0":
-            return
         if not self._modules_imported:
             self._modules_imported = True
             asyncio.get_running_loop().run_in_executor(None, _import_job_modules)
-        if self._warm is None:
+        if self._warm is None and warm_spare_wanted():
             self._warm = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
