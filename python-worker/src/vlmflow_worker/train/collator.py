@@ -5,6 +5,12 @@ SmolVLM's chat template renders
 Labels are -100 everywhere except, for each assistant turn, the tokens after its `Assistant:` header up to and
 including the `<end_of_utterance>` that closes it. So the system and user turns, the headers, the image, grid and
 row tokens and the padding carry no loss. A row longer than max_length is an error, never cut: prep drops such rows.
+
+With `packing`, a micro-batch is one padding-free row: the rows' real tokens back to back, `position_ids` restarting
+at 0 for each, no attention mask. transformers then attends within each row only (a block-diagonal causal mask with
+SDPA and eager, variable-length kernels with flash-attention), so no FLOP goes to padding and the loss is the padded
+batch's (tests/test_packing.py). It needs use_cache off (with a KV cache transformers ignores packed position_ids),
+as training has it. The images keep their order; Idefics3 drops the all-zero padding images itself.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ IGNORE = -100
 
 
 class AnswerOnlyCollator:
-    def __init__(self, processor, dataset_dir: Path | str, max_length: int) -> None:
+    def __init__(self, processor, dataset_dir: Path | str, max_length: int, packing: bool = False) -> None:
         self.processor = processor
+        self.packing = packing
         self.dataset_dir = Path(dataset_dir)
         self.max_length = max_length
         tokenizer = processor.tokenizer
@@ -45,7 +52,23 @@ class AnswerOnlyCollator:
             )
         self.tokens_seen += int(lengths.sum())
         batch["labels"] = torch.stack([self.answer_labels(ids) for ids in batch["input_ids"]])
-        return dict(batch)
+        return self.pack(dict(batch), lengths) if self.packing else dict(batch)
+
+    @staticmethod
+    def pack(batch: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The padded batch as one padding-free row (see the module doc); the labels' first token of every row is
+        the BOS, never a label, so no loss crosses from one row into the next."""
+        real = batch["attention_mask"].bool()
+        packed = {
+            "input_ids": batch["input_ids"][real][None],
+            "labels": batch["labels"][real][None],
+            "position_ids": torch.cat([torch.arange(int(n)) for n in lengths])[None],
+        }
+        for key in ("pixel_values", "pixel_attention_mask"):
+            if key in batch:
+                images = batch[key]
+                packed[key] = images.reshape(1, images.shape[0] * images.shape[1], *images.shape[2:])
+        return packed
 
     def _image(self, path: str) -> Image.Image:
         return Image.open(self.dataset_dir / path).convert("RGB")

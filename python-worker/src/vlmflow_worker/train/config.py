@@ -60,6 +60,10 @@ class SFTConfig:
     )
     save_total_limit: int = field(default=3, metadata={"help": "Checkpoints kept (0 keeps all)."})
     num_processes: int = field(default=1, metadata={"help": "Processes of a torchrun launch (1: no launcher)."})
+    packing: bool = field(
+        default=False,
+        metadata={"help": "Padding-free micro-batches: rows back to back with per-row position_ids (collator.py)."},
+    )
 
     def __post_init__(self) -> None:
         checks = [

@@ -241,7 +241,7 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
 
     # 2-3. Model, processor and adapters.
     model, processor = load_for_training(config, settings)
-    collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length)
+    collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
 
     # 4. Trainer, with our events and atomic checkpoints.
     bf16 = next(model.parameters()).dtype == torch.bfloat16 or config.quantization != "none"
