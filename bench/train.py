@@ -1,5 +1,6 @@
-"""SFT throughput and memory: the project's trainer (train/sft.py) beside a plain TRL `SFTTrainer` script, same model,
-same data, same LoRA, same micro-batch, each variant in its own process (clean peak memory).
+"""SFT throughput and memory: the project's trainer (train/sft.py), padded and padding-free (`-packed` variants:
+SFTConfig.packing), beside a plain TRL `SFTTrainer` script; same model, data, LoRA and micro-batch; each variant in
+its own process.
 
 python-worker/.venv/bin/python bench/train.py                     # tiny model, CPU (LoRA, fp32): cannot rot
 python-worker/.venv/bin/python bench/train.py --device cuda       # SmolVLM-Instruct architecture, random weights:
@@ -34,8 +35,15 @@ import torch
 from machine import REPO, shown, write_result
 
 STATE = REPO / ".state"
-VARIANTS_CPU = ["project-lora", "trl-lora"]
-VARIANTS_CUDA = ["project-lora", "trl-lora", "project-qlora", "trl-qlora"]
+VARIANTS_CPU = ["project-lora", "project-lora-packed", "trl-lora"]
+VARIANTS_CUDA = [
+    "project-lora",
+    "project-lora-packed",
+    "trl-lora",
+    "project-qlora",
+    "project-qlora-packed",
+    "trl-qlora",
+]
 
 
 # ---- 1. model and data ------------------------------------------------------------------------------------------
@@ -172,7 +180,7 @@ class Meter:
         return _Callback()
 
 
-def lora_config(quantized: bool):
+def lora_config():
     from peft import LoraConfig
 
     from vlmflow_worker.train.config import SFTConfig
@@ -205,7 +213,8 @@ def run_project(args, dataset: Path, model: Path, meter: Meter, output: Path) ->
         model_id=str(model),
         dataset_dir=str(dataset),
         output_dir=str(output),
-        quantization="nf4" if args.variant.endswith("qlora") else "none",
+        quantization="nf4" if "qlora" in args.variant else "none",
+        packing=args.variant.endswith("-packed"),
         lora_r=16,
         lora_alpha=32,
         lora_dropout=0.05,
@@ -235,7 +244,7 @@ def run_trl(args, dataset: Path, model_dir: Path, meter: Meter, output: Path) ->
 
     cuda = args.device == "cuda"
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
-    if args.variant.endswith("qlora"):
+    if "qlora" in args.variant:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -282,7 +291,7 @@ def run_trl(args, dataset: Path, model_dir: Path, meter: Meter, output: Path) ->
         train_dataset=data,
         processing_class=processor,
         data_collator=collator,
-        peft_config=lora_config(args.variant.endswith("qlora")),
+        peft_config=lora_config(),
         callbacks=[meter.callback()],
     )
     trainer.train()
@@ -406,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             "padding_share": mine[0]["padding_share"],
         }
     for variant, s in summary.items():
-        trl = summary.get("trl-" + variant.split("-", 1)[1])
+        trl = summary.get("trl-qlora" if "qlora" in variant else "trl-lora")
         mean = (s["samples_per_second_min"] + s["samples_per_second_max"]) / 2
         vs = mean / ((trl["samples_per_second_min"] + trl["samples_per_second_max"]) / 2) if trl else float("nan")
         s["x_trl"] = round(vs, 3)
