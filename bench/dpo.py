@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -152,6 +153,7 @@ def one_variant(args) -> dict[str, Any]:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     output = Path(args.work) / args.variant
+    shutil.rmtree(output, ignore_errors=True)  # a checkpoint left by an earlier run would be resumed
     if args.variant == "project":
         run_project(args, Path(args.model), Path(args.dataset), output, clock)
     else:

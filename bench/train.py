@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -303,6 +304,7 @@ def one_variant(args) -> dict[str, Any]:
 
     dataset, model = Path(args.dataset), Path(args.model)
     output = Path(args.work) / args.variant
+    shutil.rmtree(output, ignore_errors=True)  # a checkpoint left by an earlier run would be resumed
     meter = Meter(args.warmup)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
