@@ -154,7 +154,8 @@ class Meter:
         self.losses: list[tuple[int, float]] = []
 
     def count(self, batch: dict[str, torch.Tensor]) -> None:
-        self.tokens += int(batch["attention_mask"].sum())
+        mask = batch.get("attention_mask")  # none in a packed batch: every token is real
+        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
         self.padded += int(batch["input_ids"].numel())
         if "pixel_attention_mask" in batch:  # real tiles (Idefics3 pads the tile dimension too)
             self.tiles += int(batch["pixel_attention_mask"].flatten(2).any(-1).sum())
