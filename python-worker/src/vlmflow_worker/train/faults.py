@@ -6,6 +6,8 @@
 - VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH=<n>: every training step with micro_batch_size > n raises torch's
   OutOfMemoryError, like an allocation limit; the job fails typed OUT_OF_MEMORY, and the pipeline's retry with half
   the micro-batch can succeed.
+- VLMFLOW_FAULT_STEP_SECONDS=<s>: every training step takes s seconds longer, as on a slower device, so an
+  end-to-end test can land its faults mid-stage however fast this machine trains the tiny model.
 
 python-worker/tests/test_faults.py and test/faults*.test.ts use them; docs/durability.md lists the runs.
 """
@@ -14,12 +16,14 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import torch
 from transformers import TrainerCallback
 
 CHECKPOINT_ENOSPC = "VLMFLOW_FAULT_CHECKPOINT_ENOSPC"
 OOM_ABOVE_MICRO_BATCH = "VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH"
+STEP_SECONDS = "VLMFLOW_FAULT_STEP_SECONDS"
 
 
 def fail_checkpoint_write(step: int) -> None:
@@ -29,8 +33,22 @@ def fail_checkpoint_write(step: int) -> None:
         raise OSError(errno.ENOSPC, f"No space left on device (injected by {CHECKPOINT_ENOSPC}={at})")
 
 
-def armed_oom() -> bool:
-    return bool(os.environ.get(OOM_ABOVE_MICRO_BATCH))
+def armed_callbacks(micro_batch_size: int) -> list[TrainerCallback]:
+    """The trainer callbacks of the armed faults; none unless their variables are set."""
+    armed: list[TrainerCallback] = []
+    if os.environ.get(OOM_ABOVE_MICRO_BATCH):
+        armed.append(InjectedOutOfMemory(micro_batch_size))
+    if os.environ.get(STEP_SECONDS):
+        armed.append(SlowSteps(float(os.environ[STEP_SECONDS])))
+    return armed
+
+
+class SlowSteps(TrainerCallback):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
 
 
 class InjectedOutOfMemory(TrainerCallback):

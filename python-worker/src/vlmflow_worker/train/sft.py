@@ -253,8 +253,8 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         train_dataset=Rows(train_rows),
         eval_dataset=Rows(eval_rows) if has_eval else None,
         data_collator=collator,
-        # The OOM test hook (issue 7) is added only when its variable is set.
-        callbacks=[events, *([faults.InjectedOutOfMemory(config.micro_batch_size)] if faults.armed_oom() else [])],
+        # Fault hooks for the durability tests (issue 7): none unless their variables are set.
+        callbacks=[events, *faults.armed_callbacks(config.micro_batch_size)],
     )
     trainer.job = ctx
 
