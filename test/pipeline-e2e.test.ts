@@ -114,7 +114,9 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
     python = await startPythonWorker({
       artifactRoot: artifacts,
       dataRoots: [path.dirname(tinyModel)],
-      env: { HF_HUB_OFFLINE: '1' },
+      // A third of a second per training step (a slower device), so the cancel lands mid-SFT however fast this
+      // machine trains the tiny model; at full speed SFT can end, and rotate its checkpoints, before it arrives.
+      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '0.3' },
     });
     client = createWorkerClient(python.address);
   }, 600_000);
