@@ -71,10 +71,16 @@ def test_bad_request_then_good_request(served: WorkerProcess, tiny_model_path: P
 
 def test_health_answers_while_a_batch_generates(served: WorkerProcess, tiny_model_path: Path) -> None:
     stub = served.stub()
-    big = _request(tiny_model_path, *[GOOD] * 8)
-    big.generation.max_new_tokens = 64
-    future = stub.Generate.future(big, timeout=300)
+    # Long by construction (32 answers of up to 512 tokens: seconds even on a fast machine), so the Health call
+    # below lands while the batch runs however fast the tiny model generates.
+    big = _request(tiny_model_path, *[GOOD] * 32)
+    big.generation.max_new_tokens = 512
+    future = stub.Generate.future(big, timeout=600)
     time.sleep(0.3)  # let the batch start
+    asked = time.monotonic()
     stub.Health(worker_pb2.HealthRequest(), timeout=5)
+    health_seconds = time.monotonic() - asked
     assert not future.done(), "Health should not wait for the batch: model work belongs off the event loop"
-    assert len(future.result().results) == 8
+    reply = future.result()
+    assert len(reply.results) == 32
+    assert health_seconds < reply.timings.generate_seconds / 2
