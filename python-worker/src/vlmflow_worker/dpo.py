@@ -31,8 +31,9 @@ from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
-from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer, newest_checkpoint, step_of
+from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer
 from vlmflow_worker.train.config import SFTConfig
+from vlmflow_worker.train.job import launch, resume_point  # the same checkpoints layout and launch as SFT
 
 # TRL 1.16's DPO losses (DPOConfig.loss_type); several can be combined, e.g. "sigmoid,sft" (RPO-style).
 LOSS_TYPES = (
@@ -363,17 +364,10 @@ def _lines(dataset_dir: Path, meta: dict[str, Any]):
             yield from (line for line in path.read_text().splitlines() if line.strip())
 
 
-def resume_point(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> tuple[int, str]:
-    found = newest_checkpoint(resolve_uri(request.output_uri, settings, "output_uri") / "checkpoints")
-    return (step_of(found), str(found)) if found else (0, "")
-
-
 def run(request: jobs_pb2.TrainRequest, ctx: JobContext) -> JobResult | None:
     config = config_of(request, ctx.settings)
     if config.num_processes > 1 and "WORLD_SIZE" not in os.environ:
-        from vlmflow_worker.train.job import launch  # SFT's torchrun launch; each rank re-enters this entry
-
-        return launch(config, ctx)
+        return launch(config, ctx)  # SFT's torchrun launch; each rank re-enters this entry
     return train_dpo(config, ctx, ctx.settings)
 
 
