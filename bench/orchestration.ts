@@ -16,7 +16,7 @@ import { Client, Connection } from '@temporalio/client';
 import type { google } from '@temporalio/proto';
 import { NativeConnection, type Worker } from '@temporalio/worker';
 import { execa } from 'execa';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { projectRoot, stateDir, workerPython } from '../src/paths.js';
@@ -28,6 +28,7 @@ import { createWorkerClient, waitForReady } from '../src/worker-client.js';
 import { createWorkers } from '../src/worker.js';
 import { freePort, tempDir } from '../test/helpers.js';
 import { writeResult } from './machine.js';
+import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 
 const arg = (name: string, fallback: number) => {
   const at = process.argv.indexOf(name);
@@ -138,21 +139,8 @@ async function stackTimings(client: Client, workflowId: string) {
 
 async function main() {
   // 0. The tiny model and a synthetic task it can learn.
-  if (!existsSync(path.join(tinyModel, 'config.json'))) {
-    await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
-  }
-  await execa(workerPython, [
-    '-m',
-    'vlmflow_worker.synthetic',
-    '--task',
-    'shape_colour',
-    '--rows',
-    '160',
-    '--seed',
-    '0',
-    '--out',
-    dataDir,
-  ]);
+  await buildTinyModel(tinyModel);
+  await generateSyntheticTask({ task: 'shape_colour', rows: 160, seed: 0, out: dataDir });
   const configFile = path.join(artifacts, 'bench-orchestration.json');
   writeFileSync(configFile, JSON.stringify(config(), null, 2));
 

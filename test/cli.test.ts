@@ -11,13 +11,14 @@ import { randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { projectRoot, stateDir, temporalCli, workerPython } from '../src/paths.js';
+import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { searchAttributes } from '../src/search-attributes.js';
 import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
 import { progressQuery } from '../workflows/definitions.js';
 import { tempDir } from './helpers.js';
 import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
 import { quietLogger } from './temporal-helpers.js';
+import { buildTinyModel } from '../src/cli/demo-assets.js';
 
 const dir = tempDir('cli');
 const goodConfig = path.join(dir, 'good.yaml');
@@ -210,7 +211,7 @@ describe('vlmflow infer and doctor', () => {
   const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 
   it('answers about a local image with a worker it starts for the command', async () => {
-    await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
+    await buildTinyModel(tinyModel);
     const r = await cli(['infer', 'caption', photo, '--model', tinyModel, '--max-new-tokens', '3'], {
       VLMFLOW_ARTIFACT_ROOT: tempDir('infer'),
     });

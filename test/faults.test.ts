@@ -27,13 +27,14 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { projectRoot, stateDir, workerPython } from '../src/paths.js';
+import { projectRoot, stateDir } from '../src/paths.js';
 import type { PipelineConfigInput } from '../src/pipeline-config.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
 import { startDevServer, type DevServer } from '../src/temporal-dev-server.js';
 import { progressQuery, type PipelineProgress, type StageName, type StageSummary } from '../workflows/definitions.js';
 import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
 import { freePort, tempDir } from './helpers.js';
+import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 const SAVE_STEPS = 3;
@@ -215,19 +216,8 @@ describe('durability with real processes', () => {
     dataFile = path.join(dataDir, 'data.jsonl');
     [temporalPort, uiPort, pythonPort] = await Promise.all([freePort(), freePort(), freePort()]);
     await Promise.all([
-      execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]),
-      execa(workerPython, [
-        '-m',
-        'vlmflow_worker.synthetic',
-        '--task',
-        'shape_colour',
-        '--rows',
-        '40',
-        '--seed',
-        '0',
-        '--out',
-        dataDir,
-      ]),
+      buildTinyModel(tinyModel),
+      generateSyntheticTask({ task: 'shape_colour', rows: 40, seed: 0, out: dataDir }),
     ]);
     [dev, python] = await Promise.all([
       startDevServer({ stateDir: temporalState, port: temporalPort, uiPort }),

@@ -4,15 +4,15 @@
  * errors naming the bad item while the worker keeps serving.
  */
 import { status, type ServiceError } from '@grpc/grpc-js';
-import { execaSync } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Task } from '../src/gen/vlmflow/v1/generate.js';
-import { projectRoot, stateDir, workerPython } from '../src/paths.js';
+import { projectRoot, stateDir } from '../src/paths.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
 import { createWorkerClient, generate, waitForReady, type WorkerClient } from '../src/worker-client.js';
 import { tempDir } from './helpers.js';
+import { buildTinyModel } from '../src/cli/demo-assets.js';
 
 const demo = path.resolve(projectRoot, '..', 'shared', 'data', 'llamafactory-mllm-demo');
 const media = (name: string) => path.join(demo, 'mllm_demo_data', name);
@@ -28,7 +28,7 @@ describe('Generate on the real worker', () => {
     if (!existsSync(demo)) throw new Error(`the shared demo data is missing at ${demo}`);
     // The tiny model is built by the project (seconds, offline) and reused; the same folder pytest uses.
     modelId = path.join(stateDir, 'models', 'tiny-idefics3');
-    execaSync(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', modelId]);
+    await buildTinyModel(modelId);
     worker = await startPythonWorker({ artifactRoot: tempDir('artifacts'), dataRoots: [demo] });
     client = createWorkerClient(worker.address);
     await waitForReady(client);

@@ -5,13 +5,12 @@
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { execa } from 'execa';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
-import { projectRoot, stateDir, temporalCli, workerPython } from '../src/paths.js';
+import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
 import { searchAttributes } from '../src/search-attributes.js';
 import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
@@ -20,6 +19,7 @@ import { batchInference } from '../workflows/batch-inference.js';
 import { videoUnderstanding } from '../workflows/video-understanding.js';
 import { tempDir } from './helpers.js';
 import { quietLogger } from './temporal-helpers.js';
+import { buildTinyModel } from '../src/cli/demo-assets.js';
 
 const demo = path.resolve(projectRoot, '..', 'shared', 'data', 'llamafactory-mllm-demo', 'mllm_demo_data');
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
@@ -44,7 +44,7 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
         server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
       }),
       bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
-      execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]),
+      buildTinyModel(tinyModel),
     ]);
     [env, workflowBundle] = [results[0], results[1]];
     python = await startPythonWorker({ artifactRoot: artifacts, dataRoots: [demo] });
