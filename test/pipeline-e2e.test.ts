@@ -9,14 +9,13 @@ import { CancelledFailure } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { execa } from 'execa';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
 import { planRetry } from '../src/pipeline-retry.js';
-import { stateDir, temporalCli, workerPython } from '../src/paths.js';
+import { stateDir, temporalCli } from '../src/paths.js';
 import type { PipelineConfigInput } from '../src/pipeline-config.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
 import { searchAttributes } from '../src/search-attributes.js';
@@ -26,6 +25,7 @@ import { progressQuery } from '../workflows/definitions.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { tempDir } from './helpers.js';
 import { quietLogger } from './temporal-helpers.js';
+import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 
 const fixturesDir = path.join(import.meta.dirname, 'fixtures', 'histories');
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
@@ -75,32 +75,9 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
     dataDir = path.join(artifacts, 'data', 'shape_colour');
     prefDir = path.join(artifacts, 'data', 'shape_colour_pref');
     const build = async () => {
-      await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', tinyModel]);
-      await execa(workerPython, [
-        '-m',
-        'vlmflow_worker.synthetic',
-        '--task',
-        'shape_colour',
-        '--rows',
-        '160',
-        '--seed',
-        '0',
-        '--out',
-        dataDir,
-      ]);
-      await execa(workerPython, [
-        '-m',
-        'vlmflow_worker.synthetic',
-        '--task',
-        'shape_colour',
-        '--rows',
-        '96',
-        '--seed',
-        '1',
-        '--preference',
-        '--out',
-        prefDir,
-      ]);
+      await buildTinyModel(tinyModel);
+      await generateSyntheticTask({ task: 'shape_colour', rows: 160, seed: 0, out: dataDir });
+      await generateSyntheticTask({ task: 'shape_colour', rows: 96, seed: 1, out: prefDir, preference: true });
     };
     let bundle: WorkflowBundle;
     [env, bundle] = await Promise.all([
@@ -158,7 +135,15 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       const err = await handle.result().catch((e: unknown) => e);
       expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
       await recordHistory(handle, 'pipeline-e2e-cancel');
-      return p.lastCheckpoint;
+      // The checkpoint the cancelled stage left: the newest on disk. The first one the query showed may have been
+      // rotated away (the stage keeps only its newest checkpoints) by the time the cancel landed.
+      const folder = path.dirname(p.lastCheckpoint);
+      const stepOf = (name: string) => Number(/^checkpoint-(\d+)$/.exec(name)?.[1] ?? -1);
+      const newest = readdirSync(folder)
+        .filter((name) => stepOf(name) >= 0)
+        .sort((a, b) => stepOf(a) - stepOf(b))
+        .at(-1);
+      return newest ? path.join(folder, newest) : p.lastCheckpoint;
     });
     expect(existsSync(checkpoint)).toBe(true);
     const savedStep = Number(/checkpoint-(\d+)$/.exec(checkpoint)?.[1]);
