@@ -12,6 +12,9 @@
  *    `vlmflow retry` resumes from that checkpoint and completes.
  * 3. Two Python workers on one artifact store, each with its TS worker on the same task queues: two runs train
  *    one on each; SIGKILLing one pair moves its run to the other, which resumes from the shared checkpoint.
+ *    Then a training run and a batch inference run at once: one pair trains while the other answers shards;
+ *    SIGKILLing the pair answering shards moves the rest of the batch to the trainer's pair, and the shards it
+ *    finished (files in the shared store) are not answered again.
  * 4. A Python worker whose steps run out of memory above micro-batch 2 (VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH): SFT
  *    fails typed OUT_OF_MEMORY and the pipeline's retry with half the micro-batch completes.
  *
@@ -19,11 +22,12 @@
  *
  *   npx vitest run test/faults.test.ts
  */
-import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
-import { CancelledFailure } from '@temporalio/common';
+import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { CancelledFailure, defaultPayloadConverter } from '@temporalio/common';
 import { execa, type ResultPromise } from 'execa';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -32,6 +36,8 @@ import type { PipelineConfigInput } from '../src/pipeline-config.js';
 import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
 import { startDevServer, type DevServer } from '../src/temporal-dev-server.js';
 import { progressQuery, type PipelineProgress, type StageName, type StageSummary } from '../workflows/definitions.js';
+import type { ShardResult } from '../activities/inference.js';
+import { batchInference } from '../workflows/batch-inference.js';
 import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
 import { freePort, tempDir } from './helpers.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
@@ -173,6 +179,44 @@ function isAlive(pid: number): boolean {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A TS worker's Temporal identity: the SDK's default, `<pid>@<hostname>`, which history events record. */
+function workerIdentity(worker: TsWorker): string {
+  return `${worker.process.pid}@${hostname()}`;
+}
+
+interface ShardCompletion {
+  shard: number;
+  /** Identity of the TS worker that completed it. */
+  by: string;
+  eventId: number;
+  attempt: number;
+}
+
+/** Every inferShard activity completed so far in a batchInference run, from its history. */
+async function completedShards(handle: WorkflowHandle): Promise<ShardCompletion[]> {
+  const events = (await handle.fetchHistory()).events ?? [];
+  const attempts = new Map<number, number>(); // started event id -> attempt
+  for (const e of events) {
+    if (e.activityTaskStartedEventAttributes)
+      attempts.set(Number(e.eventId), e.activityTaskStartedEventAttributes.attempt ?? 1);
+  }
+  const shards: ShardCompletion[] = [];
+  for (const e of events) {
+    const done = e.activityTaskCompletedEventAttributes;
+    const payload = done?.result?.payloads?.[0];
+    if (!done || !payload) continue;
+    const result = defaultPayloadConverter.fromPayload<Partial<ShardResult>>(payload);
+    if (typeof result.shard !== 'number' || typeof result.skipped !== 'boolean') continue; // not a shard
+    shards.push({
+      shard: result.shard,
+      by: done.identity ?? '',
+      eventId: Number(e.eventId),
+      attempt: attempts.get(Number(done.startedEventId)) ?? 1,
+    });
+  }
+  return shards;
+}
+
 /** The last logged loss of every step in a trainer's training_log.jsonl (a resumed run logs redone steps again). */
 function lossesByStep(logFile: string): Map<number, number> {
   const losses = new Map<number, number>();
@@ -206,7 +250,8 @@ describe('durability with real processes', () => {
       artifactRoot: artifacts,
       dataRoots: [path.dirname(tinyModel)],
       // One second per training step, so each fault lands mid-SFT however fast this machine trains the tiny model.
-      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '1' },
+      // One second per Generate call too, so an inference batch is still running when a worker pair is killed.
+      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '1', VLMFLOW_FAULT_GENERATE_SECONDS: '1' },
     });
 
   beforeAll(async () => {
@@ -469,6 +514,119 @@ describe('durability with real processes', () => {
         })}`,
       );
     } finally {
+      await tsB.kill();
+      await pythonB.stop();
+    }
+  }, 420_000);
+  it('spreads inference and training over two worker pairs; killing the pair answering shards moves them to the other', async () => {
+    // Pair B beside pair A, as in the test above. Each pair has one activity slot (one job at a time), so while the
+    // training holds one pair's slot the other pair answers the inference shards.
+    const pythonB = await startPython(await freePort());
+    const tsB = await startTsWorker({ ...workerEnv, VLMFLOW_WORKER_ADDRESS: pythonB.address });
+    const pairs = [
+      { name: 'A', python, ts: tsWorker },
+      { name: 'B', python: pythonB, ts: tsB },
+    ];
+    const pairOfIdentity = (identity: string) => pairs.find((p) => identity === workerIdentity(p.ts))?.name ?? identity;
+    let victim: (typeof pairs)[number] | undefined;
+    try {
+      const trainId = `mixed-train-${randomUUID()}`;
+      const inferId = `mixed-infer-${randomUUID()}`;
+      const train = await client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId: trainId,
+        args: [pipelineConfig(dataFile, 15, 3), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+      });
+      // 40 images (the synthetic task's), one per shard: each takes a second longer on the worker (the Generate
+      // hook), so the batch is still running when a pair is killed.
+      const images = path.join(path.dirname(dataFile), 'images');
+      const imageCount = readdirSync(images).length;
+      const infer = await client.workflow.start(batchInference, {
+        taskQueue,
+        workflowId: inferId,
+        args: [
+          {
+            model: { id: tinyModel },
+            task: 'caption',
+            input: images,
+            outputUri: `runs/${inferId}`,
+            shardSize: 1,
+            parallelism: 2,
+            generation: { maxNewTokens: 4 },
+          },
+          { gpuTaskQueue, heartbeatTimeoutMs: 10_000 },
+        ],
+      });
+
+      const running = await until(
+        'sft with a checkpoint',
+        trainId,
+        (p) => p.stage === 'sft' && p.lastCheckpoint !== '',
+      );
+      const sftJob = jobIdOf(running, 'sft');
+      const trainer = pairs.find((p) => p.python.pid === parentOf(childPid(artifacts, sftJob)))!;
+      const answerer = pairs.find((p) => p !== trainer)!;
+      // The work is spread: the pair that is not training has answered shards.
+      const deadline = Date.now() + 120_000;
+      while ((await completedShards(infer)).filter((s) => pairOfIdentity(s.by) === answerer.name).length < 2) {
+        if (Date.now() > deadline) throw new Error(`pair ${answerer.name} answered no shards`);
+        await sleep(300);
+      }
+
+      // The pair answering shards dies (Python and TS worker SIGKILLed). Its in-flight shard is retried on the other
+      // pair; the shards it finished are files in the shared store and are not answered again.
+      victim = answerer;
+      victim.python.process.kill('SIGKILL');
+      await Promise.all([victim.ts.kill(), victim.python.process]);
+      const killedAt = Date.now();
+      const lastEventBeforeKill = Math.max(...(await infer.fetchHistory()).events!.map((e) => Number(e.eventId)));
+      const doneBeforeKill = await completedShards(infer);
+
+      const [trained, inferred] = await Promise.all([train.result(), infer.result()]);
+      expect(trained.status).toBe('completed');
+      expect(processesStarted(artifacts, sftJob)).toBe(1); // the training pair was untouched: one process
+      expect(inferred).toMatchObject({ items: imageCount, shards: imageCount });
+
+      const shards = await completedShards(infer);
+      // Every shard completed exactly once; those completed after the kill by the surviving pair, at least one.
+      expect(shards.map((s) => s.shard).sort((a, b) => a - b)).toEqual([...Array(imageCount).keys()]);
+      const afterKill = shards.filter((s) => s.eventId > lastEventBeforeKill);
+      expect(afterKill.length).toBeGreaterThan(0);
+      expect(new Set(afterKill.map((s) => pairOfIdentity(s.by)))).toEqual(new Set([trainer.name]));
+      // Work redone: at most the one shard the victim was answering (a second attempt); nothing it finished.
+      const redone = shards.filter((s) => s.attempt > 1);
+      expect(redone.length).toBeLessThanOrEqual(1);
+      const finishedByVictim = doneBeforeKill.filter((s) => pairOfIdentity(s.by) === victim!.name);
+      for (const s of finishedByVictim) {
+        const file = path.join(inferred.resultsUri, '..', 'shards', `shard-${String(s.shard).padStart(5, '0')}.jsonl`);
+        expect(statSync(file).mtimeMs).toBeLessThanOrEqual(killedAt); // written once, before the kill
+      }
+      // Nothing lost: one answer per image, in order.
+      const rows = readFileSync(inferred.resultsUri, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { id: string; answer: unknown });
+      expect(rows.map((r) => r.id)).toEqual(readdirSync(images).sort());
+      expect(rows.every((r) => typeof r.answer === 'string')).toBe(true);
+      console.log(
+        `durability: ${JSON.stringify({
+          test: 'scale-out-mixed',
+          trainer: trainer.name,
+          killed: victim.name,
+          shards: imageCount,
+          doneBeforeKill: doneBeforeKill.length,
+          byVictim: finishedByVictim.length,
+          movedToSurvivor: afterKill.length,
+          shardsRedone: redone.length,
+          secondsToFinishBoth: (Date.now() - killedAt) / 1000,
+        })}`,
+      );
+    } finally {
+      // Pair A serves the tests below: started again if it was the one killed; pair B goes.
+      if (victim?.name === 'A') {
+        python = await startPython(pythonPort);
+        tsWorker = await startTsWorker(workerEnv);
+      }
       await tsB.kill();
       await pythonB.stop();
     }

@@ -23,6 +23,11 @@ export interface BatchInferenceOptions {
   gpuTaskQueue?: string;
   /** First shard to run (set when continuing as new; earlier shards are done). */
   fromShard?: number;
+  /**
+   * Milliseconds a shard may go without a heartbeat before Temporal gives it to another worker; default 2 minutes.
+   * The fault tests (test/faults.test.ts) shorten it so a SIGKILLed worker's shard moves in seconds.
+   */
+  heartbeatTimeoutMs?: number;
 }
 
 export interface BatchInferenceResult {
@@ -47,7 +52,7 @@ export async function batchInference(raw: unknown, options: BatchInferenceOption
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     startToCloseTimeout: '2 hours',
-    heartbeatTimeout: '2 minutes',
+    heartbeatTimeout: options.heartbeatTimeoutMs ?? '2 minutes',
     retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '1 minute', maximumAttempts: 10 },
   });
   upsertSearchAttributes([

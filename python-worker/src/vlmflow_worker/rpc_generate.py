@@ -35,11 +35,13 @@ class GenerateRpcs:
 
     def _run_generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
         # Imported here: torch and transformers take seconds to import, and Health must answer before that.
+        from vlmflow_worker import faults
         from vlmflow_worker.generate import run_generate
         from vlmflow_worker.models import ModelCache
 
         if self._model_cache is None:
             self._model_cache = ModelCache(settings=self.settings)
+        faults.slow_generate()  # test hook (issue 7), inert unless its variable is set
         return run_generate(request, self.settings, self._model_cache)
 
     async def Generate(  # noqa: N802

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from transformers import Trainer
 
+from vlmflow_worker import faults
 from vlmflow_worker.errors import StorageError
 from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.train import faults
 
 PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STAGING_PREFIX = ".tmp-checkpoint-"

@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
+from vlmflow_worker import faults
 from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
 from vlmflow_worker.settings import WorkerSettings
-from vlmflow_worker.train import faults
 from vlmflow_worker.train.checkpoints import (
     AtomicCheckpointTrainer,
     clean_staging,

@@ -8,6 +8,8 @@
   the micro-batch can succeed.
 - VLMFLOW_FAULT_STEP_SECONDS=<s>: every training step takes s seconds longer, as on a slower device, so an
   end-to-end test can land its faults mid-stage however fast this machine trains the tiny model.
+- VLMFLOW_FAULT_GENERATE_SECONDS=<s>: every Generate call takes s seconds longer (on the model thread, as a slower
+  device would), so a batch inference run is still mid-way when a test kills its worker.
 
 python-worker/tests/test_faults.py and test/faults*.test.ts use them; docs/durability.md lists the runs.
 """
@@ -24,6 +26,7 @@ from transformers import TrainerCallback
 CHECKPOINT_ENOSPC = "VLMFLOW_FAULT_CHECKPOINT_ENOSPC"
 OOM_ABOVE_MICRO_BATCH = "VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH"
 STEP_SECONDS = "VLMFLOW_FAULT_STEP_SECONDS"
+GENERATE_SECONDS = "VLMFLOW_FAULT_GENERATE_SECONDS"
 
 
 def fail_checkpoint_write(step: int) -> None:
@@ -31,6 +34,13 @@ def fail_checkpoint_write(step: int) -> None:
     at = os.environ.get(CHECKPOINT_ENOSPC)
     if at and step >= int(at):
         raise OSError(errno.ENOSPC, f"No space left on device (injected by {CHECKPOINT_ENOSPC}={at})")
+
+
+def slow_generate() -> None:
+    """Sleeps VLMFLOW_FAULT_GENERATE_SECONDS when that fault is armed."""
+    seconds = os.environ.get(GENERATE_SECONDS)
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def armed_callbacks(micro_batch_size: int) -> list[TrainerCallback]:
