@@ -268,7 +268,8 @@ async function listItems(input: string): Promise<ManifestItem[]> {
   return files.map((f) => ({ id: f, image: path.join(input, f) }));
 }
 
-function shardFile(outputDir: string, shard: number): string {
+/** Where a shard's answers live; the fault tests read it too. */
+export function shardFile(outputDir: string, shard: number): string {
   return path.join(outputDir, 'shards', `shard-${String(shard).padStart(5, '0')}.jsonl`);
 }
 
