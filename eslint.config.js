@@ -1,4 +1,5 @@
-// Lint: typed rules everywhere; workflows/ must stay deterministic, so Node built-ins are banned there.
+// Lint: typed rules everywhere; workflows/ and what they import (src/config/) must stay deterministic, so Node
+// built-ins are banned there.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -39,7 +40,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['workflows/**/*.ts'],
+    files: ['workflows/**/*.ts', 'src/config/**/*.ts'],
     rules: {
       'no-restricted-imports': [
         'error',

@@ -1,6 +1,6 @@
 /** Activity: ask the Python worker what it is (device, versions, capacity). */
 import { ApplicationFailure } from '@temporalio/activity';
-import { health, type WorkerClient } from '../src/worker-client.js';
+import { health, type PythonWorkerClient } from '../src/python-worker-client.js';
 
 export interface WorkerHealth {
   device: string;
@@ -11,7 +11,7 @@ export interface WorkerHealth {
   workerId: string;
 }
 
-export function createHealthActivity(client: WorkerClient) {
+export function createHealthActivity(client: PythonWorkerClient) {
   return async function workerHealth(): Promise<WorkerHealth> {
     try {
       const reply = await health(client);

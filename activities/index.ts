@@ -2,7 +2,7 @@
  * The activity factory: every activity is a thin call into the Python worker through the client it is
  * given, so the TS worker passes the real client and tests pass one bound to a worker on a free port.
  */
-import type { WorkerClient } from '../src/worker-client.js';
+import type { PythonWorkerClient } from '../src/python-worker-client.js';
 import { createHealthActivity } from './health.js';
 import { createInferenceActivities } from './inference.js';
 import { createStageActivities } from './stages.js';
@@ -11,7 +11,7 @@ export type { WorkerHealth } from './health.js';
 export type { BatchPlan, ShardResult } from './inference.js';
 export type { JobResult, PrepareDatasetInput, TrainInput, EvaluateInput, ExportInput } from './stages.js';
 
-export function createActivities(client: WorkerClient) {
+export function createActivities(client: PythonWorkerClient) {
   return {
     workerHealth: createHealthActivity(client),
     ...createStageActivities(client),

@@ -12,10 +12,10 @@ import { mkdir, readdir, readFile, rename, stat, writeFile } from 'node:fs/promi
 import path from 'node:path';
 import { Task, type GenerateItem } from '../src/gen/vlmflow/v1/generate.js';
 import { GenerateRequest, type GenerateResponse } from '../src/gen/vlmflow/v1/worker.js';
-import { generationSchema, type GenerationConfig, type ModelConfig } from '../src/pipeline-config.js';
-import { FailureType } from '../src/failure-types.js';
+import { generationSchema, type GenerationConfig, type ModelConfig } from '../src/config/pipeline-config.js';
+import { FailureType } from '../src/config/failure-types.js';
 import { logger } from '../src/logger.js';
-import { health, type WorkerClient } from '../src/worker-client.js';
+import { health, type PythonWorkerClient } from '../src/python-worker-client.js';
 import { failureFromStatus } from './job-runner.js';
 import { generationRequest, modelRef } from './requests.js';
 
@@ -75,7 +75,7 @@ const TASKS: Record<InferShardInput['task'], Task> = {
   ocr: Task.TASK_OCR,
 };
 
-export function createInferenceActivities(client: WorkerClient) {
+export function createInferenceActivities(client: PythonWorkerClient) {
   let artifactRoot: string | undefined;
   const resolveOutput = async (uri: string) => {
     artifactRoot ??= (await health(client)).artifactRoot;
@@ -220,7 +220,10 @@ export function createInferenceActivities(client: WorkerClient) {
 }
 
 /** Generate, heartbeating while it runs; a cancelled activity cancels the call. Errors map like the jobs'. */
-async function cancellableGenerate(client: WorkerClient, request: Partial<GenerateRequest>): Promise<GenerateResponse> {
+async function cancellableGenerate(
+  client: PythonWorkerClient,
+  request: Partial<GenerateRequest>,
+): Promise<GenerateResponse> {
   const ctx = Context.current();
   const timer = setInterval(() => ctx.heartbeat(), 2000);
   let call: { cancel(): void } | undefined;

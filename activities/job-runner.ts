@@ -10,7 +10,7 @@
  *    heartbeating while the job is silent so Temporal can deliver a cancellation;
  * 4. on cancellation, cancels the gRPC call, asks the worker to cancel the job and waits until it has ended
  *    (training saves a checkpoint first), then rethrows the CancelledFailure;
- * 5. maps gRPC statuses and typed job failures to ApplicationFailures (see src/failure-types.ts).
+ * 5. maps gRPC statuses and typed job failures to ApplicationFailures (see src/config/failure-types.ts).
  */
 import { Metadata, status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
@@ -26,9 +26,9 @@ import {
   type TrainRequest,
 } from '../src/gen/vlmflow/v1/jobs.js';
 import type { CancelJobResponse } from '../src/gen/vlmflow/v1/worker.js';
-import { FailureType, type JobFailureDetails } from '../src/failure-types.js';
+import { FailureType, type JobFailureDetails } from '../src/config/failure-types.js';
 import { logger } from '../src/logger.js';
-import type { WorkerClient } from '../src/worker-client.js';
+import type { PythonWorkerClient } from '../src/python-worker-client.js';
 
 /** The job RPCs; each streams `{ event: JobEvent }` messages. */
 export type JobMethod = 'prepareDataset' | 'train' | 'evaluate' | 'export';
@@ -86,7 +86,7 @@ const RPC_NAMES: Record<JobMethod, string> = {
 
 /** Runs one job to its end inside the current activity; see the file comment. */
 export async function runJob<Req extends { jobId: string }>(
-  client: WorkerClient,
+  client: PythonWorkerClient,
   opts: RunJobOptions<Req>,
 ): Promise<JobResult> {
   const ctx = Context.current();
@@ -219,7 +219,7 @@ export async function runJob<Req extends { jobId: string }>(
  * the next attempt attaches to it.
  */
 async function stopJob(
-  client: WorkerClient,
+  client: PythonWorkerClient,
   jobId: string,
   err: CancelledFailure,
   log: typeof logger,
@@ -244,7 +244,7 @@ async function stopJob(
 }
 
 function startStream(
-  client: WorkerClient,
+  client: PythonWorkerClient,
   method: JobMethod,
   request: unknown,
 ): ClientReadableStream<{ event?: JobEvent }> {
@@ -260,7 +260,7 @@ function startStream(
   }
 }
 
-function cancelJob(client: WorkerClient, jobId: string, timeoutMs: number): Promise<CancelJobResponse> {
+function cancelJob(client: PythonWorkerClient, jobId: string, timeoutMs: number): Promise<CancelJobResponse> {
   return new Promise((resolve, reject) =>
     client.cancelJob(
       { jobId, wait: true, reason: 'cancelled through Temporal' },

@@ -1,4 +1,4 @@
-/** Config (zod-typed, from src/pipeline-config.ts) → the worker's protobuf requests. */
+/** Config (zod-typed, from src/config/pipeline-config.ts) → the worker's protobuf requests. */
 import { Dtype, ModelRef, Quantization } from '../src/gen/vlmflow/v1/common.js';
 import { DatasetLayout, type DatasetSource } from '../src/gen/vlmflow/v1/jobs.js';
 import { GenerationConfig } from '../src/gen/vlmflow/v1/common.js';
@@ -8,7 +8,7 @@ import type {
   LoraConfig,
   ModelConfig,
   TrainingConfig,
-} from '../src/pipeline-config.js';
+} from '../src/config/pipeline-config.js';
 
 const QUANTIZATION: Record<ModelConfig['quantization'], Quantization> = {
   none: Quantization.QUANTIZATION_NONE,

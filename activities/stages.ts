@@ -19,8 +19,8 @@ import type {
   LoraConfig,
   ModelConfig,
   TrainingConfig,
-} from '../src/pipeline-config.js';
-import type { WorkerClient } from '../src/worker-client.js';
+} from '../src/config/pipeline-config.js';
+import type { PythonWorkerClient } from '../src/python-worker-client.js';
 import { stageProgressSignal, type StageProgress } from '../workflows/definitions.js';
 import { runJob, type JobHeartbeat, type JobResult } from './job-runner.js';
 import { datasetSources, generationRequest, loraRequest, modelRef, trainingRequest } from './requests.js';
@@ -68,7 +68,7 @@ export interface ExportInput extends StageInput {
   card: Record<string, string>;
 }
 
-export function createStageActivities(client: WorkerClient) {
+export function createStageActivities(client: PythonWorkerClient) {
   return {
     prepareDataset: async (input: PrepareDatasetInput): Promise<JobResult> => {
       const request = PrepareDatasetRequest.fromPartial({

@@ -1,4 +1,4 @@
-"""DPO step time and peak memory: the project's DPO job (dpo.py) beside a plain TRL `DPOTrainer` script on the same
+"""DPO step time and peak memory: the project's DPO job (vlmflow_worker.train.dpo) beside a plain TRL `DPOTrainer` script on the same
 model, preference rows, LoRA and micro-batch; each variant in its own process, --repeats times.
 
 python-worker/.venv/bin/python bench/dpo.py                  # tiny model, CPU (fp32 LoRA)
@@ -58,7 +58,7 @@ class StepClock:
 
 
 def run_project(args, model: Path, dataset: Path, output: Path, clock: StepClock) -> None:
-    from vlmflow_worker import dpo
+    from vlmflow_worker.train import dpo
 
     make_trainer = dpo.make_trainer
 

@@ -39,7 +39,7 @@ STATE = REPO / ".state"
 def model_folder(device: str) -> Path:
     """The tiny model (CPU) or random SmolVLM-Instruct-architecture weights (CUDA) as a local model folder."""
     if device == "cpu":
-        from vlmflow_worker import tiny_model
+        from vlmflow_worker.fixtures import tiny_model
 
         return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
     folder = STATE / "models" / "smolvlm-instruct-arch-random"
@@ -54,7 +54,7 @@ def model_folder(device: str) -> Path:
 
 def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:
     """Two prepared datasets (prep's output layout) over the same images and questions: SFT and preference."""
-    from vlmflow_worker.synthetic import generate
+    from vlmflow_worker.fixtures.synthetic import generate
 
     out = {}
     for kind, preference in (("sft", False), ("preference", True)):
@@ -84,7 +84,7 @@ def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:
 def measure_training(kind: str, model: Path, dataset: Path, output: Path, args) -> dict[str, Any]:
     import torch
 
-    from vlmflow_worker.dpo import DPOTrainConfig, train_dpo
+    from vlmflow_worker.train.dpo import DPOTrainConfig, train_dpo
     from vlmflow_worker.train.config import SFTConfig
     from vlmflow_worker.train.sft import train_sft
 
@@ -146,9 +146,9 @@ def measure_eval(kind: str, model: Path, dataset: Path, adapter: Path, output: P
     import torch
 
     from vlmflow.v1 import common_pb2, jobs_pb2
-    from vlmflow_worker.evaluate import run
+    from vlmflow_worker.evaluate.job import run
     from vlmflow_worker.jobs.context import JobContext
-    from vlmflow_worker.settings import WorkerSettings
+    from vlmflow_worker.serve.settings import WorkerSettings
 
     settings = WorkerSettings(port=0, artifact_root=output.parent)
     request = jobs_pb2.EvaluateRequest(

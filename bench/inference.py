@@ -23,10 +23,10 @@ from machine import shown, write_result  # bench/machine.py: machine, versions, 
 from PIL import Image
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
-from vlmflow_worker import tiny_model
-from vlmflow_worker.generate import run_generate
+from vlmflow_worker.fixtures import tiny_model
+from vlmflow_worker.infer.generate import run_generate
 from vlmflow_worker.models import ModelCache, ModelSpec
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_PHOTOS = REPO.parent / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"

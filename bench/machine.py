@@ -43,7 +43,7 @@ def machine_info() -> dict[str, Any]:
     """Host, CPU, memory, GPU, load average, library versions and the git commit (dirty or not)."""
     import torch
 
-    from vlmflow_worker.health import library_versions
+    from vlmflow_worker.serve.health import library_versions
 
     info: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

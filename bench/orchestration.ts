@@ -20,12 +20,12 @@ import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import path from 'node:path';
 import { projectRoot, stateDir, workerPython } from '../src/paths.js';
-import type { PipelineConfigInput } from '../src/pipeline-config.js';
-import { startPythonWorker } from '../src/python-worker.js';
-import { startDevServer } from '../src/temporal-dev-server.js';
-import { installTemporalRuntime } from '../src/temporal-runtime.js';
-import { createWorkerClient, waitForReady } from '../src/worker-client.js';
-import { createWorkers } from '../src/worker.js';
+import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
+import { startPythonWorker } from '../src/stack/python-worker-process.js';
+import { startDevServer } from '../src/stack/temporal-dev-server.js';
+import { installTemporalRuntime } from '../src/stack/temporal-runtime.js';
+import { createPythonWorkerClient, waitForReady } from '../src/python-worker-client.js';
+import { createTemporalWorkers } from '../src/temporal-worker.js';
 import { freePort, tempDir } from '../test/helpers.js';
 import { writeResult } from './machine.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
@@ -156,7 +156,7 @@ async function main() {
     dataRoots: [path.dirname(tinyModel)],
     env: { HF_HUB_OFFLINE: '1', VLMFLOW_TORCH_THREADS: threads, VLMFLOW_WARM_JOB_PROCESS: warm },
   });
-  const workerClient = createWorkerClient(python.address);
+  const workerClient = createPythonWorkerClient(python.address);
   const native = await NativeConnection.connect({ address: server.address });
   const connection = await Connection.connect({ address: server.address });
   const client = new Client({ connection });
@@ -165,7 +165,7 @@ async function main() {
   let workers: Worker[] = [];
   try {
     await waitForReady(workerClient);
-    const created = await createWorkers({ connection: native, client: workerClient });
+    const created = await createTemporalWorkers({ connection: native, client: workerClient });
     workers = [created.workflows, created.activities];
     running = workers.map((w) => w.run());
 

@@ -39,7 +39,7 @@ def prepare(
     from vlmflow.v1 import common_pb2, jobs_pb2
     from vlmflow_worker.jobs.context import JobContext
     from vlmflow_worker.prep.job import run
-    from vlmflow_worker.settings import WorkerSettings
+    from vlmflow_worker.serve.settings import WorkerSettings
 
     settings = WorkerSettings(
         host="127.0.0.1", port=0, artifact_root=work, data_roots=[data.parent]
@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
-    from vlmflow_worker import tiny_model
-    from vlmflow_worker.synthetic import generate
+    from vlmflow_worker.fixtures import tiny_model
+    from vlmflow_worker.fixtures.synthetic import generate
 
     work = Path(tempfile.mkdtemp(prefix="bench-prep-sft-"))
     started = time.perf_counter()

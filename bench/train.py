@@ -53,7 +53,7 @@ VARIANTS_CUDA = [
 def model_folder(device: str) -> Path:
     """The tiny model (CPU) or random SmolVLM-Instruct-architecture weights (CUDA), as a local model folder."""
     if device == "cpu":
-        from vlmflow_worker import tiny_model
+        from vlmflow_worker.fixtures import tiny_model
 
         return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
     folder = STATE / "models" / "smolvlm-instruct-arch-random"
@@ -74,8 +74,8 @@ def prepared_dataset(model: Path, rows: int, work: Path) -> Path:
     from vlmflow.v1 import common_pb2, jobs_pb2
     from vlmflow_worker.jobs.context import JobContext
     from vlmflow_worker.prep.job import run as prepare
-    from vlmflow_worker.settings import WorkerSettings
-    from vlmflow_worker.synthetic import generate
+    from vlmflow_worker.serve.settings import WorkerSettings
+    from vlmflow_worker.fixtures.synthetic import generate
 
     settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=work, data_roots=[model.parent], job_capacity=1)
     data = generate("shape_colour", rows, 0, work / "data")

@@ -20,7 +20,7 @@ started = time.perf_counter()
 from pathlib import Path  # noqa: E402
 
 from vlmflow.v1 import jobs_pb2  # noqa: E402
-from vlmflow_worker.settings import WorkerSettings  # noqa: E402
+from vlmflow_worker.serve.settings import WorkerSettings  # noqa: E402
 from vlmflow_worker.train.job import config_of  # noqa: E402
 from vlmflow_worker.train.sft import train_sft  # noqa: E402
 

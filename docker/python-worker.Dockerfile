@@ -33,7 +33,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['cuda']))" >requi
 FROM deps AS build
 COPY python-worker/src ./src
 COPY python-worker/gen ./gen
-RUN pip install --no-deps --no-cache-dir . && python -c "import vlmflow_worker.server, vlmflow.v1.worker_pb2"
+RUN pip install --no-deps --no-cache-dir . && python -c "import vlmflow_worker.serve.server, vlmflow.v1.worker_pb2"
 
 # 3. The runtime: the venv, a non-root user, the certificate helper the compose `certs` job runs. The folders
 #    named volumes mount on exist here, owned by that user, so a fresh volume starts out writable by it.
@@ -54,6 +54,6 @@ WORKDIR /home/vlmflow
 EXPOSE 50051
 # Binding 0.0.0.0 needs TLS and a token (or VLMFLOW_WORKER_INSECURE=1): the worker refuses to start otherwise.
 HEALTHCHECK --interval=30s --timeout=20s --start-period=120s --retries=3 \
-    CMD ["python", "-m", "vlmflow_worker.healthcheck"]
+    CMD ["python", "-m", "vlmflow_worker.serve.healthcheck"]
 ENTRYPOINT ["python", "-m", "vlmflow_worker"]
 CMD ["serve"]

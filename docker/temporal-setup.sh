@@ -1,6 +1,6 @@
 #!/bin/sh
 # One-shot job of docker/compose.yaml: waits for the Temporal frontend, makes sure the namespace exists and
-# registers vlmflow's search attributes (each argument NAME=Type, as in src/search-attributes.ts).
+# registers vlmflow's search attributes (each argument NAME=Type, as in src/config/search-attributes.ts).
 # Idempotent: attributes that exist are left alone, so it runs on every `compose up`.
 #   TEMPORAL_ADDRESS=temporal:7233 TEMPORAL_NAMESPACE=default temporal-setup.sh VlmflowModel=Keyword ...
 set -eu

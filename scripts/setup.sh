@@ -48,9 +48,9 @@ fi
 
 # 5. The tiny random-weight Idefics3 model used by tests and the offline demo (seconds, offline).
 tiny="${VLMFLOW_TINY_MODEL:-$root/.state/models/tiny-idefics3}"
-if [ ! -f "$tiny/config.json" ] && "$venv/bin/python" -c 'import vlmflow_worker.tiny_model' 2>/dev/null; then
+if [ ! -f "$tiny/config.json" ] && "$venv/bin/python" -c 'import vlmflow_worker.fixtures.tiny_model' 2>/dev/null; then
   say "building the tiny fixture model at $tiny"
-  "$venv/bin/python" -m vlmflow_worker.tiny_model --out "$tiny"
+  "$venv/bin/python" -m vlmflow_worker.fixtures.tiny_model --out "$tiny"
 fi
 
 say "ready ($((SECONDS - started)) s)"

@@ -13,12 +13,12 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Activities } from '../activities/index.js';
-import { formatIssues, parseConfig } from '../src/config-issues.js';
-import { FailureType } from '../src/failure-types.js';
+import { formatIssues, parseConfig } from '../src/config/config-issues.js';
+import { FailureType } from '../src/config/failure-types.js';
 import { temporalCli } from '../src/paths.js';
-import { pipelineConfigSchema } from '../src/pipeline-config.js';
-import { searchAttributes } from '../src/search-attributes.js';
-import { workflowsPath } from '../src/worker.js';
+import { pipelineConfigSchema } from '../src/config/pipeline-config.js';
+import { searchAttributes } from '../src/config/search-attributes.js';
+import { workflowsPath } from '../src/temporal-worker.js';
 import { quietLogger, quietTemporalLogs } from './temporal-helpers.js';
 
 quietTemporalLogs();

@@ -15,10 +15,10 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
-import { envSchema, loadEnv } from '../src/config.js';
+import { envSchema, loadEnv } from '../src/env.js';
 import { projectRoot, temporalCli, workerPython } from '../src/paths.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { searchAttributeFlags } from '../src/temporal-dev-server.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import { searchAttributeFlags } from '../src/stack/temporal-dev-server.js';
 import { healthCheck } from '../workflows/index.js';
 import { freePort, tempDir } from './helpers.js';
 
@@ -80,7 +80,9 @@ function pythonEnvNames(dir = path.join(projectRoot, 'python-worker/src/vlmflow_
 }
 /** What the worker's settings read: the user-facing Python configuration. */
 const pythonSettingNames = new Set(
-  [...read('python-worker/src/vlmflow_worker/settings.py').matchAll(/env\("(VLMFLOW_[A-Z0-9_]+)"/g)].map((m) => m[1]!),
+  [...read('python-worker/src/vlmflow_worker/serve/settings.py').matchAll(/env\("(VLMFLOW_[A-Z0-9_]+)"/g)].map(
+    (m) => m[1]!,
+  ),
 );
 /** The zod schema's keys plus the few `process.env.X` reads outside it (log levels, tool paths). */
 function tsEnvNames(): Set<string> {
@@ -161,7 +163,12 @@ describe('docker/compose.yaml', () => {
       }
     }
     // The healthy condition needs a healthcheck (the Python image has one; compose restates it).
-    expect(service('python-worker').healthcheck?.test).toEqual(['CMD', 'python', '-m', 'vlmflow_worker.healthcheck']);
+    expect(service('python-worker').healthcheck?.test).toEqual([
+      'CMD',
+      'python',
+      '-m',
+      'vlmflow_worker.serve.healthcheck',
+    ]);
   });
 
   it('builds from Dockerfiles that exist, in a context that holds what they copy', () => {
@@ -274,8 +281,8 @@ describe('docker/compose.yaml', () => {
     const python = dockerfile('docker/python-worker.Dockerfile');
     expect(python.find((i) => i.op === 'EXPOSE')?.args).toBe(port);
     expect(python.some((i) => i.op === 'ENV' && i.args.includes(`VLMFLOW_WORKER_PORT=${port}`))).toBe(true);
-    expect(read('python-worker/src/vlmflow_worker/settings.py')).toContain(`"VLMFLOW_WORKER_PORT", "${port}"`);
-    expect(read('python-worker/src/vlmflow_worker/healthcheck.py')).toContain(`'VLMFLOW_WORKER_PORT', '${port}'`);
+    expect(read('python-worker/src/vlmflow_worker/serve/settings.py')).toContain(`"VLMFLOW_WORKER_PORT", "${port}"`);
+    expect(read('python-worker/src/vlmflow_worker/serve/healthcheck.py')).toContain(`'VLMFLOW_WORKER_PORT', '${port}'`);
 
     const temporal = 'temporal:7233';
     expect(service('temporal').ports).toEqual(['127.0.0.1:7233:7233']);
@@ -286,7 +293,7 @@ describe('docker/compose.yaml', () => {
     expect(environment('temporal-ui').TEMPORAL_CORS_ORIGINS).toBe('http://localhost:8080');
   });
 
-  it('registers the search attributes of src/search-attributes.ts', () => {
+  it('registers the search attributes of src/config/search-attributes.ts', () => {
     const expected = searchAttributeFlags().filter((flag) => flag !== '--search-attribute');
     expect(service('temporal-setup').command).toEqual(expected);
     expect(expected).toEqual([
@@ -403,13 +410,13 @@ describe('the Dockerfiles', () => {
     }
     expect(ins.some((i) => i.op === 'RUN' && i.args.includes("['optional-dependencies']['cuda']"))).toBe(true);
     const health = ins.find((i) => i.op === 'HEALTHCHECK')!.args;
-    expect(health).toContain('CMD ["python", "-m", "vlmflow_worker.healthcheck"]');
+    expect(health).toContain('CMD ["python", "-m", "vlmflow_worker.serve.healthcheck"]');
     expect(execForm(ins.find((i) => i.op === 'ENTRYPOINT')!.args)).toEqual(['python', '-m', 'vlmflow_worker']);
     expect(execForm(ins.find((i) => i.op === 'CMD')!.args)).toEqual(['serve']);
     // The entry commands exist: `serve` and the healthcheck module parse their arguments.
     for (const args of [
       ['-m', 'vlmflow_worker', 'serve', '--help'],
-      ['-m', 'vlmflow_worker.healthcheck', '--help'],
+      ['-m', 'vlmflow_worker.serve.healthcheck', '--help'],
     ]) {
       const result = await execa(workerPython, args, { reject: false });
       expect(result.exitCode, args.join(' ')).toBe(0);
@@ -499,7 +506,7 @@ describe('the compose environment, run without containers', () => {
 
   it("passes the worker's bind check and its HEALTHCHECK with the service's settings", async () => {
     const env = { ...localise(environment('python-worker'), dirs), VLMFLOW_WORKER_PORT: String(python.port) };
-    const result = await execa(workerPython, ['-m', 'vlmflow_worker.healthcheck'], { env, reject: false });
+    const result = await execa(workerPython, ['-m', 'vlmflow_worker.serve.healthcheck'], { env, reject: false });
     expect(result.exitCode, result.stderr).toBe(0);
     expect(result.stdout).toContain('"healthy": true');
   });

@@ -1,6 +1,6 @@
 /**
  * Durability with real processes, broken for real (issue 7): the Temporal dev server (persistent SQLite, from
- * src/temporal-dev-server.ts), the Python worker (src/python-worker.ts) and the TS workers as child processes
+ * src/stack/temporal-dev-server.ts), the Python worker (src/stack/python-worker-process.ts) and the TS workers as child processes
  * (`node bin/vlmflow.js worker`, the deployment's entry), so each can be SIGKILLed. The tiny model trains on
  * synthetic shapes; checkpoints every 3 steps.
  *
@@ -32,9 +32,9 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot, stateDir } from '../src/paths.js';
-import type { PipelineConfigInput } from '../src/pipeline-config.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { startDevServer, type DevServer } from '../src/temporal-dev-server.js';
+import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import { startDevServer, type DevServer } from '../src/stack/temporal-dev-server.js';
 import { progressQuery, type PipelineProgress, type StageName, type StageSummary } from '../workflows/definitions.js';
 import { shardFile, type ShardResult } from '../activities/inference.js';
 import { batchInference } from '../workflows/batch-inference.js';

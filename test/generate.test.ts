@@ -9,8 +9,13 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Task } from '../src/gen/vlmflow/v1/generate.js';
 import { projectRoot, stateDir } from '../src/paths.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { createWorkerClient, generate, waitForReady, type WorkerClient } from '../src/worker-client.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import {
+  createPythonWorkerClient,
+  generate,
+  waitForReady,
+  type PythonWorkerClient,
+} from '../src/python-worker-client.js';
 import { tempDir } from './helpers.js';
 import { buildTinyModel } from '../src/cli/demo-assets.js';
 
@@ -20,7 +25,7 @@ const image = (name: string) => ({ source: { $case: 'uri' as const, value: media
 
 describe('Generate on the real worker', () => {
   let worker: PythonWorker;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
   let modelId: string;
 
   beforeAll(async () => {
@@ -30,7 +35,7 @@ describe('Generate on the real worker', () => {
     modelId = path.join(stateDir, 'models', 'tiny-idefics3');
     await buildTinyModel(modelId);
     worker = await startPythonWorker({ artifactRoot: tempDir('artifacts'), dataRoots: [demo] });
-    client = createWorkerClient(worker.address);
+    client = createPythonWorkerClient(worker.address);
     await waitForReady(client);
   });
 

@@ -11,10 +11,10 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
 import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { searchAttributes } from '../src/search-attributes.js';
-import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
-import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import { searchAttributes } from '../src/config/search-attributes.js';
+import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
+import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { batchInference } from '../workflows/batch-inference.js';
 import { videoUnderstanding } from '../workflows/video-understanding.js';
 import { tempDir } from './helpers.js';
@@ -27,7 +27,7 @@ const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 describe('inference workflows (real Temporal, real Python worker, tiny model)', () => {
   let env: TestWorkflowEnvironment;
   let python: PythonWorker;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
   let workflowBundle: WorkflowBundle;
   let images: string;
 
@@ -48,7 +48,7 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
     ]);
     [env, workflowBundle] = [results[0], results[1]];
     python = await startPythonWorker({ artifactRoot: artifacts, dataRoots: [demo] });
-    client = createWorkerClient(python.address);
+    client = createPythonWorkerClient(python.address);
   }, 300_000);
 
   afterAll(async () => {

@@ -16,7 +16,7 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createStageActivities, type TrainInput } from '../activities/stages.js';
 import type { JobHeartbeat, JobResult } from '../activities/job-runner.js';
-import { FailureType } from '../src/failure-types.js';
+import { FailureType } from '../src/config/failure-types.js';
 import {
   FailureReason,
   JobEvent,
@@ -25,8 +25,8 @@ import {
   type TrainResponse,
 } from '../src/gen/vlmflow/v1/jobs.js';
 import { WorkerServiceService, type CancelJobRequest, type CancelJobResponse } from '../src/gen/vlmflow/v1/worker.js';
-import { pipelineConfigSchema } from '../src/pipeline-config.js';
-import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
+import { pipelineConfigSchema } from '../src/config/pipeline-config.js';
+import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
 
 type Script = (call: ServerWritableStream<TrainRequest, TrainResponse>, fake: FakeWorker) => void | Promise<void>;
 
@@ -61,7 +61,7 @@ const trainInput = (jobId: string): TrainInput => ({
 
 describe('runJob (activity plumbing over the job RPCs)', () => {
   let server: Server;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
   const fake: FakeWorker = { script: () => undefined, trainRequests: [], cancelRequests: [], streamCancelled: false };
 
   beforeAll(async () => {
@@ -94,7 +94,7 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync('127.0.0.1:0', ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
     );
-    client = createWorkerClient(`127.0.0.1:${port}`);
+    client = createPythonWorkerClient(`127.0.0.1:${port}`);
   });
 
   afterAll(() => {

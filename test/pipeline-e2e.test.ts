@@ -14,13 +14,13 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
-import { planRetry } from '../src/pipeline-retry.js';
+import { planRetry } from '../src/cli/retry-plan.js';
 import { stateDir, temporalCli } from '../src/paths.js';
-import type { PipelineConfigInput } from '../src/pipeline-config.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { searchAttributes } from '../src/search-attributes.js';
-import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
-import { heartbeatThrottle, workflowsPath } from '../src/worker.js';
+import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import { searchAttributes } from '../src/config/search-attributes.js';
+import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
+import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { progressQuery } from '../workflows/definitions.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { tempDir } from './helpers.js';
@@ -64,7 +64,7 @@ function demoConfig(dataDir: string, overrides: Partial<PipelineConfigInput> = {
 describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny model)', () => {
   let env: TestWorkflowEnvironment;
   let python: PythonWorker;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
   let workflowBundle: WorkflowBundle;
   let artifacts: string;
   let dataDir: string;
@@ -95,7 +95,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       // machine trains the tiny model; at full speed SFT can end, and rotate its checkpoints, before it arrives.
       env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '0.3' },
     });
-    client = createWorkerClient(python.address);
+    client = createPythonWorkerClient(python.address);
   }, 600_000);
 
   afterAll(async () => {

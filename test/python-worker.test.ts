@@ -1,17 +1,22 @@
 /** The real Python worker, started with execa on a free port, answers Health through the generated client. */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { createWorkerClient, health, waitForReady, type WorkerClient } from '../src/worker-client.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import {
+  createPythonWorkerClient,
+  health,
+  waitForReady,
+  type PythonWorkerClient,
+} from '../src/python-worker-client.js';
 import { tempDir } from './helpers.js';
 
 describe('Python worker over gRPC', () => {
   let worker: PythonWorker;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
   const artifactRoot = tempDir('artifacts');
 
   beforeAll(async () => {
     worker = await startPythonWorker({ artifactRoot });
-    client = createWorkerClient(worker.address);
+    client = createPythonWorkerClient(worker.address);
     await waitForReady(client);
   });
 

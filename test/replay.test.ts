@@ -8,7 +8,7 @@ import { Worker } from '@temporalio/worker';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { workflowsPath } from '../src/worker.js';
+import { workflowsPath } from '../src/temporal-worker.js';
 
 const dir = path.join(import.meta.dirname, 'fixtures', 'histories');
 const files = readdirSync(dir).filter((f) => f.endsWith('.json'));

@@ -12,22 +12,22 @@ import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadEnv } from '../src/config.js';
+import { loadEnv } from '../src/env.js';
 import { projectRoot, temporalCli } from '../src/paths.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import {
   connectTemporalClient,
   connectTemporalWorker,
   temporalTarget,
   temporalTls,
-} from '../src/temporal-connection.js';
+} from '../src/stack/temporal-connection.js';
 import {
-  createWorkerClient,
+  createPythonWorkerClient,
   health,
-  workerClientSecurity,
-  type WorkerClient,
-  type WorkerClientSecurity,
-} from '../src/worker-client.js';
+  pythonWorkerClientSecurity,
+  type PythonWorkerClient,
+  type PythonWorkerClientSecurity,
+} from '../src/python-worker-client.js';
 import { freePort, tempDir } from './helpers.js';
 
 const certs = tempDir('certs');
@@ -38,7 +38,7 @@ const file = (name: string) => path.join(certs, name);
 const token = readFileSync(file('token'), 'utf8').trim();
 
 /** Health over `client`, resolved to the gRPC status code (0 = OK) and message. */
-async function call(client: WorkerClient): Promise<{ code: number; details: string }> {
+async function call(client: PythonWorkerClient): Promise<{ code: number; details: string }> {
   try {
     await health(client, 10_000);
     return { code: status.OK, details: '' };
@@ -66,27 +66,28 @@ describe('the worker client with TLS and the token', () => {
     await Promise.all([worker?.stop(), mutual?.stop()]);
   });
 
-  const fromEnv = (vars: Record<string, string>): WorkerClientSecurity => workerClientSecurity(loadEnv(vars));
+  const fromEnv = (vars: Record<string, string>): PythonWorkerClientSecurity =>
+    pythonWorkerClientSecurity(loadEnv(vars));
 
   it('reaches a TLS worker configured from VLMFLOW_WORKER_TLS_CA and VLMFLOW_WORKER_TOKEN_FILE', async () => {
     const security = fromEnv({ VLMFLOW_WORKER_TLS_CA: file('ca.pem'), VLMFLOW_WORKER_TOKEN_FILE: file('token') });
     expect(security.token).toBe(token);
-    const reply = await health(createWorkerClient(`localhost:${worker.port}`, security));
+    const reply = await health(createPythonWorkerClient(`localhost:${worker.port}`, security));
     expect(reply.jobCapacity).toBeGreaterThanOrEqual(1);
   });
 
   it('is refused with UNAUTHENTICATED and a clear message for a wrong or missing token', async () => {
     const tls = { ca: readFileSync(file('ca.pem')) };
-    const wrong = await call(createWorkerClient(`localhost:${worker.port}`, { tls, token: 'not-the-token' }));
+    const wrong = await call(createPythonWorkerClient(`localhost:${worker.port}`, { tls, token: 'not-the-token' }));
     expect(wrong.code).toBe(status.UNAUTHENTICATED);
     expect(wrong.details).toMatch(/invalid worker token/);
-    const missing = await call(createWorkerClient(`localhost:${worker.port}`, { tls }));
+    const missing = await call(createPythonWorkerClient(`localhost:${worker.port}`, { tls }));
     expect(missing.code).toBe(status.UNAUTHENTICATED);
     expect(missing.details).toMatch(/missing worker token.*VLMFLOW_WORKER_TOKEN/);
   });
 
   it('cannot talk plaintext to a TLS worker', async () => {
-    const result = await call(createWorkerClient(`127.0.0.1:${worker.port}`, { token }));
+    const result = await call(createPythonWorkerClient(`127.0.0.1:${worker.port}`, { token }));
     expect(result.code).toBe(status.UNAVAILABLE);
   });
 
@@ -94,9 +95,9 @@ describe('the worker client with TLS and the token', () => {
     const base = { VLMFLOW_WORKER_TLS_CA: file('ca.pem'), VLMFLOW_WORKER_TOKEN: token };
     const address = `127.0.0.1:${worker.port}`;
     const other = fromEnv({ ...base, VLMFLOW_WORKER_TLS_SERVER_NAME: 'not-in-the-cert.example' });
-    expect((await call(createWorkerClient(address, other))).code).toBe(status.UNAVAILABLE);
+    expect((await call(createPythonWorkerClient(address, other))).code).toBe(status.UNAVAILABLE);
     const named = fromEnv({ ...base, VLMFLOW_WORKER_TLS_SERVER_NAME: 'localhost' });
-    expect((await call(createWorkerClient(address, named))).code).toBe(status.OK);
+    expect((await call(createPythonWorkerClient(address, named))).code).toBe(status.OK);
   });
 
   it('presents a client certificate to a mutual-TLS worker, and is refused without one', async () => {
@@ -106,12 +107,14 @@ describe('the worker client with TLS and the token', () => {
       VLMFLOW_WORKER_TLS_CLIENT_CERT: file('client.pem'),
       VLMFLOW_WORKER_TLS_CLIENT_KEY: file('client.key'),
     });
-    expect((await call(createWorkerClient(`localhost:${mutual.port}`, withCert))).code).toBe(status.OK);
-    expect((await call(createWorkerClient(`localhost:${mutual.port}`, fromEnv(base)))).code).toBe(status.UNAVAILABLE);
+    expect((await call(createPythonWorkerClient(`localhost:${mutual.port}`, withCert))).code).toBe(status.OK);
+    expect((await call(createPythonWorkerClient(`localhost:${mutual.port}`, fromEnv(base)))).code).toBe(
+      status.UNAVAILABLE,
+    );
   });
 
   it('sends the token on streaming calls too', async () => {
-    const client = createWorkerClient(`localhost:${worker.port}`, { tls: { ca: readFileSync(file('ca.pem')) } });
+    const client = createPythonWorkerClient(`localhost:${worker.port}`, { tls: { ca: readFileSync(file('ca.pem')) } });
     const code = await new Promise<number>((resolve) => {
       const stream = client.watchJob({ jobId: 'nothing' }, new Metadata());
       stream.on('error', (err: ServiceError) => resolve(err.code));

@@ -9,18 +9,18 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
 import { temporalCli } from '../src/paths.js';
-import { startPythonWorker, type PythonWorker } from '../src/python-worker.js';
-import { searchAttributes } from '../src/search-attributes.js';
-import { startDevServer } from '../src/temporal-dev-server.js';
-import { createWorkerClient, type WorkerClient } from '../src/worker-client.js';
-import { workflowsPath } from '../src/worker.js';
+import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
+import { searchAttributes } from '../src/config/search-attributes.js';
+import { startDevServer } from '../src/stack/temporal-dev-server.js';
+import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
+import { workflowsPath } from '../src/temporal-worker.js';
 import { healthCheck } from '../workflows/index.js';
 import { freePort, tempDir } from './helpers.js';
 
 describe('healthCheck workflow on the real dev server', () => {
   let env: TestWorkflowEnvironment;
   let python: PythonWorker;
-  let client: WorkerClient;
+  let client: PythonWorkerClient;
 
   beforeAll(async () => {
     [env, python] = await Promise.all([
@@ -29,7 +29,7 @@ describe('healthCheck workflow on the real dev server', () => {
       }),
       startPythonWorker({ artifactRoot: tempDir('artifacts') }),
     ]);
-    client = createWorkerClient(python.address);
+    client = createPythonWorkerClient(python.address);
   });
 
   afterAll(async () => {

@@ -3,20 +3,12 @@
  * at most `parallelism` activities at once on the GPU task queue; results in <output>/results.jsonl. A shard
  * whose file exists is skipped, so a retried, continued or re-run workflow picks up where it stopped.
  */
-import {
-  ApplicationFailure,
-  continueAsNew,
-  proxyActivities,
-  setHandler,
-  upsertSearchAttributes,
-  workflowInfo,
-} from '@temporalio/workflow';
+import { continueAsNew, proxyActivities, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { formatIssues, parseConfig } from '../src/config-issues.js';
-import { FailureType } from '../src/failure-types.js';
-import { batchInferenceSchema } from '../src/inference-config.js';
-import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/search-attributes.js';
-import { GPU_TASK_QUEUE } from '../src/task-queues.js';
+import { batchInferenceSchema } from '../src/config/inference-config.js';
+import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
+import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
+import { parseInputOrFail } from './parse-input.js';
 import { inferenceProgressQuery, type InferenceProgress } from './definitions.js';
 
 export interface BatchInferenceOptions {
@@ -39,16 +31,7 @@ export interface BatchInferenceResult {
 }
 
 export async function batchInference(raw: unknown, options: BatchInferenceOptions = {}): Promise<BatchInferenceResult> {
-  const parsed = parseConfig(batchInferenceSchema, raw);
-  if (!parsed.ok) {
-    throw ApplicationFailure.create({
-      type: FailureType.InvalidConfig,
-      message: formatIssues('batch inference input', parsed.issues),
-      nonRetryable: true,
-      details: [parsed.issues],
-    });
-  }
-  const config = parsed.data;
+  const config = parseInputOrFail(batchInferenceSchema, raw, 'batch inference input');
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     startToCloseTimeout: '2 hours',

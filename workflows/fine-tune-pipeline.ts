@@ -28,11 +28,10 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities, JobResult } from '../activities/index.js';
-import { formatIssues, parseConfig } from '../src/config-issues.js';
-import { FailureType } from '../src/failure-types.js';
-import { pipelineConfigSchema, type PipelineConfig, type TrainingConfig } from '../src/pipeline-config.js';
-import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/search-attributes.js';
-import { GPU_TASK_QUEUE } from '../src/task-queues.js';
+import { FailureType } from '../src/config/failure-types.js';
+import { pipelineConfigSchema, type PipelineConfig, type TrainingConfig } from '../src/config/pipeline-config.js';
+import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
+import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
 import {
   pauseSignal,
   progressQuery,
@@ -43,6 +42,7 @@ import {
   type StageSummary,
 } from './definitions.js';
 import { compareMetric, type GateResult } from './gate.js';
+import { parseInputOrFail } from './parse-input.js';
 import { stageKey } from './stage-key.js';
 
 /** Finished stages, carried over continue-as-new and into `vlmflow retry`. */
@@ -76,16 +76,7 @@ export interface PipelineResult {
 }
 
 export async function fineTunePipeline(rawConfig: unknown, options: PipelineOptions = {}): Promise<PipelineResult> {
-  const parsed = parseConfig(pipelineConfigSchema, rawConfig);
-  if (!parsed.ok) {
-    throw ApplicationFailure.create({
-      type: FailureType.InvalidConfig,
-      message: formatIssues('pipeline config', parsed.issues),
-      nonRetryable: true,
-      details: [parsed.issues],
-    });
-  }
-  const config: PipelineConfig = parsed.data;
+  const config: PipelineConfig = parseInputOrFail(pipelineConfigSchema, rawConfig, 'pipeline config');
   const workflowId = workflowInfo().workflowId;
   const state: PipelineState = options.state ?? { outputRoot: config.outputUri || `runs/${workflowId}`, completed: {} };
   const root = state.outputRoot;

@@ -1,5 +1,5 @@
 /** The quality gate: does the tuned model beat the base on the chosen metric by the configured margin? */
-import type { PipelineConfig } from '../src/pipeline-config.js';
+import type { PipelineConfig } from '../src/config/pipeline-config.js';
 
 export interface GateResult {
   metric: string;

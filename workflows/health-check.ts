@@ -1,7 +1,7 @@
 /** healthCheck: one activity on the GPU task queue that reports the Python worker's Health. */
 import { proxyActivities } from '@temporalio/workflow';
 import type { Activities, WorkerHealth } from '../activities/index.js';
-import { GPU_TASK_QUEUE } from '../src/task-queues.js';
+import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
 
 export interface HealthCheckInput {
   /** Task queue of the GPU activity workers; defaults to 'vlmflow-gpu'. */

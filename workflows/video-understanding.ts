@@ -3,13 +3,12 @@
  * each segment's frames described by the model (bounded parallel activities); then the descriptions summarized
  * into one account of the whole video.
  */
-import { ApplicationFailure, proxyActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { proxyActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { formatIssues, parseConfig } from '../src/config-issues.js';
-import { FailureType } from '../src/failure-types.js';
-import { videoUnderstandingSchema } from '../src/inference-config.js';
-import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/search-attributes.js';
-import { GPU_TASK_QUEUE } from '../src/task-queues.js';
+import { videoUnderstandingSchema } from '../src/config/inference-config.js';
+import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
+import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
+import { parseInputOrFail } from './parse-input.js';
 import { inferenceProgressQuery, type InferenceProgress } from './definitions.js';
 
 export interface VideoSegment {
@@ -28,16 +27,7 @@ export async function videoUnderstanding(
   raw: unknown,
   options: { gpuTaskQueue?: string } = {},
 ): Promise<VideoUnderstandingResult> {
-  const parsed = parseConfig(videoUnderstandingSchema, raw);
-  if (!parsed.ok) {
-    throw ApplicationFailure.create({
-      type: FailureType.InvalidConfig,
-      message: formatIssues('video understanding input', parsed.issues),
-      nonRetryable: true,
-      details: [parsed.issues],
-    });
-  }
-  const config = parsed.data;
+  const config = parseInputOrFail(videoUnderstandingSchema, raw, 'video understanding input');
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     startToCloseTimeout: '30 minutes',

@@ -69,7 +69,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
 def tiny_model_path() -> Path:
     """The tiny random-weight Idefics3 model (real processor), built once at <repo>/.state/models/tiny-idefics3
     (or $VLMFLOW_TINY_MODEL) and reused across runs."""
-    from vlmflow_worker.tiny_model import build_tiny_model
+    from vlmflow_worker.fixtures.tiny_model import build_tiny_model
 
     default = REPO_ROOT / ".state" / "models" / "tiny-idefics3"
     return build_tiny_model(Path(os.environ.get("VLMFLOW_TINY_MODEL", default)))

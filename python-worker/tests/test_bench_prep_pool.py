@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from vlmflow.v1 import common_pb2, jobs_pb2
+from vlmflow_worker.fixtures.synthetic import generate
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.prep import job as prep
-from vlmflow_worker.settings import WorkerSettings
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 def prepare(root: Path, data: Path, model: Path, name: str) -> Path:

@@ -17,11 +17,12 @@ from safetensors import safe_open
 from tests.test_evaluate import prepared_dataset
 from tests.test_export import make_adapter
 from vlmflow.v1 import common_pb2, jobs_pb2
-from vlmflow_worker import dpo, evaluate
 from vlmflow_worker.errors import Cancelled, InvalidArgument
+from vlmflow_worker.evaluate import job as evaluate
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
+from vlmflow_worker.train import dpo
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 
 from tests.test_export import make_adapter
 from vlmflow.v1 import common_pb2, jobs_pb2
-from vlmflow_worker import evaluate, synthetic
+from vlmflow_worker.evaluate import job as evaluate
+from vlmflow_worker.fixtures import synthetic
 from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 def prepared_dataset(root: Path, task: str, rows: int, preference: bool = False) -> Path:

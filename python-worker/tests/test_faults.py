@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
 from vlmflow_worker import faults
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.fixtures.synthetic import generate
 from vlmflow_worker.train.checkpoints import complete_checkpoints
 
 from .conftest import WorkerProcess, start_worker

@@ -9,9 +9,9 @@ import pytest
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound, WorkerError
-from vlmflow_worker.generate import run_generate
+from vlmflow_worker.infer.generate import run_generate
 from vlmflow_worker.models import ModelCache
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-mllm-demo"
 DATA = DEMO / "mllm_demo_data"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmflow_worker.generate_cli import main
+from vlmflow_worker.infer.cli import main
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"
 

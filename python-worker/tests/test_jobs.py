@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.fixtures.synthetic import generate
 
 from .conftest import start_worker
 

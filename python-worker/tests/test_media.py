@@ -12,7 +12,7 @@ from PIL import Image
 from vlmflow.v1 import common_pb2
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound, PathOutsideRoots
 from vlmflow_worker.media import load_image, open_image
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 DEMO = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-mllm-demo"
 PHOTOS = DEMO / "mllm_demo_data"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vlmflow_worker import metrics as m
+from vlmflow_worker.evaluate import metrics as m
 
 TEN = ["2", "2", "2", "two", "3", "3", "4", "4", "4", "4"]  # "two" normalizes to "2": four annotators said 2
 

@@ -12,7 +12,7 @@ import torch
 from vlmflow.v1 import common_pb2
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, PathOutsideRoots
 from vlmflow_worker.models import ModelCache, ModelSpec, load_model, memory_footprint
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 def _logits(model, processor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.fixtures.synthetic import generate
 from vlmflow_worker.train.collator import AnswerOnlyCollator
 
 os.environ.setdefault("VLMFLOW_TORCH_THREADS", "1")

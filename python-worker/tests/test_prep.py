@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.fixtures.synthetic import generate
 
 from .conftest import REPO_ROOT, WorkerProcess, start_worker
 

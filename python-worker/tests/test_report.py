@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vlmflow_worker import report
+from vlmflow_worker.evaluate import report
 
 
 def _fixture(tmp_path: Path):

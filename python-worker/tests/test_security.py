@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
-from vlmflow_worker import security
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve import security, settings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 from .conftest import WorkerProcess, start_worker
 
@@ -118,7 +118,7 @@ def test_mutual_tls_needs_a_client_certificate(mtls_worker: WorkerProcess, certs
 def _healthcheck(port: int, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VLMFLOW_WORKER_")}
     return subprocess.run(
-        [sys.executable, "-m", "vlmflow_worker.healthcheck", "--address", f"localhost:{port}"],
+        [sys.executable, "-m", "vlmflow_worker.serve.healthcheck", "--address", f"localhost:{port}"],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -143,9 +143,9 @@ def test_healthcheck_uses_the_client_environment(mtls_worker: WorkerProcess, cer
 
 def test_loopback_detection() -> None:
     for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
-        assert security.is_loopback(host), host
+        assert settings.is_loopback(host), host
     for host in ("0.0.0.0", "::", "10.0.0.5", "worker.example.com"):
-        assert not security.is_loopback(host), host
+        assert not settings.is_loopback(host), host
 
 
 def test_a_public_bind_needs_tls_and_a_token(tmp_path: Path, certs: Path) -> None:

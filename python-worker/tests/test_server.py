@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlmflow.v1 import worker_pb2
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 from .conftest import WorkerProcess, start_worker
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
-from vlmflow_worker.synthetic import generate
+from vlmflow_worker.fixtures.synthetic import generate
 
 from .conftest import WorkerProcess, start_worker
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlmflow_worker.errors import InvalidArgument, PathOutsideRoots
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vlmflow_worker.synthetic import COLOURS, NUMBERS, TASKS, WORDS, generate
+from vlmflow_worker.fixtures.synthetic import COLOURS, NUMBERS, TASKS, WORDS, generate
 
 
 def files(folder: Path) -> dict[str, bytes]:

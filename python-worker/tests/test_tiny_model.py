@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from vlmflow_worker import tiny_model
+from vlmflow_worker.fixtures import tiny_model
 
 
 @pytest.fixture(scope="module")

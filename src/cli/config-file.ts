@@ -1,8 +1,8 @@
 /** Reads a pipeline config file (YAML or JSON) and validates it with the same schema the workflow uses. */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
-import { formatIssues, parseConfig } from '../config-issues.js';
-import { pipelineConfigSchema, type PipelineConfig } from '../pipeline-config.js';
+import { formatIssues, parseConfig } from '../config/config-issues.js';
+import { pipelineConfigSchema, type PipelineConfig } from '../config/pipeline-config.js';
 
 /** Thrown when a config file is unreadable or invalid; the message lists every problem. */
 export class ConfigFileError extends Error {}

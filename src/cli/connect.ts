@@ -3,8 +3,8 @@
  * starts on 127.0.0.1:TEMPORAL_DEV_PORT. A failure says what to start or set, not a stack trace.
  */
 import { Client } from '@temporalio/client';
-import { loadEnv, type Env } from '../config.js';
-import { connectTemporalClient, temporalTarget } from '../temporal-connection.js';
+import { loadEnv, type Env } from '../env.js';
+import { connectTemporalClient, temporalTarget } from '../stack/temporal-connection.js';
 
 export interface Connected {
   client: Client;

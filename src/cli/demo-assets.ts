@@ -7,9 +7,9 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { workerPython } from '../paths.js';
 
-/** `python -m vlmflow_worker.tiny_model`: rebuilds only when its recipe changed. */
+/** `python -m vlmflow_worker.fixtures.tiny_model`: rebuilds only when its recipe changed. */
 export async function buildTinyModel(out: string): Promise<void> {
-  await execa(workerPython, ['-m', 'vlmflow_worker.tiny_model', '--out', out]);
+  await execa(workerPython, ['-m', 'vlmflow_worker.fixtures.tiny_model', '--out', out]);
 }
 
 export interface SyntheticTask {
@@ -21,10 +21,15 @@ export interface SyntheticTask {
   preference?: boolean;
 }
 
-/** `python -m vlmflow_worker.synthetic`: the same rows for the same task, count and seed. */
+/** `python -m vlmflow_worker.fixtures.synthetic`: the same rows for the same task, count and seed. */
 export async function generateSyntheticTask(t: SyntheticTask): Promise<void> {
   const args = ['--task', t.task, '--rows', String(t.rows), '--seed', String(t.seed), '--out', t.out];
-  await execa(workerPython, ['-m', 'vlmflow_worker.synthetic', ...args, ...(t.preference ? ['--preference'] : [])]);
+  await execa(workerPython, [
+    '-m',
+    'vlmflow_worker.fixtures.synthetic',
+    ...args,
+    ...(t.preference ? ['--preference'] : []),
+  ]);
 }
 
 /** What the offline demo needs in the artifact store: models/tiny-idefics3 and data/shape_colour. */

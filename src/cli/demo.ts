@@ -7,9 +7,9 @@
 import path from 'node:path';
 import { healthCheck } from '../../workflows/index.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
-import { loadEnv } from '../config.js';
-import type { PipelineConfigInput } from '../pipeline-config.js';
-import { startLocalStack } from '../local-stack.js';
+import { loadEnv } from '../env.js';
+import type { PipelineConfigInput } from '../config/pipeline-config.js';
+import { startLocalStack } from '../stack/local-stack.js';
 import { projectRoot, stateDir } from '../paths.js';
 import { readConfigFile } from './config-file.js';
 import { buildDemoAssets } from './demo-assets.js';

@@ -3,8 +3,8 @@
  * Python worker and the TS workers — until Ctrl-C. Other commands (`run`, `status`, ...) talk to it.
  */
 import path from 'node:path';
-import { loadEnv } from '../config.js';
-import { startLocalStack } from '../local-stack.js';
+import { loadEnv } from '../env.js';
+import { startLocalStack } from '../stack/local-stack.js';
 import { stateDir } from '../paths.js';
 import { buildDemoAssets } from './demo-assets.js';
 import { ExitCode } from './exit-codes.js';

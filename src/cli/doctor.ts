@@ -3,11 +3,11 @@
  * when nothing required is missing.
  */
 import { existsSync } from 'node:fs';
-import { loadEnv, type Env } from '../config.js';
+import { loadEnv, type Env } from '../env.js';
 import { temporalCli, workerPython } from '../paths.js';
-import { searchAttributes } from '../search-attributes.js';
-import { connectTemporalClient, temporalTarget } from '../temporal-connection.js';
-import { createWorkerClient, health, workerClientSecurity } from '../worker-client.js';
+import { searchAttributes } from '../config/search-attributes.js';
+import { connectTemporalClient, temporalTarget } from '../stack/temporal-connection.js';
+import { createPythonWorkerClient, health, pythonWorkerClientSecurity } from '../python-worker-client.js';
 import { ExitCode } from './exit-codes.js';
 
 interface Check {
@@ -123,7 +123,7 @@ async function workerChecks(env: Env): Promise<Check[]> {
       },
     ];
   }
-  const client = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env));
+  const client = createPythonWorkerClient(env.VLMFLOW_WORKER_ADDRESS, pythonWorkerClientSecurity(env));
   try {
     const h = await health(client, 10_000);
     const gpus = h.gpus.map((g) => `${g.name} ${(g.totalMemoryBytes / 2 ** 30).toFixed(0)} GiB`).join(', ');

@@ -7,10 +7,15 @@ import type { ServiceError } from '@grpc/grpc-js';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Task, type GenerateItem } from '../gen/vlmflow/v1/generate.js';
-import { loadEnv } from '../config.js';
+import { loadEnv } from '../env.js';
 import { stateDir } from '../paths.js';
-import { startPythonWorker } from '../python-worker.js';
-import { createWorkerClient, generate, waitForReady, workerClientSecurity } from '../worker-client.js';
+import { startPythonWorker } from '../stack/python-worker-process.js';
+import {
+  createPythonWorkerClient,
+  generate,
+  waitForReady,
+  pythonWorkerClientSecurity,
+} from '../python-worker-client.js';
 import { ExitCode } from './exit-codes.js';
 import { quietLogs } from './quiet-logs.js';
 
@@ -45,7 +50,10 @@ export async function infer(task: InferTask, files: string[], opts: InferOptions
         artifactRoot: env.VLMFLOW_ARTIFACT_ROOT ?? path.join(stateDir, 'artifacts'),
         dataRoots: [...new Set(paths.map((p) => path.dirname(p)))],
       });
-  const client = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS ?? started!.address, workerClientSecurity(env));
+  const client = createPythonWorkerClient(
+    env.VLMFLOW_WORKER_ADDRESS ?? started!.address,
+    pythonWorkerClientSecurity(env),
+  );
   try {
     await waitForReady(client);
     const items: GenerateItem[] = paths.map((p, i) => ({

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { registerPipelineCommands } from './commands.js';
 import { demo } from './demo.js';
-import { worker } from './worker.js';
+import { worker } from './worker-command.js';
 
 const program = new Command()
   .name('vlmflow')

@@ -2,8 +2,8 @@
 import { WorkflowNotFoundError, type WorkflowExecutionInfo } from '@temporalio/client';
 import { pauseSignal, progressQuery, resumeSignal } from '../../workflows/definitions.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
-import { planRetry } from '../pipeline-retry.js';
-import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../search-attributes.js';
+import { planRetry } from './retry-plan.js';
+import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../config/search-attributes.js';
 import { withClient, type Connected } from './connect.js';
 import { ExitCode } from './exit-codes.js';
 import { followPipeline, printResult } from './follow.js';

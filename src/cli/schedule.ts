@@ -5,7 +5,7 @@
  */
 import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client } from '@temporalio/client';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
-import type { Env } from '../config.js';
+import type { Env } from '../env.js';
 import { readConfigFile } from './config-file.js';
 import { withClient } from './connect.js';
 import { ExitCode } from './exit-codes.js';

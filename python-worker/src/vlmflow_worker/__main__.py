@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from vlmflow_worker.log import setup_logging
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     if args.command == "serve":
-        from vlmflow_worker.server import serve
+        from vlmflow_worker.serve.server import serve
 
         overrides = {k: v for k, v in vars(args).items() if k in WorkerSettings.help() and v is not None}
         try:

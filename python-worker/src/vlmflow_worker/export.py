@@ -27,7 +27,7 @@ from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound,
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.models import ModelSpec, load_model
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 EXPORT_FILE = "vlmflow_export.json"

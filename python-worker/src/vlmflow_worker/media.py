@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 # 8K x 8K. A bigger image is almost certainly a decompression bomb (a few KB of PNG that inflates to GBs).

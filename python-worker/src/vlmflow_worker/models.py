@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, WorkerError
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.models")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmflow_worker.errors import InvalidArgument, PathOutsideRoots
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 def allowed_roots(settings: WorkerSettings) -> list[Path]:

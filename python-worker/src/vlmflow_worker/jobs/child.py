@@ -21,7 +21,7 @@ from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES, spec_for
 from vlmflow_worker.log import setup_logging
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 # Set for the processes torchrun starts from inside a job: they run the entry but do not announce the job.
 INNER_ENV = "VLMFLOW_JOB_INNER"

@@ -8,7 +8,7 @@ from pathlib import Path
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import Cancelled
 from vlmflow_worker.jobs import eventlog
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 
 class JobContext:

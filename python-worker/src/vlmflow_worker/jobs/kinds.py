@@ -13,8 +13,8 @@ from vlmflow_worker.jobs.spec import JobSpec
 ENTRY_MODULES: dict[int, str] = {
     jobs_pb2.JOB_KIND_PREPARE_DATASET: "vlmflow_worker.prep.job",
     jobs_pb2.JOB_KIND_TRAIN_SFT: "vlmflow_worker.train.job",
-    jobs_pb2.JOB_KIND_TRAIN_DPO: "vlmflow_worker.dpo",
-    jobs_pb2.JOB_KIND_EVALUATE: "vlmflow_worker.evaluate",
+    jobs_pb2.JOB_KIND_TRAIN_DPO: "vlmflow_worker.train.dpo",
+    jobs_pb2.JOB_KIND_EVALUATE: "vlmflow_worker.evaluate.job",
     jobs_pb2.JOB_KIND_EXPORT: "vlmflow_worker.export",
 }
 

@@ -32,7 +32,7 @@ from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.child import failure
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.jobs")
 WARM_ENV = "VLMFLOW_WARM_JOB_PROCESS"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from vlmflow_worker.jobs.context import JobContext
-    from vlmflow_worker.settings import WorkerSettings
+    from vlmflow_worker.serve.settings import WorkerSettings
 
 
 @dataclass

@@ -34,7 +34,7 @@ from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.prep.media import Drop, MediaStore
 from vlmflow_worker.prep.readers import fingerprint_source, read_records, resolve_source
 from vlmflow_worker.prep.rows import Normalizer, Row
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 PREP_VERSION = 1  # bump when the output format or checks change: old fingerprints stop matching

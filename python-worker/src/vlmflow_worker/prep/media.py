@@ -12,7 +12,7 @@ from PIL import Image
 
 from vlmflow_worker.errors import PathOutsideRoots, WorkerError
 from vlmflow_worker.media import open_image
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 VIDEO_FRAMES = 4  # Idefics3 has no video input: a video becomes this many frames, each an image

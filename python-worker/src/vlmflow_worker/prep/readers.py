@@ -13,7 +13,7 @@ from typing import Any
 
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import BadData, NotFound
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}

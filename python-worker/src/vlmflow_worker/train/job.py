@@ -17,7 +17,7 @@ from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.child import INNER_ENV
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 from vlmflow_worker.train.checkpoints import newest_checkpoint, step_of
 from vlmflow_worker.train.config import SFTConfig

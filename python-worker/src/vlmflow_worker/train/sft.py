@@ -22,7 +22,7 @@ from vlmflow_worker import faults
 from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.train.checkpoints import (
     AtomicCheckpointTrainer,
     clean_staging,

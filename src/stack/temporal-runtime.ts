@@ -4,7 +4,7 @@
  * Must run before the first Worker or NativeConnection is created.
  */
 import { DefaultLogger, Runtime, type LogEntry, type LogLevel } from '@temporalio/worker';
-import { logger } from './logger.js';
+import { logger } from '../logger.js';
 
 const pinoLevel: Record<LogLevel, 'trace' | 'debug' | 'info' | 'warn' | 'error'> = {
   TRACE: 'trace',

@@ -15,7 +15,7 @@ import grpc
 
 from vlmflow.v1 import worker_pb2
 from vlmflow_worker.errors import WorkerError, abort_with
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.generate")
 
@@ -36,7 +36,7 @@ class GenerateRpcs:
     def _run_generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
         # Imported here: torch and transformers take seconds to import, and Health must answer before that.
         from vlmflow_worker import faults
-        from vlmflow_worker.generate import run_generate
+        from vlmflow_worker.infer.generate import run_generate
         from vlmflow_worker.models import ModelCache
 
         if self._model_cache is None:

@@ -5,8 +5,8 @@
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { fileURLToPath } from 'node:url';
 import { createActivities } from '../activities/index.js';
-import { health, type WorkerClient } from './worker-client.js';
-import { GPU_TASK_QUEUE, WORKFLOW_TASK_QUEUE } from './task-queues.js';
+import { health, type PythonWorkerClient } from './python-worker-client.js';
+import { GPU_TASK_QUEUE, WORKFLOW_TASK_QUEUE } from './config/task-queues.js';
 
 export const workflowsPath = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -19,15 +19,17 @@ export const heartbeatThrottle = {
   defaultHeartbeatThrottleInterval: '2s',
 } as const;
 
-export interface WorkerOptions {
+export interface TemporalWorkerOptions {
   connection: NativeConnection;
   namespace?: string;
-  client: WorkerClient;
+  client: PythonWorkerClient;
   workflowTaskQueue?: string;
   gpuTaskQueue?: string;
 }
 
-export async function createWorkers(opts: WorkerOptions): Promise<{ workflows: Worker; activities: Worker }> {
+export async function createTemporalWorkers(
+  opts: TemporalWorkerOptions,
+): Promise<{ workflows: Worker; activities: Worker }> {
   const capacity = (await health(opts.client)).jobCapacity;
   const workflows = await Worker.create({
     connection: opts.connection,

@@ -29,7 +29,7 @@ from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer
 from vlmflow_worker.train.config import SFTConfig

@@ -5,19 +5,24 @@
 import { Client } from '@temporalio/client';
 import type { Worker } from '@temporalio/worker';
 import path from 'node:path';
-import type { Env } from './config.js';
-import { logger } from './logger.js';
-import { stateDir } from './paths.js';
-import { startPythonWorker, type PythonWorker } from './python-worker.js';
+import type { Env } from '../env.js';
+import { logger } from '../logger.js';
+import { stateDir } from '../paths.js';
+import { startPythonWorker, type PythonWorker } from './python-worker-process.js';
 import { connectTemporalClient, connectTemporalWorker, temporalTarget } from './temporal-connection.js';
 import { startDevServer, type DevServer } from './temporal-dev-server.js';
 import { installTemporalRuntime } from './temporal-runtime.js';
-import { createWorkerClient, waitForReady, workerClientSecurity, type WorkerClient } from './worker-client.js';
-import { createWorkers } from './worker.js';
+import {
+  createPythonWorkerClient,
+  waitForReady,
+  pythonWorkerClientSecurity,
+  type PythonWorkerClient,
+} from '../python-worker-client.js';
+import { createTemporalWorkers } from '../temporal-worker.js';
 
 export interface LocalStack {
   client: Client;
-  workerClient: WorkerClient;
+  workerClient: PythonWorkerClient;
   temporalAddress: string;
   uiUrl: string | undefined;
   env: Env;
@@ -55,14 +60,14 @@ export async function startLocalStack(env: Env): Promise<LocalStack> {
     }
     // TLS and the token apply to a worker given by address; the one started here listens on loopback.
     const workerClient = env.VLMFLOW_WORKER_ADDRESS
-      ? createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env))
-      : createWorkerClient(pythonWorker!.address);
+      ? createPythonWorkerClient(env.VLMFLOW_WORKER_ADDRESS, pythonWorkerClientSecurity(env))
+      : createPythonWorkerClient(pythonWorker!.address);
     cleanups.push(() => Promise.resolve(workerClient.close()));
     await waitForReady(workerClient);
 
     const nativeConnection = await connectTemporalWorker(target);
     cleanups.push(() => nativeConnection.close());
-    const workers = await createWorkers({
+    const workers = await createTemporalWorkers({
       connection: nativeConnection,
       namespace: env.TEMPORAL_NAMESPACE,
       client: workerClient,

@@ -7,9 +7,9 @@
 import type { Client } from '@temporalio/client';
 import { defaultPayloadConverter } from '@temporalio/common';
 import type { temporal } from '@temporalio/proto';
-import type { JobResult } from '../activities/index.js';
-import type { StageName } from '../workflows/definitions.js';
-import type { PipelineOptions, PipelineState } from '../workflows/fine-tune-pipeline.js';
+import type { JobResult } from '../../activities/index.js';
+import type { StageName } from '../../workflows/definitions.js';
+import type { PipelineOptions, PipelineState } from '../../workflows/fine-tune-pipeline.js';
 
 export interface RetryPlan {
   /** The old run's raw config (parsed again by the new run). */

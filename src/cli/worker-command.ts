@@ -8,13 +8,18 @@
  */
 import { status, type ServiceError } from '@grpc/grpc-js';
 import type { NativeConnection } from '@temporalio/worker';
-import { loadEnv } from '../config.js';
+import { loadEnv } from '../env.js';
 import { logger } from '../logger.js';
-import { connectTemporalWorker, temporalTarget, type TemporalTarget } from '../temporal-connection.js';
-import { installTemporalRuntime } from '../temporal-runtime.js';
+import { connectTemporalWorker, temporalTarget, type TemporalTarget } from '../stack/temporal-connection.js';
+import { installTemporalRuntime } from '../stack/temporal-runtime.js';
 import type { HealthResponse } from '../gen/vlmflow/v1/worker.js';
-import { createWorkerClient, health, workerClientSecurity, type WorkerClient } from '../worker-client.js';
-import { createWorkers } from '../worker.js';
+import {
+  createPythonWorkerClient,
+  health,
+  pythonWorkerClientSecurity,
+  type PythonWorkerClient,
+} from '../python-worker-client.js';
+import { createTemporalWorkers } from '../temporal-worker.js';
 
 export interface WorkerCommandOptions {
   /** How long to wait for Temporal and the Python worker to come up (containers start in any order). */
@@ -30,13 +35,13 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
   const deadline = Date.now() + (opts.readyTimeoutMs ?? 120_000);
   installTemporalRuntime();
 
-  const client = createWorkerClient(env.VLMFLOW_WORKER_ADDRESS, workerClientSecurity(env));
+  const client = createPythonWorkerClient(env.VLMFLOW_WORKER_ADDRESS, pythonWorkerClientSecurity(env));
   let connection: NativeConnection | undefined;
   try {
     // The worker first: a wrong token or certificate shows up here, before anything polls Temporal.
     const capacity = (await healthUntil(client, env.VLMFLOW_WORKER_ADDRESS, deadline)).jobCapacity;
     connection = await connectUntil(target, deadline);
-    const workers = await createWorkers({
+    const workers = await createTemporalWorkers({
       connection,
       namespace: target.namespace,
       client,
@@ -69,7 +74,7 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
  * Health from the Python worker, retrying while it is unreachable (starting, or a TLS handshake that fails:
  * the last error names why); any other answer, UNAUTHENTICATED included, fails at once.
  */
-async function healthUntil(client: WorkerClient, address: string, deadline: number): Promise<HealthResponse> {
+async function healthUntil(client: PythonWorkerClient, address: string, deadline: number): Promise<HealthResponse> {
   for (;;) {
     try {
       return await health(client, 10_000);

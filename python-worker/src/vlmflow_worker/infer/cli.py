@@ -1,8 +1,8 @@
 """Ask a model about images or a video from the shell, without Temporal or a server: a quick check for people.
 
-python -m vlmflow_worker.generate_cli --model HuggingFaceTB/SmolVLM-Instruct --image a.jpg --prompt "What is this?"
-python -m vlmflow_worker.generate_cli --model .state/models/tiny-idefics3 --task caption --image a.jpg --image b.jpg
-python -m vlmflow_worker.generate_cli --model ... --video clip.mp4 --num-frames 8 --prompt "What happens?"
+python -m vlmflow_worker.infer.cli --model HuggingFaceTB/SmolVLM-Instruct --image a.jpg --prompt "What is this?"
+python -m vlmflow_worker.infer.cli --model .state/models/tiny-idefics3 --task caption --image a.jpg --image b.jpg
+python -m vlmflow_worker.infer.cli --model ... --video clip.mp4 --num-frames 8 --prompt "What happens?"
 
 Several --image flags with --task caption/vqa/ocr ask one question per image (a batch); with --task multi-image
 (the default for several images and a prompt) they form one item. Runs the same code as the Generate RPC.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
 from vlmflow_worker.errors import WorkerError
-from vlmflow_worker.prompts import TASKS_BY_NAME
+from vlmflow_worker.infer.prompts import TASKS_BY_NAME
 
 QUANTIZATIONS = {
     "none": common_pb2.QUANTIZATION_NONE,
@@ -28,7 +28,7 @@ QUANTIZATIONS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m vlmflow_worker.generate_cli",
+        prog="python -m vlmflow_worker.infer.cli",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from google.protobuf.json_format import MessageToDict
 
-    from vlmflow_worker.generate import run_generate
+    from vlmflow_worker.infer.generate import run_generate
     from vlmflow_worker.models import ModelCache
-    from vlmflow_worker.settings import WorkerSettings
+    from vlmflow_worker.serve.settings import WorkerSettings
 
     missing = [str(p) for p in [*args.image, *([args.video] if args.video else [])] if not p.is_file()]
     if missing:

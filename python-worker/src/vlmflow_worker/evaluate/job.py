@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from vlmflow.v1 import common_pb2, jobs_pb2
-from vlmflow_worker import metrics as M
 from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound, OutOfMemory
+from vlmflow_worker.evaluate import metrics as M
+from vlmflow_worker.evaluate.report import read_curves, write_report
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
-from vlmflow_worker.report import read_curves, write_report
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 BASE = "base"
@@ -132,7 +132,7 @@ def generate_answers(
     `check` runs before each batch (it raises to stop: cancellation)."""
     from PIL import Image
 
-    from vlmflow_worker.generate import PreparedItem, encode, generate_batch
+    from vlmflow_worker.infer.generate import PreparedItem, encode, generate_batch
 
     encodings = []
     for row in rows:
@@ -215,7 +215,7 @@ def validate(request: jobs_pb2.EvaluateRequest, settings: WorkerSettings) -> Non
     if not request.output_uri:
         raise InvalidArgument("output_uri is empty: name the folder for metrics.json, predictions.jsonl, report.html")
     resolve_uri(request.output_uri, settings, "output_uri")
-    from vlmflow_worker.generate import generation_kwargs
+    from vlmflow_worker.infer.generate import generation_kwargs
 
     generation_kwargs(request.generation)
 
@@ -242,7 +242,7 @@ def _max_new_tokens(processor, rows: list[EvalRow], requested: int) -> int:
 def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
     import torch
 
-    from vlmflow_worker.generate import generation_kwargs
+    from vlmflow_worker.infer.generate import generation_kwargs
     from vlmflow_worker.models import ModelSpec, load_model
 
     settings = ctx.settings

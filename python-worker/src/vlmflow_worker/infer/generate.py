@@ -15,9 +15,10 @@ from typing import Any
 from PIL import Image
 
 from vlmflow.v1 import generate_pb2, worker_pb2
-from vlmflow_worker import media, prompts
+from vlmflow_worker import media
 from vlmflow_worker.errors import InvalidArgument, OutOfMemory
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.infer import prompts
+from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
 DEFAULT_MAX_NEW_TOKENS = 128

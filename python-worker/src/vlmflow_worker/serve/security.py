@@ -11,67 +11,17 @@ Clients send the token as `authorization: Bearer <token>` metadata (the TS clien
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
-if TYPE_CHECKING:
-    from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.security")
 
 TOKEN_METADATA_KEY = "authorization"
-
-
-def is_loopback(host: str) -> bool:
-    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a hostname other than localhost may resolve to anything
-
-
-def read_token_file(path: Path) -> str:
-    try:
-        token = path.read_text().strip()
-    except OSError as err:
-        raise ValueError(f"token_file: cannot read {path}: {err.strerror}") from err
-    if not token:
-        raise ValueError(f"token_file: {path} is empty; write the shared token into it")
-    return token
-
-
-def validate(settings: WorkerSettings) -> None:
-    """Checks the TLS/token settings and the bind address; raises ValueError naming the field and the fix."""
-    if settings.token_file:
-        from_file = read_token_file(settings.token_file)
-        if settings.token and settings.token != from_file:
-            raise ValueError("token: VLMFLOW_WORKER_TOKEN and the token file differ; set only one of them")
-        settings.token = from_file
-    if bool(settings.tls_cert) != bool(settings.tls_key):
-        raise ValueError("tls_cert and tls_key: TLS needs both the certificate and its private key")
-    if settings.tls_client_ca and not settings.tls_cert:
-        raise ValueError("tls_client_ca: client certificates (mTLS) need server TLS too; set tls_cert and tls_key")
-    for name in ("tls_cert", "tls_key", "tls_client_ca"):
-        path = getattr(settings, name)
-        if path and not Path(path).is_file():
-            raise ValueError(f"{name}: {path} is not a file")
-    if is_loopback(settings.host) or settings.insecure:
-        return
-    missing = [what for what, ok in (("TLS", settings.tls_cert), ("a token", settings.token)) if not ok]
-    if missing:
-        raise ValueError(
-            f"host: refusing to bind {settings.host} without {' and '.join(missing)}: other machines could run jobs "
-            "on this worker. Set --tls-cert/--tls-key and VLMFLOW_WORKER_TOKEN (or --token-file), "
-            "or pass --insecure (VLMFLOW_WORKER_INSECURE=1) on a network you trust."
-        )
 
 
 def server_credentials(settings: WorkerSettings) -> grpc.ServerCredentials | None:

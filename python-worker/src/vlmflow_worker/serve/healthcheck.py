@@ -1,6 +1,6 @@
 """Calls the worker's Health RPC once and exits 0 when it answers: the container HEALTHCHECK.
 
-python -m vlmflow_worker.healthcheck --address 127.0.0.1:50051
+python -m vlmflow_worker.serve.healthcheck --address 127.0.0.1:50051
 
 Reads the same client environment as the TS worker: VLMFLOW_WORKER_TLS / _TLS_CA / _TLS_CLIENT_CERT /
 _TLS_CLIENT_KEY / _TLS_SERVER_NAME and VLMFLOW_WORKER_TOKEN / _TOKEN_FILE. Inside the worker's own container
@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
-from vlmflow_worker import security
+from vlmflow_worker.serve import security
+from vlmflow_worker.serve.settings import read_token_file
 
 
 def _path(name: str) -> Path | None:
@@ -37,7 +38,7 @@ def check(address: str, timeout: float) -> worker_pb2.HealthResponse:
         tls=os.environ.get("VLMFLOW_WORKER_TLS", "").lower() in ("1", "true", "yes"),
     )
     token_file = _path("VLMFLOW_WORKER_TOKEN_FILE")
-    token = security.read_token_file(token_file) if token_file else os.environ.get("VLMFLOW_WORKER_TOKEN")
+    token = read_token_file(token_file) if token_file else os.environ.get("VLMFLOW_WORKER_TOKEN")
     with channel:
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
         return stub.Health(worker_pb2.HealthRequest(), timeout=timeout, metadata=security.token_metadata(token))

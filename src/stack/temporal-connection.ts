@@ -6,7 +6,7 @@
 import { Connection, type TLSConfig } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { readFileSync } from 'node:fs';
-import type { Env } from './config.js';
+import type { Env } from '../env.js';
 
 export interface TemporalTarget {
   address: string;

@@ -14,10 +14,10 @@ import socket
 import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
-from vlmflow_worker import health, security
-from vlmflow_worker.rpc_generate import GenerateRpcs
-from vlmflow_worker.rpc_jobs import JobRpcs
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve import health, security
+from vlmflow_worker.serve.rpc_generate import GenerateRpcs
+from vlmflow_worker.serve.rpc_jobs import JobRpcs
+from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.server")
 

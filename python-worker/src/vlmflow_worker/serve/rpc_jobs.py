@@ -15,7 +15,7 @@ from vlmflow_worker.errors import InvalidArgument, WorkerError, abort_with
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.kinds import spec_for
 from vlmflow_worker.jobs.registry import JobRegistry
-from vlmflow_worker.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings
 
 TRAIN_KINDS = {
     jobs_pb2.TRAIN_KIND_SFT: jobs_pb2.JOB_KIND_TRAIN_SFT,

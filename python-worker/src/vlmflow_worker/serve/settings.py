@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-
-from vlmflow_worker import security
 
 
 def _env(name: str, default: str) -> str:
@@ -16,6 +15,56 @@ def _env(name: str, default: str) -> str:
 def _path_env(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a hostname other than localhost may resolve to anything
+
+
+def read_token_file(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as err:
+        raise ValueError(f"token_file: cannot read {path}: {err.strerror}") from err
+    if not token:
+        raise ValueError(f"token_file: {path} is empty; write the shared token into it")
+    return token
+
+
+def _validate_security(settings: WorkerSettings) -> None:
+    """Checks the TLS/token settings and the bind address; raises ValueError naming the field and the fix.
+
+    A worker other hosts can reach must not be open by accident: binding a non-loopback address needs TLS and a
+    token, or an explicit `insecure` (what serving with them looks like is in `security.py`)."""
+    if settings.token_file:
+        from_file = read_token_file(settings.token_file)
+        if settings.token and settings.token != from_file:
+            raise ValueError("token: VLMFLOW_WORKER_TOKEN and the token file differ; set only one of them")
+        settings.token = from_file
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ValueError("tls_cert and tls_key: TLS needs both the certificate and its private key")
+    if settings.tls_client_ca and not settings.tls_cert:
+        raise ValueError("tls_client_ca: client certificates (mTLS) need server TLS too; set tls_cert and tls_key")
+    for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(settings, name)
+        if path and not Path(path).is_file():
+            raise ValueError(f"{name}: {path} is not a file")
+    if is_loopback(settings.host) or settings.insecure:
+        return
+    missing = [what for what, ok in (("TLS", settings.tls_cert), ("a token", settings.token)) if not ok]
+    if missing:
+        raise ValueError(
+            f"host: refusing to bind {settings.host} without {' and '.join(missing)}: other machines could run jobs "
+            "on this worker. Set --tls-cert/--tls-key and VLMFLOW_WORKER_TOKEN (or --token-file), "
+            "or pass --insecure (VLMFLOW_WORKER_INSECURE=1) on a network you trust."
+        )
 
 
 @dataclass
@@ -73,7 +122,7 @@ class WorkerSettings:
             raise ValueError(f"job_capacity must be >= 0, got {self.job_capacity}")
         self.artifact_root = self.artifact_root.resolve()
         self.data_roots = [p.resolve() for p in self.data_roots]
-        security.validate(self)
+        _validate_security(self)
 
     @classmethod
     def help(cls) -> dict[str, str]:

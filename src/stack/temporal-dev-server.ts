@@ -6,8 +6,8 @@ import { Connection } from '@temporalio/client';
 import { execa, type ResultPromise } from 'execa';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { temporalCli } from './paths.js';
-import { searchAttributes } from './search-attributes.js';
+import { temporalCli } from '../paths.js';
+import { searchAttributes } from '../config/search-attributes.js';
 
 export interface DevServerOptions {
   stateDir: string;

@@ -4,8 +4,8 @@
  */
 import { execa, type ResultPromise } from 'execa';
 import { createInterface } from 'node:readline';
-import { workerPython } from './paths.js';
-import { logger } from './logger.js';
+import { workerPython } from '../paths.js';
+import { logger } from '../logger.js';
 
 export interface PythonWorkerOptions {
   /** 0 (default) picks a free port. */
