@@ -9,7 +9,7 @@ import { createStageActivities } from './stages.js';
 
 export type { WorkerHealth } from './health.js';
 export type { BatchPlan, ShardResult } from './inference.js';
-export type { JobResult, PrepareDatasetInput, TrainInput, EvaluateInput, ExportInput } from './stages.js';
+export type { JobResult, PrepareDatasetInput, TrainInput, EvaluateInput, ExportInput, StopJobInput } from './stages.js';
 
 export function createActivities(client: PythonWorkerClient) {
   return {

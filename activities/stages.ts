@@ -1,9 +1,10 @@
 /**
  * The pipeline's stage activities: one thin activity per worker job (PrepareDataset, Train, Evaluate,
- * Export), each building its request from the config and handing it to `runJob`. Stage progress goes back to
- * the workflow as a throttled `stageProgress` signal so its `progress` query can answer step, loss and ETA.
+ * Export), each building its request from the config and handing it to `runJob`; and `stopJob`, the cleanup a
+ * cancelled or paused stage runs. Progress travels in heartbeat details only: it costs the run's history nothing.
  */
-import { Context } from '@temporalio/activity';
+import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import {
   EvaluateRequest,
   ExportRequest,
@@ -21,17 +22,29 @@ import type {
   TrainingConfig,
 } from '../src/config/pipeline-config.js';
 import type { PythonWorkerClient } from '../src/python-worker-client.js';
-import { stageProgressSignal, type StageProgress } from '../workflows/definitions.js';
-import { runJob, type JobHeartbeat, type JobResult } from './job-runner.js';
+import { FailureType } from '../src/config/failure-types.js';
+import { JobState } from '../src/gen/vlmflow/v1/jobs.js';
+import { cancelJob, runJob, type JobResult } from './job-runner.js';
 import { datasetSources, generationRequest, loraRequest, modelRef, trainingRequest } from './requests.js';
 
 export type { JobResult } from './job-runner.js';
 
 interface StageInput {
-  /** Workflow id + stage (+ a suffix after a pause), so a retried activity attaches to the same job. */
+  /** One run's stage, or a content key: a retried activity attaches to the same job. */
   jobId: string;
   stage: string;
   outputUri: string;
+  /**
+   * The run waiting for the job (workflow id / first run id). Runs that started before Patches.recordedInput
+   * send none: their attempts stop the job themselves when cancelled.
+   */
+  watcher?: string;
+}
+
+export interface StopJobInput {
+  jobId: string;
+  watcher: string;
+  reason: string;
 }
 
 export interface PrepareDatasetInput extends StageInput {
@@ -81,8 +94,9 @@ export function createStageActivities(client: PythonWorkerClient) {
         maxDropFraction: input.dataset.maxDropFraction,
         maxRows: input.dataset.maxRows,
         outputUri: input.outputUri,
+        watcher: input.watcher ?? '',
       });
-      return runJob(client, { method: 'prepareDataset', request, onUpdate: progressSignaller(input.stage) });
+      return runJob(client, { method: 'prepareDataset', request, stage: input.stage });
     },
 
     train: async (input: TrainInput): Promise<JobResult> => {
@@ -96,12 +110,13 @@ export function createStageActivities(client: PythonWorkerClient) {
         training: trainingRequest(input.training, input.maxLength),
         dpo: input.dpo,
         resumeFromCheckpointUri: input.resumeFromCheckpoint,
+        watcher: input.watcher ?? '',
       });
       return runJob(client, {
         method: 'train',
         request,
+        stage: input.stage,
         withResumeHint: (req, checkpoint) => ({ ...req, resumeFromCheckpointUri: checkpoint }),
-        onUpdate: progressSignaller(input.stage),
       });
     },
 
@@ -117,8 +132,9 @@ export function createStageActivities(client: PythonWorkerClient) {
         maxSamples: input.evaluate.maxSamples,
         bootstrapSamples: input.evaluate.bootstrapSamples,
         outputUri: input.outputUri,
+        watcher: input.watcher ?? '',
       });
-      return runJob(client, { method: 'evaluate', request, onUpdate: progressSignaller(input.stage) });
+      return runJob(client, { method: 'evaluate', request, stage: input.stage });
     },
 
     exportModel: async (input: ExportInput): Promise<JobResult> => {
@@ -129,43 +145,42 @@ export function createStageActivities(client: PythonWorkerClient) {
         pushToHub: input.pushToHub,
         privateRepo: input.privateRepo,
         card: input.card,
+        watcher: input.watcher ?? '',
       });
-      return runJob(client, { method: 'export', request, onUpdate: progressSignaller(input.stage) });
+      return runJob(client, { method: 'export', request, stage: input.stage });
     },
-  };
-}
 
-/**
- * Signals the workflow with the stage's progress: at once for important events (accepted, checkpoint,
- * completion), otherwise at most every `intervalMs`, so an hours-long training adds a bounded history.
- */
-export function progressSignaller(stage: string, intervalMs = 15_000) {
-  const ctx = Context.current();
-  let last = 0;
-  let client: typeof ctx.client | undefined;
-  try {
-    client = ctx.client;
-  } catch {
-    client = undefined; // MockActivityEnvironment without a client: nothing to signal.
-  }
-  const workflowId = ctx.info.workflowExecution?.workflowId;
-  const handle = workflowId ? client?.workflow.getHandle(workflowId) : undefined;
-  return (state: JobHeartbeat, important: boolean) => {
-    const now = Date.now();
-    if (!handle || (!important && now - last < intervalMs)) return;
-    last = now;
-    const progress: StageProgress = {
-      stage,
-      jobId: state.jobId,
-      phase: state.phase,
-      step: state.step,
-      totalSteps: state.totalSteps,
-      loss: state.loss,
-      etaSeconds: state.etaSeconds,
-      checkpoint: state.checkpoint,
-    };
-    handle.signal(stageProgressSignal, progress).catch((err: unknown) => {
-      logger.debug({ err: String(err), stage }, 'could not signal stage progress');
-    });
+    /**
+     * The cleanup of a cancelled or paused stage: this run stops waiting for the job, and the job checkpoints and
+     * stops unless another run still waits for it (a shared, reused stage). Returns once it has ended; heartbeats
+     * meanwhile. Works whether or not the stage's own attempt is still alive.
+     */
+    stopJob: async (input: StopJobInput): Promise<{ state: string; lastCheckpoint: string; watchers: string[] }> => {
+      const ctx = Context.current();
+      const timer = setInterval(() => ctx.heartbeat(), 2_000);
+      try {
+        const { job } = await cancelJob(
+          client,
+          { jobId: input.jobId, watcher: input.watcher, wait: true, reason: input.reason },
+          10 * 60_000,
+        );
+        const state = job ? JobState[job.state] : 'UNKNOWN';
+        logger.info(
+          { jobId: input.jobId, watcher: input.watcher, state, watchers: job?.watchers },
+          'stage job stopped',
+        );
+        return { state, lastCheckpoint: job?.lastCheckpointUri ?? '', watchers: job?.watchers ?? [] };
+      } catch (err) {
+        const code = (err as ServiceError).code;
+        // The job never started (cancelled while queued) or was forgotten: nothing runs, nothing to stop.
+        if (code === GrpcStatus.NOT_FOUND) return { state: 'NOT_STARTED', lastCheckpoint: '', watchers: [] };
+        throw ApplicationFailure.retryable(
+          `could not stop job ${input.jobId}: ${(err as ServiceError).details ?? String(err)}`,
+          FailureType.WorkerUnavailable,
+        );
+      } finally {
+        clearInterval(timer);
+      }
+    },
   };
 }

@@ -37,6 +37,11 @@ export function createPythonWorkerClient(
   const options: Partial<ClientOptions> = {
     'grpc.max_receive_message_length': 64 * 1024 * 1024,
     'grpc.max_send_message_length': 64 * 1024 * 1024,
+    // Keepalive: a job stream may carry no message for minutes (a long evaluation batch); a dead worker host or a
+    // dropped connection must still end the call within seconds so the activity can retry elsewhere.
+    'grpc.keepalive_time_ms': 30_000,
+    'grpc.keepalive_timeout_ms': 10_000,
+    'grpc.keepalive_permit_without_calls': 1,
   };
   const { tls, token } = security;
   if (tls?.serverName) {

@@ -1,10 +1,12 @@
 /**
  * The TS workers: workflows on the workflow task queue; activities on the GPU task queue with as many
- * slots as the Python worker reports jobs it can run (one GPU, one job).
+ * slots as the Python worker reports jobs it can run (one GPU, one job), taken only while it answers (gpu-slots.ts).
  */
 import { NativeConnection, Worker } from '@temporalio/worker';
 import { fileURLToPath } from 'node:url';
 import { createActivities } from '../activities/index.js';
+import { parseInputActivities } from '../activities/parse-input.js';
+import { gpuSlotSupplier } from './gpu-slots.js';
 import { health, type PythonWorkerClient } from './python-worker-client.js';
 import { GPU_TASK_QUEUE, WORKFLOW_TASK_QUEUE } from './config/task-queues.js';
 
@@ -36,13 +38,21 @@ export async function createTemporalWorkers(
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.workflowTaskQueue ?? WORKFLOW_TASK_QUEUE,
     workflowsPath,
+    // Local activities: each workflow's input parsed once, into history (activities/parse-input.ts).
+    activities: parseInputActivities,
   });
   const activities = await Worker.create({
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.gpuTaskQueue ?? GPU_TASK_QUEUE,
     activities: createActivities(opts.client),
-    maxConcurrentActivityTaskExecutions: Math.max(1, capacity),
+    tuner: {
+      activityTaskSlotSupplier: gpuSlotSupplier(opts.client, { capacity: Math.max(1, capacity) }),
+      // Unused on this queue (no workflows, no local activities), but a tuner names every kind.
+      workflowTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+      localActivityTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+      nexusTaskSlotSupplier: { type: 'fixed-size', numSlots: 1 },
+    },
     ...heartbeatThrottle,
   });
   return { workflows, activities };

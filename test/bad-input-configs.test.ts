@@ -5,6 +5,7 @@
  * activity is scheduled.
  */
 import { WorkflowFailedError } from '@temporalio/client';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { ApplicationFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
@@ -83,7 +84,12 @@ describe('bad pipeline configs', () => {
         evaluate: record('evaluate'),
         exportModel: record('exportModel'),
       };
-      const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+      const workflows = await Worker.create({
+        connection: env.nativeConnection,
+        taskQueue,
+        workflowBundle,
+        activities: parseInputActivities,
+      });
       const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: gpuTaskQueue, activities });
       const outcomes = await workflows.runUntil(
         gpu.runUntil(

@@ -4,6 +4,7 @@
  * its result and exit code, status and list, pause / resume / cancel, and schedules that start runs.
  */
 import { ApplicationFailure } from '@temporalio/common';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { execa } from 'execa';
@@ -15,6 +16,7 @@ import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
 import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { progressQuery } from '../workflows/definitions.js';
+import { readPipelineProgress } from '../src/run-progress.js';
 import { tempDir } from './helpers.js';
 import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
 import { quietLogger } from './temporal-helpers.js';
@@ -61,7 +63,12 @@ describe('the vlmflow CLI against the real dev server', () => {
   ): Promise<T> {
     const taskQueue = `cli-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
-    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const workflows = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle,
+      activities: parseInputActivities,
+    });
     const activities = await Worker.create({
       connection: env.nativeConnection,
       taskQueue: gpuTaskQueue,
@@ -129,7 +136,7 @@ describe('the vlmflow CLI against the real dev server', () => {
       const id = `cli-steer-${randomUUID()}`;
       expect((await cli('run', goodConfig, '--id', id, '--detach')).exitCode).toBe(0);
       const handle = env.client.workflow.getHandle(id);
-      await until(async () => (await handle.query(progressQuery)).step === 20);
+      await until(async () => (await readPipelineProgress(handle)).step === 20);
 
       expect((await cli('pause', id)).out).toContain(`Asked ${id} to pause`);
       await until(async () => (await handle.query(progressQuery)).status === 'paused');
@@ -142,7 +149,7 @@ describe('the vlmflow CLI against the real dev server', () => {
 
       const second = `cli-cancel-${randomUUID()}`;
       expect((await cli('run', goodConfig, '--id', second, '--detach')).exitCode).toBe(0);
-      await until(async () => (await env.client.workflow.getHandle(second).query(progressQuery)).step === 20);
+      await until(async () => (await readPipelineProgress(env.client.workflow.getHandle(second))).step === 20);
       expect((await cli('cancel', second)).out).toContain('the running stage saves a checkpoint and stops');
       await env.client.workflow
         .getHandle(second)

@@ -24,160 +24,38 @@
  */
 import { Client, Connection, WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
 import { CancelledFailure, defaultPayloadConverter } from '@temporalio/common';
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { randomUUID } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { projectRoot, stateDir } from '../src/paths.js';
-import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
+import { projectRoot } from '../src/paths.js';
+import { readPipelineProgress } from '../src/run-progress.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { startDevServer, type DevServer } from '../src/stack/temporal-dev-server.js';
-import { progressQuery, type PipelineProgress, type StageName, type StageSummary } from '../workflows/definitions.js';
+import type { PipelineProgress } from '../workflows/definitions.js';
 import { shardFile, type ShardResult } from '../activities/inference.js';
 import { batchInference } from '../workflows/batch-inference.js';
 import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
 import { freePort, tempDir } from './helpers.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
-
-const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
-const SAVE_STEPS = 3;
-
-function pipelineConfig(dataFile: string, maxSteps: number, seed = 42): PipelineConfigInput {
-  return {
-    name: 'faults',
-    model: { id: tinyModel, dtype: 'float32' },
-    dataset: { sources: [{ uri: dataFile, layout: 'messages' }], evalFraction: 0.2, maxLength: 256 },
-    sft: {
-      lora: { r: 8, alpha: 16, dropout: 0 },
-      training: {
-        learningRate: 1e-3,
-        maxSteps,
-        microBatchSize: 4,
-        gradientAccumulationSteps: 1,
-        warmupRatio: 0,
-        lrScheduler: 'constant',
-        gradientCheckpointing: false,
-        saveSteps: SAVE_STEPS,
-        evalSteps: 1000,
-        loggingSteps: 1,
-        saveTotalLimit: 0,
-        seed,
-      },
-    },
-    evaluate: {
-      metrics: ['vqa_accuracy'],
-      maxSamples: 4,
-      batchSize: 4,
-      bootstrapSamples: 10,
-      generation: { maxNewTokens: 2 },
-    },
-    export: { enabled: false },
-  };
-}
-
-/** `node bin/vlmflow.js worker`, ready once it logs 'workers running'. */
-interface TsWorker {
-  process: ResultPromise;
-  kill(): Promise<void>;
-  stop(): Promise<void>;
-}
-
-async function startTsWorker(env: Record<string, string>): Promise<TsWorker> {
-  const child = execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'worker'], {
-    env: { ...env, VLMFLOW_LOG_LEVEL: 'info' },
-    reject: false,
-    stdout: 'ignore',
-    stderr: 'pipe',
-    forceKillAfterDelay: false,
-  });
-  const tail: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`TS worker not ready:\n${tail.join('\n')}`)), 120_000);
-    createInterface({ input: child.stderr }).on('line', (line) => {
-      tail.push(line);
-      if (tail.length > 30) tail.shift();
-      if (line.includes('"workers running"')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    void child.then((r) => {
-      clearTimeout(timer);
-      reject(new Error(`TS worker exited (${r.exitCode ?? r.signal}):\n${tail.join('\n')}`));
-    });
-  });
-  const ended = () => child.exitCode !== null || child.signalCode !== null;
-  return {
-    process: child,
-    async kill() {
-      if (!ended()) child.kill('SIGKILL');
-      await child;
-    },
-    async stop() {
-      if (!ended()) child.kill('SIGTERM');
-      await child;
-    },
-  };
-}
-
-/** Event logs of one job (`events.jsonl` plus the rotated `events.<n>.jsonl` of earlier attempts), oldest first. */
-function jobLogs(artifacts: string, jobId: string): Record<string, unknown>[][] {
-  const folder = path.join(artifacts, 'jobs', encodeURIComponent(jobId));
-  if (!existsSync(folder)) return [];
-  const names = readdirSync(folder).filter((f) => /^events(\.\d+)?\.jsonl$/.test(f));
-  const order = (f: string) => (f === 'events.jsonl' ? Infinity : Number(f.split('.')[1]));
-  return names
-    .sort((a, b) => order(a) - order(b))
-    .map((f) =>
-      readFileSync(path.join(folder, f), 'utf8')
-        .split('\n')
-        .filter((l) => l.trim())
-        .map((l) => JSON.parse(l) as Record<string, unknown>),
-    );
-}
-
-/** How many processes the worker started for a job: one `accepted` event per attempt. */
-function processesStarted(artifacts: string, jobId: string): number {
-  return jobLogs(artifacts, jobId)
-    .flat()
-    .filter((e) => 'accepted' in e).length;
-}
-
-/** Highest training step an attempt reported. */
-function lastStep(log: Record<string, unknown>[]): number {
-  const steps = log.map((e) => Number((e.progress as { step?: string } | undefined)?.step ?? 0));
-  return Math.max(0, ...steps);
-}
-
-function jobIdOf(progress: { stages: StageSummary[] }, stage: StageName): string {
-  const jobId = progress.stages.find((s) => s.name === stage)?.jobId;
-  if (!jobId) throw new Error(`no job id for stage ${stage} yet: ${JSON.stringify(progress.stages)}`);
-  return jobId;
-}
-
-function childPid(artifacts: string, jobId: string): number {
-  return Number(readFileSync(path.join(artifacts, 'jobs', encodeURIComponent(jobId), 'child.pid'), 'utf8'));
-}
-
-/** The parent process id (Linux /proc). */
-function parentOf(pid: number): number {
-  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
-}
-
-/** Running (a zombie is not: it has exited and waits for a reaper, which this sandbox's PID 1 can be slow to be). */
-function isAlive(pid: number): boolean {
-  try {
-    const state = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[0];
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import {
+  childPid,
+  isAlive,
+  jobIdOf,
+  jobLogs,
+  lastStep,
+  lossesByStep,
+  parentOf,
+  pipelineConfig,
+  processesStarted,
+  SAVE_STEPS,
+  sleep,
+  startTsWorker,
+  tinyModel,
+  type TsWorker,
+} from './durability-helpers.js';
 
 /** A TS worker's Temporal identity: the SDK's default, `<pid>@<hostname>`, which history events record. */
 function workerIdentity(worker: TsWorker): string {
@@ -189,15 +67,22 @@ interface ShardCompletion {
   /** Identity of the TS worker that completed it. */
   by: string;
   attempt: number;
+  /** Why the attempt before the last one failed (type and message), when there was one. */
+  lastFailure?: string;
 }
 
 /** Every inferShard activity completed so far in a batchInference run, from its history. */
 async function completedShards(handle: WorkflowHandle): Promise<ShardCompletion[]> {
   const events = (await handle.fetchHistory()).events ?? [];
-  const attempts = new Map<number, number>(); // started event id -> attempt
+  const attempts = new Map<number, { attempt: number; lastFailure?: string }>(); // started event id -> attempt
   for (const e of events) {
-    if (e.activityTaskStartedEventAttributes)
-      attempts.set(Number(e.eventId), e.activityTaskStartedEventAttributes.attempt ?? 1);
+    const started = e.activityTaskStartedEventAttributes;
+    if (!started) continue;
+    const failure = started.lastFailure;
+    attempts.set(Number(e.eventId), {
+      attempt: started.attempt ?? 1,
+      ...(failure ? { lastFailure: `${failure.applicationFailureInfo?.type ?? ''} ${failure.message ?? ''}` } : {}),
+    });
   }
   const shards: ShardCompletion[] = [];
   for (const e of events) {
@@ -209,21 +94,11 @@ async function completedShards(handle: WorkflowHandle): Promise<ShardCompletion[
     shards.push({
       shard: result.shard,
       by: done.identity ?? '',
-      attempt: attempts.get(Number(done.startedEventId)) ?? 1,
+      attempt: 1,
+      ...attempts.get(Number(done.startedEventId)),
     });
   }
   return shards;
-}
-
-/** The last logged loss of every step in a trainer's training_log.jsonl (a resumed run logs redone steps again). */
-function lossesByStep(logFile: string): Map<number, number> {
-  const losses = new Map<number, number>();
-  for (const line of readFileSync(logFile, 'utf8').split('\n')) {
-    if (!line.trim()) continue;
-    const entry = JSON.parse(line) as { step?: number; loss?: number };
-    if (entry.step !== undefined && entry.loss !== undefined) losses.set(entry.step, entry.loss);
-  }
-  return new Map([...losses].sort(([a], [b]) => a - b));
 }
 
 describe('durability with real processes', () => {
@@ -288,7 +163,7 @@ describe('durability with real processes', () => {
   /** The progress query, or undefined while nobody can answer it (the worker or the server is down). */
   async function progressOf(workflowId: string): Promise<PipelineProgress | undefined> {
     try {
-      return await client.workflow.getHandle(workflowId).query(progressQuery);
+      return await readPipelineProgress(client.workflow.getHandle(workflowId));
     } catch {
       return undefined;
     }
@@ -463,6 +338,42 @@ describe('durability with real processes', () => {
       `durability: ${JSON.stringify({ test: 'cancel-retry', savedStep, stoppedAt, redone: stoppedAt - savedStep, resumedFrom: sft.resumedFromStep })}`,
     );
   }, 300_000);
+  it('cancels a run whose TS worker is dead: the cleanup activity stops the job, its checkpoint kept', async () => {
+    const workflowId = `cancel-dead-${randomUUID()}`;
+    const handle = await client.workflow.start(fineTunePipeline, {
+      taskQueue,
+      workflowId,
+      args: [pipelineConfig(dataFile, 30, 5), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+    });
+    const running = await until('a checkpoint', workflowId, (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
+    const sftJob = jobIdOf(running, 'sft');
+    const jobPid = childPid(artifacts, sftJob);
+
+    // The TS worker running the stage dies; the run is cancelled while no worker is there to hear it.
+    await tsWorker.kill();
+    await handle.cancel();
+    expect(isAlive(jobPid)).toBe(true); // nothing has reached the job yet
+    const restartedAt = Date.now();
+    tsWorker = await startTsWorker(workerEnv);
+
+    const err = await handle.result().catch((e: unknown) => e);
+    const secondsToCancelled = (Date.now() - restartedAt) / 1000;
+    expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
+    const described = await handle.describe();
+    expect(described.status.name).toBe('CANCELLED');
+    // The job stopped (the cleanup waited for it), with a checkpoint on disk.
+    expect(isAlive(jobPid)).toBe(false);
+    const log = jobLogs(artifacts, sftJob).at(-1)!;
+    expect(log.at(-1)).toMatchObject({ failed: { reason: 'FAILURE_REASON_CANCELLED' } });
+    const checkpoint = (log.at(-1)!.failed as { lastCheckpointUri: string }).lastCheckpointUri;
+    expect(checkpoint).toMatch(/checkpoint-\d+$/);
+    expect(existsSync(checkpoint)).toBe(true);
+    const stages = (await readPipelineProgress(handle)).stages;
+    expect(stages.find((s) => s.name === 'sft')?.status).toBe('cancelled');
+    console.log(
+      `durability: ${JSON.stringify({ test: 'cancel-ts-dead', secondsToCancelled, checkpoint: path.basename(checkpoint), jobStopped: true })}`,
+    );
+  }, 300_000);
   it('spreads two runs over two worker pairs; killing one pair moves its run to the other through the shared store', async () => {
     // Pair B: another Python worker on the same artifact store, and its own TS worker on the same task queues.
     const pythonB = await startPython(await freePort());
@@ -593,7 +504,7 @@ describe('durability with real processes', () => {
       expect(new Set(afterKill.map((s) => pairOfIdentity(s.by)))).toEqual(new Set([trainer.name]));
       // Work redone: at most the one shard the victim was answering (a second attempt); nothing it finished.
       const redone = shards.filter((s) => s.attempt > 1);
-      expect(redone.length).toBeLessThanOrEqual(1);
+      expect(redone.length, JSON.stringify(redone)).toBeLessThanOrEqual(1);
       const finishedByVictim = doneBeforeKill.filter((s) => pairOfIdentity(s.by) === victim!.name);
       for (const s of finishedByVictim) {
         expect(statSync(shardFile(path.dirname(inferred.resultsUri), s.shard)).mtimeMs).toBeLessThanOrEqual(killedAt); // written once, before the kill
@@ -615,6 +526,7 @@ describe('durability with real processes', () => {
           byVictim: finishedByVictim.length,
           movedToSurvivor: afterKill.length,
           shardsRedone: redone.length,
+          whyRedone: redone.map((s) => s.lastFailure),
           secondsToFinishBoth: (Date.now() - killedAt) / 1000,
         })}`,
       );

@@ -4,7 +4,8 @@
  * pause / resume, cancel, the out-of-memory retry and the gate. The stage activities themselves are tested in
  * job-runner.test.ts, and the whole thing against the real Python worker in pipeline-e2e.test.ts.
  */
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError } from '@temporalio/client';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import {
   newCalls,
@@ -14,12 +15,9 @@ import {
   type Calls,
   type TrainScript,
 } from './scripted-activities.js';
-import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailureType } from '../src/config/failure-types.js';
 import { temporalCli } from '../src/paths.js';
@@ -27,11 +25,10 @@ import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { searchAttributes, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
 import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { quietLogger } from './temporal-helpers.js';
+import { recordHistory } from './history-fixtures.js';
 import { progressQuery, pauseSignal, resumeSignal } from '../workflows/definitions.js';
+import { readPipelineProgress } from '../src/run-progress.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
-
-/** `VLMFLOW_RECORD_FIXTURES=1 npx vitest run test/fine-tune-pipeline.test.ts` refreshes the replay fixtures. */
-const fixturesDir = path.join(import.meta.dirname, 'fixtures', 'histories');
 
 const config: PipelineConfigInput = {
   name: 'test',
@@ -66,7 +63,12 @@ describe('fineTunePipeline on the real dev server', () => {
   ): Promise<T> {
     const taskQueue = `test-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
-    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const workflows = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle,
+      activities: parseInputActivities,
+    });
     const activities = await Worker.create({
       connection: env.nativeConnection,
       taskQueue: gpuTaskQueue,
@@ -86,13 +88,6 @@ describe('fineTunePipeline on the real dev server', () => {
     }
   }
 
-  async function saveHistory(handle: WorkflowHandle, name: string) {
-    if (!process.env.VLMFLOW_RECORD_FIXTURES) return;
-    mkdirSync(fixturesDir, { recursive: true });
-    const history = temporal.api.history.v1.History.fromObject(await handle.fetchHistory());
-    writeFileSync(path.join(fixturesDir, `${name}.json`), JSON.stringify(history.toJSON(), null, 1) + '\n');
-  }
-
   it('rejects UI-style raw JSON with wrong fields before any activity runs, listing every field', async () => {
     const calls = newCalls();
     const raw = JSON.parse(
@@ -108,7 +103,7 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [raw],
         });
         const failure: unknown = await handle.result().catch((e: unknown) => e);
-        await saveHistory(handle, 'invalid-config');
+        await recordHistory(handle, 'invalid-config-v2');
         const history = await handle.fetchHistory();
         expect(history.events?.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
         return failure;
@@ -143,7 +138,7 @@ describe('fineTunePipeline on the real dev server', () => {
         args: [config, { gpuTaskQueue }],
       });
       const running = await waitFor(
-        () => handle.query(progressQuery),
+        () => readPipelineProgress(handle),
         (p) => p.stage === 'sft' && p.step === 20,
       );
       expect(running).toMatchObject({
@@ -155,7 +150,8 @@ describe('fineTunePipeline on the real dev server', () => {
         etaSeconds: 80,
       });
       expect(running.lastCheckpoint).toMatch(/checkpoint-20$/);
-      expect(running.details).toContain('step 20/100');
+      expect(running.details).toContain('stage sft');
+      expect(running.phase).toBe('training');
       const described = await handle.describe();
       expect(described.typedSearchAttributes.get(VlmflowStage)).toBe('sft');
       expect(described.typedSearchAttributes.get(VlmflowStatus)).toBe('running');
@@ -166,13 +162,20 @@ describe('fineTunePipeline on the real dev server', () => {
         (p) => p.status === 'paused',
       );
       expect(paused.stages.find((s) => s.name === 'sft')?.status).toBe('paused');
-      expect(calls.trainCancelled).toBe(1);
+      // The cleanup stopped the job for this run; the attempt itself is told too.
+      expect(calls.stopJob).toEqual([
+        expect.objectContaining({ jobId: calls.train[0]!.jobId, watcher: calls.train[0]!.watcher, reason: 'paused' }),
+      ]);
+      await waitFor(
+        () => Promise.resolve(calls.trainCancelled),
+        (n) => n === 1,
+      );
       expect(calls.train).toHaveLength(1);
       expect((await handle.describe()).typedSearchAttributes.get(VlmflowStatus)).toBe('paused');
 
       await handle.signal(resumeSignal);
       const done = await handle.result();
-      await saveHistory(handle, 'pause-resume');
+      await recordHistory(handle, 'pause-resume-v2');
       return done;
     });
     expect(calls.train).toHaveLength(2);
@@ -184,7 +187,7 @@ describe('fineTunePipeline on the real dev server', () => {
     expect(outcome.modelUri).toMatch(/model$/);
   });
 
-  it('ends as cancelled when cancelled mid-stage, after the stage confirmed it stopped', async () => {
+  it('ends as cancelled when cancelled mid-stage, after the cleanup confirmed the job stopped', async () => {
     const calls = newCalls();
     await withWorkers(
       calls,
@@ -196,19 +199,25 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [config, { gpuTaskQueue }],
         });
         await waitFor(
-          () => handle.query(progressQuery),
+          () => readPipelineProgress(handle),
           (p) => p.stage === 'sft' && p.step === 20,
         );
         await handle.cancel();
         const err = await handle.result().catch((e: unknown) => e);
         expect(err).toBeInstanceOf(WorkflowFailedError);
         expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
-        expect(calls.trainCancelled).toBe(1);
+        expect(calls.stopJob).toEqual([
+          expect.objectContaining({
+            jobId: calls.train[0]!.jobId,
+            watcher: calls.train[0]!.watcher,
+            reason: 'cancelled',
+          }),
+        ]);
         const described = await handle.describe();
         expect(described.status.name).toBe('CANCELLED');
         expect(described.typedSearchAttributes.get(VlmflowStatus)).toBe('cancelled');
         expect((await handle.query(progressQuery)).stages.find((s) => s.name === 'sft')?.status).toBe('cancelled');
-        await saveHistory(handle, 'cancel');
+        await recordHistory(handle, 'cancel-v2');
       },
     );
     expect(calls.evaluate).toBe(0);
@@ -253,7 +262,7 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [strict, { gpuTaskQueue }],
         });
         const failure = await handle.result().catch((e: unknown) => e);
-        await saveHistory(handle, 'gate-failed');
+        await recordHistory(handle, 'gate-failed-v2');
         return failure;
       },
     );
@@ -280,7 +289,7 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [withDpo, { gpuTaskQueue }],
         });
         const done = await handle.result();
-        await saveHistory(handle, 'sft-dpo');
+        await recordHistory(handle, 'sft-dpo-v2');
         return done;
       },
     );

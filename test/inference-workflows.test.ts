@@ -4,6 +4,7 @@
  * a second run skips, and per-segment descriptions with a summary.
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -59,7 +60,12 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
   async function withWorkers<T>(body: (taskQueue: string, gpuTaskQueue: string) => Promise<T>): Promise<T> {
     const taskQueue = `inference-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
-    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const workflows = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle,
+      activities: parseInputActivities,
+    });
     const activities = await Worker.create({
       connection: env.nativeConnection,
       taskQueue: gpuTaskQueue,

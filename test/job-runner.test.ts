@@ -4,6 +4,7 @@
  * scripted JobEvents, so heartbeats, resume hints, cancellation and error mapping are checked exactly.
  */
 import {
+  Metadata,
   Server,
   ServerCredentials,
   status as GrpcStatus,
@@ -15,7 +16,13 @@ import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createStageActivities, type TrainInput } from '../activities/stages.js';
-import type { JobHeartbeat, JobResult } from '../activities/job-runner.js';
+import {
+  ERROR_TYPE_TRAILER,
+  MAX_FAILED_ATTEMPTS,
+  WAITING_FOR_GPU,
+  type JobHeartbeat,
+  type JobResult,
+} from '../activities/job-runner.js';
 import { FailureType } from '../src/config/failure-types.js';
 import {
   FailureReason,
@@ -87,6 +94,7 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
             lastCheckpointUri: 'runs/x/sft/checkpoint-20',
             completed: undefined,
             failed: undefined,
+            watchers: [],
           },
         });
       },
@@ -184,6 +192,7 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
       call.end();
     });
     const hint: JobHeartbeat = {
+      stage: 'sft',
       jobId: 'wf-2/sft',
       phase: 'training',
       step: 20,
@@ -192,6 +201,7 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
       etaSeconds: 9,
       checkpoint: 'runs/x/sft/checkpoint-20',
       attached: false,
+      failures: 0,
     };
     const env = new MockActivityEnvironment({
       attempt: 2,
@@ -223,6 +233,70 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
     await until(() => fake.streamCancelled);
   });
 
+  it('a run that names its watcher detaches on cancel: the workflow cleanup, not the attempt, stops the job', async () => {
+    let started!: () => void;
+    const running = new Promise<void>((r) => (started = r));
+    reset(() => started());
+    const env = new MockActivityEnvironment({ workflowExecution: { workflowId: 'wf-3b', runId: 'r' } });
+    const done = runTrain(env, { ...trainInput('wf-3b/r1/sft'), watcher: 'wf-3b/r1' });
+    await running;
+    expect(fake.trainRequests[0]?.watcher).toBe('wf-3b/r1');
+    env.cancel('CANCELLED');
+    await expect(done).rejects.toBeInstanceOf(CancelledFailure);
+    expect(fake.cancelRequests).toEqual([]);
+  });
+
+  it('stopJob: the cleanup of a cancelled stage asks the worker to stop the job for this watcher and waits', async () => {
+    reset(() => undefined);
+    const { stopJob } = createStageActivities(client);
+    const env = new MockActivityEnvironment({ workflowExecution: { workflowId: 'wf-3c', runId: 'r' } });
+    const stopped = await env.run(stopJob, { jobId: 'wf-3c/r1/sft', watcher: 'wf-3c/r1', reason: 'cancelled' });
+    expect(fake.cancelRequests).toEqual([
+      expect.objectContaining({ jobId: 'wf-3c/r1/sft', watcher: 'wf-3c/r1', wait: true, reason: 'cancelled' }),
+    ]);
+    expect(stopped).toMatchObject({ state: 'JOB_STATE_CANCELLED', lastCheckpoint: 'runs/x/sft/checkpoint-20' });
+  });
+
+  it('a busy GPU is a wait: retryable WorkerBusy, phase "waiting for a GPU", not counted as a failure', async () => {
+    reset((call) => {
+      const trailers = new Metadata();
+      trailers.set(ERROR_TYPE_TRAILER, 'WorkerBusy');
+      call.emit('error', { code: GrpcStatus.UNAVAILABLE, details: 'busy with: other/sft', metadata: trailers });
+    });
+    const env = new MockActivityEnvironment({
+      attempt: 200,
+      heartbeatDetails: { failures: 3 },
+      workflowExecution: { workflowId: 'wf-8', runId: 'r' },
+    });
+    const beats: JobHeartbeat[] = [];
+    env.on('heartbeat', (d: JobHeartbeat) => beats.push(d));
+    const err = await runTrain(env, trainInput('wf-8/sft')).catch((e: unknown) => e);
+    expect(err).toMatchObject({ type: FailureType.WorkerBusy, nonRetryable: false });
+    expect(beats.at(-1)).toMatchObject({ phase: WAITING_FOR_GPU, failures: 3 });
+  });
+
+  it('counts transient failures in the heartbeat details and gives up after MAX_FAILED_ATTEMPTS in a row', async () => {
+    reset((call) => {
+      call.emit('error', { code: GrpcStatus.INTERNAL, details: 'boom' });
+    });
+    const attempt = async (failures: number) => {
+      const env = new MockActivityEnvironment({
+        heartbeatDetails: { failures },
+        workflowExecution: { workflowId: 'wf-9', runId: 'r' },
+      });
+      const beats: JobHeartbeat[] = [];
+      env.on('heartbeat', (d: JobHeartbeat) => beats.push(d));
+      const err = await runTrain(env, trainInput('wf-9/sft')).catch((e: unknown) => e);
+      return { err, counted: beats.at(-1)?.failures };
+    };
+    const early = await attempt(0);
+    expect(early.err).toMatchObject({ type: FailureType.Internal, nonRetryable: false });
+    expect(early.counted).toBe(1);
+    const last = await attempt(MAX_FAILED_ATTEMPTS - 1);
+    expect(last.err).toMatchObject({ type: FailureType.Internal, nonRetryable: true });
+    expect((last.err as Error).message).toContain(`${MAX_FAILED_ATTEMPTS} attempts in a row failed`);
+  });
+
   it('leaves the job running when only the activity attempt ends (TS worker shutdown), so a retry attaches', async () => {
     let started!: () => void;
     const running = new Promise<void>((r) => (started = r));
@@ -247,6 +321,9 @@ describe('runJob (activity plumbing over the job RPCs)', () => {
     ],
     [GrpcStatus.UNAVAILABLE, 'worker restarting', FailureType.WorkerUnavailable, false],
     [GrpcStatus.UNIMPLEMENTED, 'JOB_KIND_TRAIN_DPO jobs are not implemented', FailureType.Unimplemented, true],
+    [GrpcStatus.UNAUTHENTICATED, 'missing or wrong token', FailureType.Unauthorized, true],
+    [GrpcStatus.PERMISSION_DENIED, 'not allowed', FailureType.Unauthorized, true],
+    [GrpcStatus.UNAVAILABLE, 'self-signed certificate in certificate chain', FailureType.Unauthorized, true],
     [GrpcStatus.INTERNAL, 'boom', FailureType.Internal, false],
   ])(
     'maps gRPC status %s to a %s failure (non-retryable: %s) with the worker message',

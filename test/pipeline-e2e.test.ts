@@ -4,12 +4,12 @@
  * The pipeline prepares the data, trains (SFT), evaluates base against tuned, gates on the result and exports;
  * cancelling mid-training ends cleanly with a checkpoint on disk, and a retry resumes from it.
  */
-import { WorkflowFailedError, type WorkflowHandle } from '@temporalio/client';
+import { WorkflowFailedError } from '@temporalio/client';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { CancelledFailure } from '@temporalio/common';
-import { temporal } from '@temporalio/proto';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,13 +21,13 @@ import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker
 import { searchAttributes } from '../src/config/search-attributes.js';
 import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
 import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
-import { progressQuery } from '../workflows/definitions.js';
+import { readPipelineProgress } from '../src/run-progress.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { tempDir } from './helpers.js';
 import { quietLogger } from './temporal-helpers.js';
+import { recordHistory } from './history-fixtures.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 
-const fixturesDir = path.join(import.meta.dirname, 'fixtures', 'histories');
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 
 /** The offline demo's recipe, shortened: the tiny model learns shape colours. */
@@ -106,7 +106,12 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
   async function withWorkers<T>(body: (taskQueue: string, gpuTaskQueue: string) => Promise<T>): Promise<T> {
     const taskQueue = `e2e-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
-    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowBundle });
+    const workflows = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowBundle,
+      activities: parseInputActivities,
+    });
     const activities = await Worker.create({
       connection: env.nativeConnection,
       taskQueue: gpuTaskQueue,
@@ -127,14 +132,14 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
         args: [config, { gpuTaskQueue }],
       });
       const p = await waitFor(
-        () => handle.query(progressQuery),
+        () => readPipelineProgress(handle),
         (q) => q.stage === 'sft' && q.lastCheckpoint !== '',
         600_000,
       );
       await handle.cancel();
       const err = await handle.result().catch((e: unknown) => e);
       expect((err as WorkflowFailedError).cause).toBeInstanceOf(CancelledFailure);
-      await recordHistory(handle, 'pipeline-e2e-cancel');
+      await recordHistory(handle, 'pipeline-e2e-cancel-v2');
       // The checkpoint the cancelled stage left: the newest on disk. The first one the query showed may have been
       // rotated away (the stage keeps only its newest checkpoints) by the time the cancel landed.
       const folder = path.dirname(p.lastCheckpoint);
@@ -157,7 +162,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
         args: [plan.config, plan.options],
       });
       const outcome = await handle.result();
-      await recordHistory(handle, 'pipeline-e2e');
+      await recordHistory(handle, 'pipeline-e2e-v2');
       return outcome;
     });
     expect(result.status).toBe('completed');
@@ -222,7 +227,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
         args: [config, { gpuTaskQueue }],
       });
       const outcome = await handle.result();
-      await recordHistory(handle, 'pipeline-e2e-dpo');
+      await recordHistory(handle, 'pipeline-e2e-dpo-v2');
       return outcome;
     });
     // prepare and sft come back from the test above when it ran first (same inputs, same content keys).
@@ -251,11 +256,4 @@ async function waitFor<T>(fn: () => Promise<T>, ok: (value: T) => boolean, timeo
     if (Date.now() > deadline) throw new Error(`condition not met in time; last value: ${JSON.stringify(value)}`);
     await new Promise((r) => setTimeout(r, 500));
   }
-}
-
-async function recordHistory(handle: WorkflowHandle, name: string): Promise<void> {
-  if (!process.env.VLMFLOW_RECORD_FIXTURES) return;
-  mkdirSync(fixturesDir, { recursive: true });
-  const history = temporal.api.history.v1.History.fromObject(await handle.fetchHistory());
-  writeFileSync(path.join(fixturesDir, `${name}.json`), JSON.stringify(history.toJSON(), null, 1) + '\n');
 }

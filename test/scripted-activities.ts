@@ -7,9 +7,10 @@ import type {
   ExportInput,
   JobResult,
   PrepareDatasetInput,
+  StopJobInput,
   TrainInput,
 } from '../activities/index.js';
-import { progressSignaller } from '../activities/stages.js';
+import type { JobHeartbeat } from '../activities/job-runner.js';
 
 export function result(
   jobId: string,
@@ -40,6 +41,7 @@ export interface Calls {
   prepareInputs: PrepareDatasetInput[];
   evaluateInputs: EvaluateInput[];
   exportInputs: ExportInput[];
+  stopJob: StopJobInput[];
 }
 
 export type TrainScript = (input: TrainInput, call: number) => Promise<JobResult>;
@@ -72,28 +74,32 @@ export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Ac
       calls.exportInputs.push(input);
       return Promise.resolve(result(input.jobId, { model: `${input.outputUri}/model` }));
     },
+    stopJob: (input) => {
+      calls.stopJob.push(input);
+      const train = calls.train.find((t) => t.jobId === input.jobId);
+      const lastCheckpoint = train ? `${train.outputUri}/checkpoint-20` : '';
+      return Promise.resolve({ state: 'JOB_STATE_CANCELLED', lastCheckpoint, watchers: [] });
+    },
   };
 }
 
-/** A training that reports steps and a checkpoint, then runs until cancelled (a pause or a cancel). */
+/** A training that reports steps and a checkpoint (heartbeat details), then runs until cancelled. */
 export async function trainUntilCancelled(input: TrainInput, calls: Calls): Promise<JobResult> {
-  const report = progressSignaller(input.stage, 0);
   const ctx = Context.current();
-  report(
-    {
-      jobId: input.jobId,
-      phase: 'training',
-      step: 20,
-      totalSteps: 100,
-      loss: 1.5,
-      etaSeconds: 80,
-      checkpoint: `${input.outputUri}/checkpoint-20`,
-      attached: false,
-    },
-    true,
-  );
+  const beat: JobHeartbeat = {
+    stage: input.stage,
+    jobId: input.jobId,
+    phase: 'training',
+    step: 20,
+    totalSteps: 100,
+    loss: 1.5,
+    etaSeconds: 80,
+    checkpoint: `${input.outputUri}/checkpoint-20`,
+    attached: false,
+    failures: 0,
+  };
   for (;;) {
-    ctx.heartbeat({ step: 20 });
+    ctx.heartbeat(beat);
     try {
       await ctx.sleep(100);
     } catch (err) {
@@ -113,5 +119,6 @@ export function newCalls(): Calls {
     prepareInputs: [],
     evaluateInputs: [],
     exportInputs: [],
+    stopJob: [],
   };
 }

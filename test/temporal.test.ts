@@ -3,6 +3,7 @@
  * project's own launcher), a TS worker, and an activity that calls the real Python worker.
  */
 import { Connection } from '@temporalio/client';
+import { parseInputActivities } from '../activities/parse-input.js';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
@@ -40,7 +41,12 @@ describe('healthCheck workflow on the real dev server', () => {
   it('runs an activity that reports the Python worker Health', async () => {
     const taskQueue = `test-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
-    const workflows = await Worker.create({ connection: env.nativeConnection, taskQueue, workflowsPath });
+    const workflows = await Worker.create({
+      connection: env.nativeConnection,
+      taskQueue,
+      workflowsPath,
+      activities: parseInputActivities,
+    });
     const activities = await Worker.create({
       connection: env.nativeConnection,
       taskQueue: gpuTaskQueue,

@@ -3,12 +3,20 @@
  * at most `parallelism` activities at once on the GPU task queue; results in <output>/results.jsonl. A shard
  * whose file exists is skipped, so a retried, continued or re-run workflow picks up where it stopped.
  */
-import { continueAsNew, proxyActivities, setHandler, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import {
+  continueAsNew,
+  patched,
+  proxyActivities,
+  setHandler,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
-import { batchInferenceSchema } from '../src/config/inference-config.js';
+import { batchInferenceSchema, type BatchInferenceConfig } from '../src/config/inference-config.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
 import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
-import { parseInputOrFail } from './parse-input.js';
+import { configOrFail, parseInputOrFail, parsers } from './parse-input.js';
+import { Patches } from './patches.js';
 import { inferenceProgressQuery, type InferenceProgress } from './definitions.js';
 
 export interface BatchInferenceOptions {
@@ -20,6 +28,8 @@ export interface BatchInferenceOptions {
    * The fault tests (test/faults.test.ts) shorten it so a SIGKILLed worker's shard moves in seconds.
    */
   heartbeatTimeoutMs?: number;
+  /** The input as the first run parsed it: carried over continue-as-new, never parsed again. */
+  parsed?: BatchInferenceConfig;
 }
 
 export interface BatchInferenceResult {
@@ -31,7 +41,13 @@ export interface BatchInferenceResult {
 }
 
 export async function batchInference(raw: unknown, options: BatchInferenceOptions = {}): Promise<BatchInferenceResult> {
-  const config = parseInputOrFail(batchInferenceSchema, raw, 'batch inference input');
+  // Runs that started before this deploy parse inline, as they did (patches.ts).
+  const recorded = patched(Patches.recordedInput);
+  const config =
+    options.parsed ??
+    (recorded
+      ? configOrFail(await parsers.parseBatchInferenceInput(raw))
+      : parseInputOrFail(batchInferenceSchema, raw, 'batch inference input'));
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     startToCloseTimeout: '2 hours',
@@ -87,7 +103,11 @@ export async function batchInference(raw: unknown, options: BatchInferenceOption
   };
   await Promise.all(Array.from({ length: Math.min(config.parallelism, plan.shards) }, lane));
   if (stopForHistory && next < plan.shards) {
-    await continueAsNew<typeof batchInference>(raw, { ...options, fromShard: next });
+    await continueAsNew<typeof batchInference>(raw, {
+      ...options,
+      fromShard: next,
+      ...(recorded ? { parsed: config } : {}),
+    });
   }
 
   const merged = await acts.mergeShards({ outputDir: plan.outputDir, shards: plan.shards });

@@ -1,24 +1,12 @@
 /**
- * Signals and queries of the workflows, declared once for the workflows, the activities (which report
- * stage progress) and the CLI. Deterministic: types and definitions only.
+ * Signals and queries of the workflows, declared once for the workflows and the CLI. Deterministic: types and
+ * definitions only.
  */
 import { defineQuery, defineSignal } from '@temporalio/workflow';
 
 export type StageName = 'prepare' | 'sft' | 'prepare-preference' | 'dpo' | 'evaluate' | 'gate' | 'export';
 export type StageStatus =
   'pending' | 'running' | 'paused' | 'completed' | 'reused' | 'skipped' | 'failed' | 'cancelled';
-
-/** What a running stage's activity reports (throttled) through `stageProgress`. */
-export interface StageProgress {
-  stage: string;
-  jobId: string;
-  phase: string;
-  step: number;
-  totalSteps: number;
-  loss: number | null;
-  etaSeconds: number | null;
-  checkpoint: string;
-}
 
 export interface StageSummary {
   name: StageName;
@@ -33,7 +21,11 @@ export interface StageSummary {
   message?: string;
 }
 
-/** The `progress` query's answer: where the pipeline is and how far the current stage has got. */
+/**
+ * Where the pipeline is. The `progress` query answers the stages and status; step, totalSteps, loss, etaSeconds
+ * and lastCheckpoint of the running stage live in its activity's heartbeat details (no history cost), which
+ * src/run-progress.ts merges in for the CLI; the query alone leaves them at their stage-start values.
+ */
 export interface PipelineProgress {
   status: 'running' | 'paused' | 'completed' | 'failed' | 'cancelled';
   stage: StageName | null;
@@ -47,6 +39,8 @@ export interface PipelineProgress {
   outputRoot: string;
   /** The current details text shown in the Temporal UI. */
   details: string;
+  /** The running stage's phase (training, evaluating, "waiting for a GPU", ...), from its heartbeat details. */
+  phase?: string;
 }
 
 /** batchInference's and videoUnderstanding's `progress` answer. */
@@ -63,7 +57,5 @@ export interface InferenceProgress {
 export const pauseSignal = defineSignal<[reason?: string]>('pause');
 /** Continue a paused pipeline; the stage resumes from its checkpoint. */
 export const resumeSignal = defineSignal('resume');
-/** Sent by the stage activities (throttled): step, loss, ETA, checkpoint. */
-export const stageProgressSignal = defineSignal<[StageProgress]>('stageProgress');
 export const progressQuery = defineQuery<PipelineProgress>('progress');
 export const inferenceProgressQuery = defineQuery<InferenceProgress>('progress');

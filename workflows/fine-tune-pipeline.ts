@@ -2,14 +2,23 @@
  * fineTunePipeline: prepare → SFT → (preference prep → DPO) → evaluate base vs tuned → gate → export, each
  * stage one activity on the GPU task queue.
  *
- * - The raw input is parsed with zod first: JSON typed into the Temporal UI either runs or fails at once,
- *   non-retryably, listing every bad field and the accepted values.
- * - `pause` cancels the running stage (the worker checkpoints) and waits for `resume`; the stage then starts
- *   again under a new job id and the worker resumes from the newest checkpoint in the same output folder.
- * - Cancelling the workflow cancels the running stage the same way (checkpoint kept) and ends as cancelled.
- * - Progress: a `progress` query, current details for the UI, search attributes VlmflowModel / Dataset /
- *   Stage / Status.
- * - Between stages, when Temporal suggests it, the workflow continues as new carrying the finished stages.
+ * - The raw input is parsed with zod first, in a local activity whose result history records: JSON typed into the
+ *   Temporal UI either runs or fails at once, non-retryably, listing every bad field; a later schema change never
+ *   reaches a run in flight. Continue-as-new carries the parsed config.
+ * - History grows with work, not time: live progress (step, loss, ETA, checkpoint) is in the stage activity's
+ *   heartbeat details; the `progress` query and current details carry stages and status. A running stage wakes
+ *   the workflow once per `historyCheckIntervalMs` (default an hour) to continue as new when Temporal suggests it;
+ *   the job runs on and the next run attaches to it by job id.
+ * - A busy GPU is waited for (the stage shows "waiting for a GPU"), never a failure.
+ * - `pause` and cancel stop the stage: its activity is cancelled, and a cleanup activity (`stopJob`) has the worker
+ *   checkpoint and stop the job even when no attempt is alive. A job another run shares (a reused stage) stops
+ *   only when its last run lets go. After `resume` the stage starts again under the same job id and resumes from
+ *   its newest checkpoint. Pause survives continue-as-new.
+ * - Job ids and output folders belong to one run (workflow id + first run id), unless a content key says the work
+ *   is identical (stage reuse).
+ * - Search attributes VlmflowModel / Dataset / Stage / Status.
+ *
+ * Runs that started before Patches.recordedInput keep their old behaviour to the end (see patches.ts).
  */
 import {
   ActivityCancellationType,
@@ -21,9 +30,11 @@ import {
   continueAsNew,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
+  sleep,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -36,13 +47,14 @@ import {
   pauseSignal,
   progressQuery,
   resumeSignal,
-  stageProgressSignal,
   type PipelineProgress,
   type StageName,
   type StageSummary,
 } from './definitions.js';
 import { compareMetric, type GateResult } from './gate.js';
-import { parseInputOrFail } from './parse-input.js';
+import { configOrFail, parseInputOrFail, parsers } from './parse-input.js';
+import { Patches } from './patches.js';
+import { runOutputRoot, runTag } from './run-scope.js';
 import { stageKey } from './stage-key.js';
 
 /** Finished stages, carried over continue-as-new and into `vlmflow retry`. */
@@ -61,6 +73,17 @@ export interface PipelineOptions {
    * 3 minutes. The fault tests (test/faults.test.ts) shorten it so a SIGKILLed TS worker is noticed in seconds.
    */
   heartbeatTimeoutMs?: number;
+  /** The config as the first run parsed it: carried over continue-as-new, never parsed again. */
+  parsed?: PipelineConfig;
+  /** The previous run continued as new while paused: this one starts paused. */
+  paused?: boolean;
+  /** How often a running stage wakes the workflow to check whether to continue as new; default 1 hour. */
+  historyCheckIntervalMs?: number;
+  /**
+   * First and longest wait between attempts of a stage (a busy GPU is waited for with these); default 5 s and
+   * 1 minute. Tests shrink them to show a long queue without waiting for real.
+   */
+  retryIntervalsMs?: { initial: number; maximum: number };
 }
 
 export interface PipelineResult {
@@ -76,19 +99,55 @@ export interface PipelineResult {
 }
 
 export async function fineTunePipeline(rawConfig: unknown, options: PipelineOptions = {}): Promise<PipelineResult> {
-  const config: PipelineConfig = parseInputOrFail(pipelineConfigSchema, rawConfig, 'pipeline config');
-  const workflowId = workflowInfo().workflowId;
-  const state: PipelineState = options.state ?? { outputRoot: config.outputUri || `runs/${workflowId}`, completed: {} };
+  // Runs that started before this deploy replay without the marker and keep their old path (patches.ts).
+  const recorded = patched(Patches.recordedInput);
+  // Answered while the input is parsed; replaced by the real progress right after.
+  setHandler(progressQuery, () => startingProgress(options.state?.outputRoot ?? ''));
+  const config: PipelineConfig =
+    options.parsed ??
+    (recorded
+      ? configOrFail(await parsers.parsePipelineInput(rawConfig))
+      : parseInputOrFail(pipelineConfigSchema, rawConfig, 'pipeline config'));
+  const info = workflowInfo();
+  const workflowId = info.workflowId;
+  // The run's own name for its jobs and folders (one continue-as-new chain); older runs used the workflow id.
+  const tag = recorded ? runTag(info.firstExecutionRunId) : '';
+  const watcher = recorded ? `${workflowId}/${tag}` : undefined;
+  const state: PipelineState = options.state ?? {
+    outputRoot:
+      config.outputUri || (recorded ? runOutputRoot(workflowId, info.firstExecutionRunId) : `runs/${workflowId}`),
+    completed: {},
+  };
   const root = state.outputRoot;
 
+  const retry = options.retryIntervalsMs;
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     // Hours-long training: no short start-to-close; a dead worker is noticed through heartbeats instead.
     startToCloseTimeout: '7 days',
     heartbeatTimeout: options.heartbeatTimeoutMs ?? '3 minutes',
-    // Cancel waits until the worker confirms the job stopped (checkpoint saved, GPU freed).
-    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-    retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '2 minutes', maximumAttempts: 20 },
+    ...(recorded
+      ? {
+          // The cleanup activity stops the job, so the workflow need not wait for an attempt that may be gone.
+          cancellationType: ActivityCancellationType.TRY_CANCEL,
+          // No attempt limit: a busy GPU is waited for; the activity ends the stage after 20 real failures in a row.
+          retry: {
+            initialInterval: retry?.initial ?? '5s',
+            backoffCoefficient: 2,
+            maximumInterval: retry?.maximum ?? '1 minute',
+          },
+        }
+      : {
+          // Cancel waits until the worker confirms the job stopped (checkpoint saved, GPU freed).
+          cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+          retry: { initialInterval: '5s', backoffCoefficient: 2, maximumInterval: '2 minutes', maximumAttempts: 20 },
+        }),
+  });
+  const cleanup = proxyActivities<Activities>({
+    taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
+    startToCloseTimeout: '15 minutes',
+    heartbeatTimeout: options.heartbeatTimeoutMs ?? '3 minutes',
+    retry: { initialInterval: retry?.initial ?? '5s', maximumInterval: retry?.maximum ?? '1 minute' },
   });
 
   // ---- progress, pause and resume -------------------------------------------------------------------
@@ -112,7 +171,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     outputRoot: root,
     details: '',
   };
-  let paused = false;
+  let paused = options.paused ?? false;
   let stageScope: CancellationScope | undefined;
   setHandler(progressQuery, () => progress);
   setHandler(pauseSignal, (reason?: string) => {
@@ -128,17 +187,6 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     log.info('resume requested');
     refresh();
   });
-  setHandler(stageProgressSignal, (p) => {
-    if (p.stage !== progress.stage) return;
-    progress.step = p.step;
-    progress.totalSteps = p.totalSteps;
-    progress.loss = p.loss;
-    progress.etaSeconds = p.etaSeconds;
-    if (p.checkpoint) progress.lastCheckpoint = p.checkpoint;
-    const summary = stageSummary(p.stage);
-    if (summary) summary.jobId = p.jobId;
-    refresh(p.phase);
-  });
 
   function stageSummary(name: string): StageSummary | undefined {
     return progress.stages.find((s) => s.name === name);
@@ -149,10 +197,9 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     const lines = [
       `**${paused ? 'paused' : progress.status}**${stage ? ` — stage ${stage}` : ''}${phase ? ` (${phase})` : ''}`,
     ];
-    if (progress.totalSteps > 0) lines.push(`step ${progress.step}/${progress.totalSteps}`);
-    if (progress.loss !== null) lines.push(`loss ${progress.loss.toFixed(4)}`);
-    if (progress.etaSeconds !== null) lines.push(`ETA ${formatSeconds(progress.etaSeconds)}`);
-    if (progress.lastCheckpoint) lines.push(`checkpoint ${progress.lastCheckpoint}`);
+    if (stage && progress.status === 'running' && !paused) {
+      lines.push('step, loss, ETA and checkpoint: the heartbeat details of the pending activity below');
+    }
     progress.details = lines.join(' · ');
     setCurrentDetails(
       [
@@ -188,10 +235,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     const summary = stageSummary(name)!;
     const done = state.completed[name];
     if (done) return done;
-    if (workflowInfo().continueAsNewSuggested) {
-      log.info('history is long; continuing as new', { nextStage: name });
-      await continueAsNew<typeof fineTunePipeline>(rawConfig, { ...options, state });
-    }
+    if (workflowInfo().continueAsNewSuggested) await continueAsNewNow({ nextStage: name });
     progress.stage = name;
     Object.assign(progress, { step: 0, totalSteps: 0, loss: null, etaSeconds: null });
     upsertSearchAttributes([{ key: VlmflowStage, value: name }]);
@@ -199,25 +243,36 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       if (paused) {
         summary.status = 'paused';
         setStatus('paused');
-        await condition(() => !paused);
+        await condition(() => !paused || (recorded && workflowInfo().continueAsNewSuggested));
+        if (paused) await continueAsNewNow({ pausedAt: name });
         setStatus('running');
       }
       summary.status = 'running';
       // The same id after a pause: the worker starts a new attempt that resumes from the stage's checkpoints.
       // A keyed stage's job is named by its content key, so an identical earlier run's result is attached to.
-      summary.jobId = key ? `stages/${key}` : `${workflowId}/${name}`;
+      summary.jobId = key ? `stages/${key}` : recorded ? `${workflowId}/${tag}/${name}` : `${workflowId}/${name}`;
       const outputUri = key ? `stages/${key}` : `${root}/${name}`;
       refresh();
       stageScope = new CancellationScope();
       try {
-        const ran = await stageScope.run(() => fn(summary.jobId!, outputUri, progress.lastCheckpoint));
+        const running = stageScope.run(() => fn(summary.jobId!, outputUri, progress.lastCheckpoint));
+        const ran = recorded ? await whileWatchingHistory(running, name) : await running;
         const result = { ...ran, fingerprint: ran.fingerprint || key || '' };
         Object.assign(summary, summaryOf(name, result));
         state.completed[name] = result;
         refresh();
         return result;
       } catch (err) {
-        if (isCancellation(err) && paused && !CancellationScope.current().consideredCancelled) {
+        if (err instanceof ContinueAsNew) throw err; // the job runs on; the next run attaches to it
+        const stopping = isCancellation(err) && (CancellationScope.current().consideredCancelled || paused);
+        if (recorded && stopping) {
+          // The attempt may be gone (its TS worker died): the cleanup reaches the job whatever happened to it.
+          const stopped = await CancellationScope.nonCancellable(() =>
+            cleanup.stopJob({ jobId: summary.jobId!, watcher: watcher!, reason: paused ? 'paused' : 'cancelled' }),
+          );
+          if (stopped.lastCheckpoint) progress.lastCheckpoint = stopped.lastCheckpoint; // the resume hint
+        }
+        if (stopping && paused && !CancellationScope.current().consideredCancelled) {
           log.info('stage stopped for pause', { stage: name });
           continue;
         }
@@ -228,6 +283,46 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
         stageScope = undefined;
       }
     }
+  }
+
+  /**
+   * The stage's result; meanwhile, every historyCheckIntervalMs, a timer wakes the workflow so it can continue as
+   * new when Temporal suggests it (a long stage writes no other events). The activity is left running: the next
+   * run's stage attaches to its job by job id.
+   */
+  async function whileWatchingHistory(running: Promise<JobResult>, name: StageName): Promise<JobResult> {
+    const settled = running.then(
+      (value) => ({ value }),
+      (error: unknown) => ({ error }),
+    );
+    for (;;) {
+      const timerScope = new CancellationScope();
+      const tick = timerScope
+        .run(() => sleep(options.historyCheckIntervalMs ?? '1 hour'))
+        .then(
+          () => 'tick' as const,
+          () => 'cancelled' as const,
+        );
+      const first = await Promise.race([settled, tick]);
+      if (first === 'tick') {
+        if (workflowInfo().continueAsNewSuggested) await continueAsNewNow({ duringStage: name });
+        continue;
+      }
+      if (first === 'cancelled') return running; // the run is being cancelled: the stage's outcome says how
+      timerScope.cancel();
+      if ('error' in first) throw first.error;
+      return first.value;
+    }
+  }
+
+  /** Continues as new with what this run knows: the parsed config, the finished stages, pause. */
+  async function continueAsNewNow(where: Record<string, string>): Promise<never> {
+    log.info('history is long; continuing as new', where);
+    return continueAsNew<typeof fineTunePipeline>(rawConfig, {
+      ...options,
+      state,
+      ...(recorded ? { parsed: config, paused } : {}),
+    });
   }
 
   /** A stage's content key when reuse is on (see stage-key.ts); null runs it under this run's own folder. */
@@ -250,6 +345,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
         return await stage(name, key, (jobId, outputUri, checkpoint) =>
           acts.train({
             jobId,
+            watcher,
             stage: name,
             kind: name,
             model: config.model,
@@ -289,6 +385,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     return stage(name, null, (jobId, outputUri) =>
       acts.prepareDataset({
         jobId,
+        watcher,
         stage: name,
         model: config.model,
         dataset,
@@ -328,6 +425,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     const evaluation = await stage('evaluate', evalKey, (jobId, outputUri) =>
       acts.evaluate({
         jobId,
+        watcher,
         stage: 'evaluate',
         model: config.model,
         variants,
@@ -362,6 +460,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       const exported = await stage('export', exportKey, (jobId, outputUri) =>
         acts.exportModel({
           jobId,
+          watcher,
           stage: 'export',
           model: config.model,
           adapterUri: adapterOf(tuned.result),
@@ -413,6 +512,21 @@ function pick(dpo: NonNullable<PipelineConfig['dpo']>) {
   };
 }
 
+function startingProgress(outputRoot: string): PipelineProgress {
+  return {
+    status: 'running',
+    stage: null,
+    stages: [],
+    step: 0,
+    totalSteps: 0,
+    loss: null,
+    etaSeconds: null,
+    lastCheckpoint: '',
+    outputRoot,
+    details: 'parsing the config',
+  };
+}
+
 function summaryOf(name: StageName, result: JobResult | undefined): StageSummary {
   if (!result) return { name, status: 'pending' };
   return {
@@ -435,11 +549,4 @@ export function failureType(err: unknown): string | undefined {
 function failureMessage(err: unknown): string {
   const cause = err instanceof ActivityFailure ? err.cause : err;
   return cause instanceof Error ? cause.message : String(err);
-}
-
-function formatSeconds(seconds: number): string {
-  const h = Math.floor(seconds / 3600);
-  const m = Math.floor((seconds % 3600) / 60);
-  const s = Math.floor(seconds % 60);
-  return h ? `${h}h${String(m).padStart(2, '0')}m` : m ? `${m}m${String(s).padStart(2, '0')}s` : `${s}s`;
 }

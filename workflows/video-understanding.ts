@@ -3,12 +3,13 @@
  * each segment's frames described by the model (bounded parallel activities); then the descriptions summarized
  * into one account of the whole video.
  */
-import { proxyActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
+import { patched, proxyActivities, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { Activities } from '../activities/index.js';
 import { videoUnderstandingSchema } from '../src/config/inference-config.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
 import { GPU_TASK_QUEUE } from '../src/config/task-queues.js';
-import { parseInputOrFail } from './parse-input.js';
+import { configOrFail, parseInputOrFail, parsers } from './parse-input.js';
+import { Patches } from './patches.js';
 import { inferenceProgressQuery, type InferenceProgress } from './definitions.js';
 
 export interface VideoSegment {
@@ -27,7 +28,10 @@ export async function videoUnderstanding(
   raw: unknown,
   options: { gpuTaskQueue?: string } = {},
 ): Promise<VideoUnderstandingResult> {
-  const config = parseInputOrFail(videoUnderstandingSchema, raw, 'video understanding input');
+  // Runs that started before this deploy parse inline, as they did (patches.ts).
+  const config = patched(Patches.recordedInput)
+    ? configOrFail(await parsers.parseVideoUnderstandingInput(raw))
+    : parseInputOrFail(videoUnderstandingSchema, raw, 'video understanding input');
   const acts = proxyActivities<Activities>({
     taskQueue: options.gpuTaskQueue ?? GPU_TASK_QUEUE,
     startToCloseTimeout: '30 minutes',

@@ -1,11 +1,13 @@
 /**
  * Follows a running fineTunePipeline from the CLI: a live progress bar per stage (cli-progress) fed by the
- * workflow's `progress` query, with step/total, loss and the ETA the worker's step rate gives; then the
- * outcome, the report path and an exit code.
+ * workflow's `progress` query and its stage's heartbeat details (src/run-progress.ts), with step/total, loss and the
+ * ETA the worker's step rate gives, or "waiting for a GPU"; then the outcome, the report path and an exit code.
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import cliProgress from 'cli-progress';
-import { progressQuery, type PipelineProgress } from '../../workflows/definitions.js';
+import type { PipelineProgress } from '../../workflows/definitions.js';
+import { WAITING_FOR_GPU } from '../../activities/job-runner.js';
+import { readPipelineProgress } from '../run-progress.js';
 import type { fineTunePipeline, PipelineResult } from '../../workflows/fine-tune-pipeline.js';
 import { ExitCode } from './exit-codes.js';
 import { describeFailure, formatDuration, formatEta, isCancelled, stageLines } from './print.js';
@@ -35,7 +37,7 @@ export async function followPipeline(
   const poll = async () => {
     let p: PipelineProgress;
     try {
-      p = await handle.query(progressQuery);
+      p = await readPipelineProgress(handle);
       lastQueryOk = Date.now();
     } catch {
       if (!hinted && Date.now() - lastQueryOk > 30_000) {
@@ -92,7 +94,10 @@ export async function followPipeline(
 
 function payload(p: PipelineProgress) {
   return {
-    stage: `${p.stage ?? ''}${p.status === 'paused' ? ' (paused)' : ''}`.padEnd(10),
+    stage:
+      `${p.stage ?? ''}${p.status === 'paused' ? ' (paused)' : p.phase === WAITING_FOR_GPU ? ` (${WAITING_FOR_GPU})` : ''}`.padEnd(
+        10,
+      ),
     unit: p.stage === 'sft' || p.stage === 'dpo' ? 'steps' : 'items',
     loss: p.loss === null ? '-' : p.loss.toFixed(4),
     eta: formatEta(p.etaSeconds),

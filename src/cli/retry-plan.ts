@@ -10,6 +10,8 @@ import type { temporal } from '@temporalio/proto';
 import type { JobResult } from '../../activities/index.js';
 import type { StageName } from '../../workflows/definitions.js';
 import type { PipelineOptions, PipelineState } from '../../workflows/fine-tune-pipeline.js';
+import { Patches } from '../../workflows/patches.js';
+import { runOutputRoot } from '../../workflows/run-scope.js';
 
 export interface RetryPlan {
   /** The old run's raw config (parsed again by the new run). */
@@ -27,8 +29,16 @@ export async function planRetry(client: Client, workflowId: string, gpuTaskQueue
     throw new Error(`${workflowId} is not a fineTunePipeline run, so there is nothing to retry`);
   }
   const [config, previous] = decode(started.input?.payloads) as [unknown, PipelineOptions | undefined];
+  // The folder the old run wrote to: runs that started after Patches.recordedInput have one of their own.
+  const ownFolder = events.some((e) =>
+    Object.values(e.markerRecordedEventAttributes?.details ?? {}).some((d) =>
+      decode(d.payloads).some((v) => JSON.stringify(v).includes(Patches.recordedInput)),
+    ),
+  );
   const outputRoot =
-    previous?.state?.outputRoot ?? ((config as { outputUri?: string })?.outputUri || `runs/${workflowId}`);
+    previous?.state?.outputRoot ??
+    ((config as { outputUri?: string })?.outputUri ||
+      (ownFolder ? runOutputRoot(workflowId, started.firstExecutionRunId ?? '') : `runs/${workflowId}`));
   const completed: PipelineState['completed'] = { ...previous?.state?.completed };
 
   const scheduled = new Map<string, { stage?: StageName }>();

@@ -1,6 +1,8 @@
 /** `vlmflow status | list | cancel | pause | resume | retry`: look at and steer pipeline runs. */
 import { WorkflowNotFoundError, type WorkflowExecutionInfo } from '@temporalio/client';
-import { pauseSignal, progressQuery, resumeSignal } from '../../workflows/definitions.js';
+import { pauseSignal, resumeSignal } from '../../workflows/definitions.js';
+import { WAITING_FOR_GPU } from '../../activities/job-runner.js';
+import { readPipelineProgress } from '../run-progress.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
 import { planRetry } from './retry-plan.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../config/search-attributes.js';
@@ -30,9 +32,9 @@ export function status(workflowId: string): Promise<number> {
       return ExitCode.ok;
     }
     try {
-      const p = await handle.query(progressQuery);
+      const p = await readPipelineProgress(handle);
       if (p.stage) {
-        const steps = p.totalSteps ? `step ${p.step}/${p.totalSteps}` : '';
+        const steps = p.phase === WAITING_FOR_GPU ? p.phase : p.totalSteps ? `step ${p.step}/${p.totalSteps}` : '';
         const loss = p.loss !== null ? ` · loss ${p.loss.toFixed(4)}` : '';
         console.log(`  stage ${p.stage} (${p.status}) ${steps}${loss} · ETA ${formatEta(p.etaSeconds)}`);
       }

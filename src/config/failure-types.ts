@@ -17,8 +17,14 @@ export const FailureType = {
   Storage: 'StorageError',
   /** The worker does not implement this RPC yet (gRPC UNIMPLEMENTED). Not retried. */
   Unimplemented: 'Unimplemented',
-  /** The worker cannot be reached, is restarting, or has every job slot taken (gRPC UNAVAILABLE). Retried. */
+  /** The worker cannot be reached or is restarting (gRPC UNAVAILABLE). Retried. */
   WorkerUnavailable: 'WorkerUnavailable',
+  /** Every job slot of the worker is taken by other work: the stage waits for a GPU. Retried without limit. */
+  WorkerBusy: 'WorkerBusy',
+  /** The worker refused this caller: wrong token, client certificate or CA (UNAUTHENTICATED, TLS). Not retried. */
+  Unauthorized: 'Unauthorized',
+  /** The job sent no event for the worker's stuck limit and was stopped. Retried; it resumes. */
+  JobStuck: 'JobStuck',
   /** The job stopped without our asking (worker shutdown, job process died). Retried; it resumes. */
   JobInterrupted: 'JobInterrupted',
   /** The worker hit a bug or its job process crashed. Retried. */

@@ -15,6 +15,11 @@ export interface DevServerOptions {
   uiPort: number;
   namespace?: string;
   readyTimeoutMs?: number;
+  /**
+   * Dynamic config, e.g. { 'limit.historyCount.suggestContinueAsNew': 40 } to see continue-as-new in a short
+   * test (the server's own settings, passed as --dynamic-config-value).
+   */
+  dynamicConfig?: Record<string, string | number | boolean>;
 }
 
 export interface DevServer {
@@ -66,6 +71,10 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     'error',
     ...(namespace === 'default' ? [] : ['--namespace', namespace]),
     ...searchAttributeFlags(),
+    ...Object.entries(opts.dynamicConfig ?? {}).flatMap(([key, value]) => [
+      '--dynamic-config-value',
+      `${key}=${JSON.stringify(value)}`,
+    ]),
   ];
   const child = execa(temporalCli, args, { reject: false, stdout: 'ignore', stderr: 'pipe', all: false });
   let stderr = '';

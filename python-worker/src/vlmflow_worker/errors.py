@@ -80,6 +80,17 @@ class Cancelled(WorkerError):
     reason = jobs_pb2.FAILURE_REASON_CANCELLED
 
 
+class Stuck(WorkerError):
+    """The job sent no event for the worker's stuck limit and was stopped; a retry resumes from its checkpoint."""
+
+    status = grpc.StatusCode.ABORTED
+    reason = jobs_pb2.FAILURE_REASON_STUCK
+
+
+ERROR_TYPE_TRAILER = "vlmflow-error-type"
+
+
 async def abort_with(context: grpc.aio.ServicerContext, error: WorkerError) -> None:
-    """Ends a unary call with the error's status and message."""
-    await context.abort(error.status, error.message)
+    """Ends a call with the error's status and message, and its class in a trailer: a status alone is ambiguous
+    (UNAVAILABLE is both "every job slot is taken, wait" and "the artifact store failed")."""
+    await context.abort(error.status, error.message, ((ERROR_TYPE_TRAILER, type(error).__name__),))

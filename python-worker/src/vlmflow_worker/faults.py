@@ -10,6 +10,11 @@
   end-to-end test can land its faults mid-stage however fast this machine trains the tiny model.
 - VLMFLOW_FAULT_GENERATE_SECONDS=<s>: every Generate call takes s seconds longer (on the model thread, as a slower
   device would), so a batch inference run is still mid-way when a test kills its worker.
+- VLMFLOW_FAULT_HANG_AT_STEP=<n>: the first training process of an output folder hangs at the end of step n (sends
+  no event and ignores cancel, like a deadlock), so the worker's stuck check must notice, kill it and let the retry
+  resume from the newest checkpoint.
+- VLMFLOW_FAULT_PROGRESS_REPEAT=<k>: every progress event a job reports is written k times, so a test can push
+  tens of thousands of progress updates through the stack in seconds (a compressed multi-day run).
 
 python-worker/tests/test_faults.py and test/faults*.test.ts use them; docs/durability.md lists the runs.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -27,6 +33,8 @@ CHECKPOINT_ENOSPC = "VLMFLOW_FAULT_CHECKPOINT_ENOSPC"
 OOM_ABOVE_MICRO_BATCH = "VLMFLOW_FAULT_OOM_ABOVE_MICRO_BATCH"
 STEP_SECONDS = "VLMFLOW_FAULT_STEP_SECONDS"
 GENERATE_SECONDS = "VLMFLOW_FAULT_GENERATE_SECONDS"
+HANG_AT_STEP = "VLMFLOW_FAULT_HANG_AT_STEP"
+PROGRESS_REPEAT = "VLMFLOW_FAULT_PROGRESS_REPEAT"
 
 
 def fail_checkpoint_write(step: int) -> None:
@@ -43,6 +51,11 @@ def slow_generate() -> None:
         time.sleep(float(seconds))
 
 
+def progress_repeat() -> int:
+    """How many times each progress event is written (1 unless VLMFLOW_FAULT_PROGRESS_REPEAT is set)."""
+    return max(1, int(os.environ.get(PROGRESS_REPEAT) or 1))
+
+
 def armed_callbacks(micro_batch_size: int) -> list[TrainerCallback]:
     """The trainer callbacks of the armed faults; none unless their variables are set."""
     armed: list[TrainerCallback] = []
@@ -50,7 +63,23 @@ def armed_callbacks(micro_batch_size: int) -> list[TrainerCallback]:
         armed.append(InjectedOutOfMemory(micro_batch_size))
     if os.environ.get(STEP_SECONDS):
         armed.append(SlowSteps(float(os.environ[STEP_SECONDS])))
+    if os.environ.get(HANG_AT_STEP):
+        armed.append(HangOnce(int(os.environ[HANG_AT_STEP])))
     return armed
+
+
+class HangOnce(TrainerCallback):
+    """Hangs forever at the end of step `step`, once per output folder (a marker file there remembers)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        marker = Path(args.output_dir) / "fault-hung-once"
+        if state.global_step == self.step and not marker.exists():
+            marker.touch()
+            while True:  # no event, no cancel check: only a kill ends this
+                time.sleep(3600)
 
 
 class SlowSteps(TrainerCallback):

@@ -40,6 +40,7 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_REASON_STORAGE: _ClassVar[FailureReason]
     FAILURE_REASON_INTERNAL: _ClassVar[FailureReason]
     FAILURE_REASON_FAILED_PRECONDITION: _ClassVar[FailureReason]
+    FAILURE_REASON_STUCK: _ClassVar[FailureReason]
 
 class LogLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -85,6 +86,7 @@ FAILURE_REASON_CANCELLED: FailureReason
 FAILURE_REASON_STORAGE: FailureReason
 FAILURE_REASON_INTERNAL: FailureReason
 FAILURE_REASON_FAILED_PRECONDITION: FailureReason
+FAILURE_REASON_STUCK: FailureReason
 LOG_LEVEL_UNSPECIFIED: LogLevel
 LOG_LEVEL_DEBUG: LogLevel
 LOG_LEVEL_INFO: LogLevel
@@ -240,7 +242,7 @@ class JobFailed(_message.Message):
     def __init__(self, reason: _Optional[_Union[FailureReason, str]] = ..., message: _Optional[str] = ..., detail: _Optional[str] = ..., last_checkpoint_uri: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "kind", "state", "create_time", "update_time", "step", "total_steps", "last_checkpoint_uri", "completed", "failed")
+    __slots__ = ("job_id", "kind", "state", "create_time", "update_time", "step", "total_steps", "last_checkpoint_uri", "completed", "failed", "watchers")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -251,6 +253,7 @@ class Job(_message.Message):
     LAST_CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    WATCHERS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: JobKind
     state: JobState
@@ -261,7 +264,8 @@ class Job(_message.Message):
     last_checkpoint_uri: str
     completed: JobCompleted
     failed: JobFailed
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_checkpoint_uri: _Optional[str] = ..., completed: _Optional[_Union[JobCompleted, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ...) -> None: ...
+    watchers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[JobKind, str]] = ..., state: _Optional[_Union[JobState, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., last_checkpoint_uri: _Optional[str] = ..., completed: _Optional[_Union[JobCompleted, _Mapping]] = ..., failed: _Optional[_Union[JobFailed, _Mapping]] = ..., watchers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DatasetSource(_message.Message):
     __slots__ = ("uri", "layout", "split", "subset", "columns")
@@ -285,7 +289,7 @@ class DatasetSource(_message.Message):
     def __init__(self, uri: _Optional[str] = ..., layout: _Optional[_Union[DatasetLayout, str]] = ..., split: _Optional[str] = ..., subset: _Optional[str] = ..., columns: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PrepareDatasetRequest(_message.Message):
-    __slots__ = ("job_id", "sources", "model", "max_length", "eval_fraction", "seed", "max_drop_fraction", "max_rows", "output_uri")
+    __slots__ = ("job_id", "sources", "model", "max_length", "eval_fraction", "seed", "max_drop_fraction", "max_rows", "output_uri", "watcher")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +299,7 @@ class PrepareDatasetRequest(_message.Message):
     MAX_DROP_FRACTION_FIELD_NUMBER: _ClassVar[int]
     MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     sources: _containers.RepeatedCompositeFieldContainer[DatasetSource]
     model: _common_pb2.ModelRef
@@ -304,7 +309,8 @@ class PrepareDatasetRequest(_message.Message):
     max_drop_fraction: float
     max_rows: int
     output_uri: str
-    def __init__(self, job_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[DatasetSource, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., max_length: _Optional[int] = ..., eval_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., max_drop_fraction: _Optional[float] = ..., max_rows: _Optional[int] = ..., output_uri: _Optional[str] = ...) -> None: ...
+    watcher: str
+    def __init__(self, job_id: _Optional[str] = ..., sources: _Optional[_Iterable[_Union[DatasetSource, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., max_length: _Optional[int] = ..., eval_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., max_drop_fraction: _Optional[float] = ..., max_rows: _Optional[int] = ..., output_uri: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class PrepareDatasetResponse(_message.Message):
     __slots__ = ("event",)
@@ -379,7 +385,7 @@ class DpoConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., max_completion_length: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri")
+    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri", "watcher")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +395,7 @@ class TrainRequest(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     DPO_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: TrainKind
     model: _common_pb2.ModelRef
@@ -398,7 +405,8 @@ class TrainRequest(_message.Message):
     training: TrainingConfig
     dpo: DpoConfig
     resume_from_checkpoint_uri: str
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ...) -> None: ...
+    watcher: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("event",)
@@ -417,7 +425,7 @@ class EvalVariant(_message.Message):
     def __init__(self, name: _Optional[str] = ..., adapter_uri: _Optional[str] = ..., training_log_uri: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("job_id", "model", "variants", "dataset_uri", "metrics", "generation", "batch_size", "max_samples", "bootstrap_samples", "output_uri")
+    __slots__ = ("job_id", "model", "variants", "dataset_uri", "metrics", "generation", "batch_size", "max_samples", "bootstrap_samples", "output_uri", "watcher")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
@@ -428,6 +436,7 @@ class EvaluateRequest(_message.Message):
     MAX_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     BOOTSTRAP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: _common_pb2.ModelRef
     variants: _containers.RepeatedCompositeFieldContainer[EvalVariant]
@@ -438,7 +447,8 @@ class EvaluateRequest(_message.Message):
     max_samples: int
     bootstrap_samples: int
     output_uri: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[EvalVariant, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[_common_pb2.GenerationConfig, _Mapping]] = ..., batch_size: _Optional[int] = ..., max_samples: _Optional[int] = ..., bootstrap_samples: _Optional[int] = ..., output_uri: _Optional[str] = ...) -> None: ...
+    watcher: str
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[EvalVariant, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[_common_pb2.GenerationConfig, _Mapping]] = ..., batch_size: _Optional[int] = ..., max_samples: _Optional[int] = ..., bootstrap_samples: _Optional[int] = ..., output_uri: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("event",)
@@ -447,7 +457,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("job_id", "model", "output_uri", "push_to_hub", "private_repo", "card")
+    __slots__ = ("job_id", "model", "output_uri", "push_to_hub", "private_repo", "card", "watcher")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -461,13 +471,15 @@ class ExportRequest(_message.Message):
     PUSH_TO_HUB_FIELD_NUMBER: _ClassVar[int]
     PRIVATE_REPO_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: _common_pb2.ModelRef
     output_uri: str
     push_to_hub: str
     private_repo: bool
     card: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., output_uri: _Optional[str] = ..., push_to_hub: _Optional[str] = ..., private_repo: _Optional[bool] = ..., card: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    watcher: str
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., output_uri: _Optional[str] = ..., push_to_hub: _Optional[str] = ..., private_repo: _Optional[bool] = ..., card: _Optional[_Mapping[str, str]] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class ExportResponse(_message.Message):
     __slots__ = ("event",)

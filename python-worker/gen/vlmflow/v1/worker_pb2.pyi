@@ -63,14 +63,16 @@ class WatchJobResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_jobs_pb2.JobEvent, _Mapping]] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
-    __slots__ = ("job_id", "wait", "reason")
+    __slots__ = ("job_id", "wait", "reason", "watcher")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    WATCHER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     wait: bool
     reason: str
-    def __init__(self, job_id: _Optional[str] = ..., wait: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+    watcher: str
+    def __init__(self, job_id: _Optional[str] = ..., wait: _Optional[bool] = ..., reason: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
 
 class CancelJobResponse(_message.Message):
     __slots__ = ("job",)

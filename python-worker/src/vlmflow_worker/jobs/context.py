@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.errors import Cancelled
+from vlmflow_worker.errors import Cancelled, Stuck
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.serve.settings import WorkerSettings
 
@@ -22,6 +22,9 @@ class JobContext:
         self._path = folder / eventlog.EVENTS
         self._sequence = len(eventlog.read_events(self._path))
         self.last_checkpoint_uri = ""
+        from vlmflow_worker import faults  # here, not at the top: the server imports this module, and faults torch
+
+        self._progress_repeat = faults.progress_repeat()
 
     def resync(self) -> None:
         """Counts the log again: another process (a torchrun launch) appended to it meanwhile."""
@@ -34,7 +37,9 @@ class JobContext:
         eventlog.append(self._path, eventlog.new_event(self.job_id, self._sequence, **oneof))
 
     def progress(self, phase: str, metrics: dict[str, float] | None = None, **fields) -> None:
-        self.emit(progress=jobs_pb2.JobProgress(phase=phase, metrics=metrics or {}, **fields))
+        event = jobs_pb2.JobProgress(phase=phase, metrics=metrics or {}, **fields)
+        for _ in range(self._progress_repeat):  # 1 unless a test asks for a flood (faults.PROGRESS_REPEAT)
+            self.emit(progress=event)
 
     def checkpoint_saved(self, uri: str, step: int) -> None:
         self.last_checkpoint_uri = uri
@@ -53,6 +58,16 @@ class JobContext:
         """True once a caller asked the job to stop (a file, so every rank of a multi-process run sees it)."""
         return (self.folder / eventlog.CANCEL).exists()
 
+    def stop_error(self, message: str) -> Cancelled | Stuck:
+        """The error a job ends with after it stopped on request: STUCK when the worker stopped it for silence."""
+        try:
+            why = (self.folder / eventlog.CANCEL).read_text()
+        except FileNotFoundError:
+            why = ""
+        if why.startswith(eventlog.STUCK_PREFIX):
+            return Stuck(f"{why}; {message}")
+        return Cancelled(message)
+
     def raise_if_cancelled(self) -> None:
         if self.cancelled():
-            raise Cancelled("the job was cancelled by a caller")
+            raise self.stop_error("the job was cancelled by a caller")

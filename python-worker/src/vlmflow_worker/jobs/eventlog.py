@@ -5,7 +5,8 @@
 - `events.jsonl`: one JobEvent per line (protobuf JSON). One writer at a time: the child while it runs, the
   server before it starts and after it ended. A later attempt of the same id moves the old log to
   `events.<n>.jsonl` first, so every log reads from `accepted` to one terminal event;
-- `cancel`: present when a caller asked the job to stop.
+- `cancel`: present when a caller asked the job to stop; it holds the reason (`stuck: ...` when the worker
+  stopped a silent job).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vlmflow_worker.errors import InvalidArgument
 
 EVENTS = "events.jsonl"
 CANCEL = "cancel"
+STUCK_PREFIX = "stuck:"
 MAX_JOB_ID = 200
 
 
@@ -63,10 +65,13 @@ def repair_tail(path: Path) -> None:
 
 
 def append(path: Path, event: jobs_pb2.JobEvent) -> None:
+    """Appends one event; durable (fsync) unless it is progress, which the next step replaces anyway: a
+    step's fsync would cost more than the step on a fast GPU with a slow artifact store."""
     with open(path, "a") as f:
         f.write(to_line(event))
         f.flush()
-        os.fsync(f.fileno())
+        if event.WhichOneof("event") != "progress":
+            os.fsync(f.fileno())
 
 
 def rotate(folder: Path) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-
 import grpc
 
 from vlmflow.v1 import jobs_pb2
+from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.jobs.spec import JobSpec
 
@@ -29,4 +28,4 @@ def spec_for(kind: int) -> JobSpec:
     module = ENTRY_MODULES.get(kind)
     if module is None:
         raise Unimplemented(f"{jobs_pb2.JobKind.Name(kind)} jobs are not implemented by this worker yet")
-    return importlib.import_module(module).JOB
+    return heavy_imports.import_module(module).JOB  # the server calls this from the event loop

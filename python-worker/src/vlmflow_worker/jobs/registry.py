@@ -5,7 +5,12 @@ FAILED_PRECONDITION naming the running jobs; nothing is queued here, because Tem
 activity worker's concurrency equals the capacity Health reports, and a refused activity is retried.
 
 Detaching (a caller's stream ends or is cancelled) never stops a job: a retried activity attaches to it again.
-Stopping is explicit, through CancelJob.
+Stopping is explicit, through CancelJob. Each request names its watcher (the run waiting for the job); a job that
+several runs share (a reused stage) is stopped only when its last watcher cancels. Watchers are files in the job
+folder (`watchers/`), so they outlive this process.
+
+Stuck jobs: a job that sends no event for `job_stuck_after_s` is asked to checkpoint and stop, killed after
+`job_cancel_grace_s`, and ends typed STUCK, so the caller's retry resumes it from its newest checkpoint.
 
 Warm start: once a job has started, a spare job process is started beside it (`child --warm`) that does the
 imports every job pays (torch, transformers: seconds), and the next job is handed to it through its stdin; the server
@@ -17,17 +22,18 @@ CPU-only worker the spare's imports compete with the running job for the few cor
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from vlmflow.v1 import jobs_pb2
+from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.child import failure
@@ -36,13 +42,14 @@ from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.jobs")
 WARM_ENV = "VLMFLOW_WARM_JOB_PROCESS"
+WATCHERS = "watchers"
 
 
 def _import_job_modules() -> None:
     """Imports what validating a request of each kind needs, so the first Train request does not wait seconds."""
     for module in ENTRY_MODULES.values():
         try:
-            importlib.import_module(module)
+            heavy_imports.import_module(module)
         except Exception:
             log.warning("could not import a job module ahead of use", extra={"module": module}, exc_info=True)
 
@@ -66,6 +73,7 @@ class JobRecord:
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_deadline: float | None = None
+    stuck_for_s: float | None = None  # set when the job was declared stuck after this many silent seconds
 
     @property
     def running(self) -> bool:
@@ -76,16 +84,35 @@ class JobRecord:
         return bool(self.events) and eventlog.is_terminal(self.events[-1])
 
     def job(self) -> jobs_pb2.Job:
-        return eventlog.job_state(self.job_id, self.kind, self.events, self.running)
+        job = eventlog.job_state(self.job_id, self.kind, self.events, self.running)
+        if self.running:
+            job.watchers.extend(watchers(self.folder))
+        return job
+
+
+def watchers(folder: Path) -> list[str]:
+    try:
+        return sorted(unquote(p.name) for p in (folder / WATCHERS).iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def add_watcher(folder: Path, watcher: str) -> None:
+    if watcher:
+        (folder / WATCHERS).mkdir(exist_ok=True)
+        (folder / WATCHERS / quote(watcher, safe="")).touch()
+
+
+def remove_watcher(folder: Path, watcher: str) -> None:
+    (folder / WATCHERS / quote(watcher, safe="")).unlink(missing_ok=True)
 
 
 class JobRegistry:
-    def __init__(
-        self, settings: WorkerSettings, capacity: int, cancel_grace_s: float = 60.0, poll_s: float = 0.1
-    ) -> None:
+    def __init__(self, settings: WorkerSettings, capacity: int, poll_s: float = 0.1) -> None:
         self.settings = settings
         self.capacity = capacity
-        self.cancel_grace_s = cancel_grace_s
+        self.cancel_grace_s = settings.job_cancel_grace_s
+        self.stuck_after_s = settings.job_stuck_after_s
         self.poll_s = poll_s
         self._jobs: dict[str, JobRecord] = {}
         self._lock = asyncio.Lock()
@@ -152,6 +179,8 @@ class JobRegistry:
                         f"use a different id for this {jobs_pb2.JobKind.Name(kind)} job"
                     )
                 if record.running or record.job().state == jobs_pb2.JOB_STATE_SUCCEEDED:
+                    if record.running:
+                        add_watcher(record.folder, request.watcher)
                     return record, True
             busy = self.running()
             if len(busy) >= self.capacity:
@@ -169,6 +198,8 @@ class JobRegistry:
         folder.mkdir(parents=True, exist_ok=True)
         eventlog.rotate(folder)
         (folder / eventlog.CANCEL).unlink(missing_ok=True)
+        shutil.rmtree(folder / WATCHERS, ignore_errors=True)  # an earlier attempt's watchers are not this one's
+        add_watcher(folder, request.watcher)
         settings = {
             "artifact_root": str(self.settings.artifact_root),
             "data_roots": [str(p) for p in self.settings.data_roots],
@@ -237,12 +268,24 @@ class JobRegistry:
         path = record.folder / eventlog.EVENTS
         offset = 0
         exited = asyncio.ensure_future(record.process.wait())
+        loop = asyncio.get_running_loop()
+        last_event_at = loop.time()
         while True:
             finished = exited.done()  # read after exit too, so no line written before it is missed
-            offset = await self._relay(record, path, offset)
+            new_offset = await self._relay(record, path, offset)
             if finished:
                 break
-            if record.cancel_deadline is not None and asyncio.get_running_loop().time() > record.cancel_deadline:
+            now = loop.time()
+            if new_offset != offset:
+                offset, last_event_at = new_offset, now
+            if self._is_stuck(record, now - last_event_at):
+                record.stuck_for_s = now - last_event_at
+                log.warning(
+                    "job sent no event; declaring it stuck",
+                    extra={"job_id": record.job_id, "silent_s": round(record.stuck_for_s, 1)},
+                )
+                self._request_stop(record, f"stuck: no event for {record.stuck_for_s:.0f} s")
+            if record.cancel_deadline is not None and now > record.cancel_deadline:
                 log.warning("job did not stop after cancel; killing it", extra={"job_id": record.job_id})
                 record.process.kill()
                 record.cancel_deadline = None
@@ -256,6 +299,14 @@ class JobRegistry:
                 f"the job process {how} before reporting a result (out of host memory, a crash, or a kill); "
                 "start it again with the same job id to resume from the last checkpoint"
             )
+            if record.stuck_for_s is not None:
+                reason = jobs_pb2.FAILURE_REASON_STUCK
+                message = (
+                    f"the job sent no event for {record.stuck_for_s:.0f} s (a hang: deadlock, stalled I/O) and did "
+                    f"not stop within {self.cancel_grace_s:.0f} s of being asked, so it was killed; start it again "
+                    "with the same job id to resume from the last checkpoint (VLMFLOW_JOB_STUCK_SECONDS sets the "
+                    "limit)"
+                )
             eventlog.repair_tail(path)
             record.events = eventlog.read_events(path)
             self._append_failure(record, failure(reason, message, checkpoint=record.job().last_checkpoint_uri))
@@ -280,6 +331,20 @@ class JobRegistry:
             record.events.extend(events)
             record.changed.notify_all()
         return offset + len(complete)
+
+    def _is_stuck(self, record: JobRecord, silent_s: float) -> bool:
+        return (
+            self.stuck_after_s > 0
+            and silent_s > self.stuck_after_s
+            and record.stuck_for_s is None
+            and record.cancel_deadline is None  # already stopping
+        )
+
+    def _request_stop(self, record: JobRecord, reason: str) -> None:
+        """Asks the job to checkpoint and stop (a file every rank sees); it is killed if it has not by the deadline."""
+        if record.cancel_deadline is None:
+            (record.folder / eventlog.CANCEL).write_text(reason)
+            record.cancel_deadline = asyncio.get_running_loop().time() + self.cancel_grace_s
 
     def _append_failure(self, record: JobRecord, failed: jobs_pb2.JobFailed) -> None:
         event = eventlog.new_event(record.job_id, len(record.events) + 1, failed=failed)
@@ -308,12 +373,21 @@ class JobRegistry:
             if not batch and not record.running:
                 return  # ended without a terminal event (should not happen: supervise writes one)
 
-    async def cancel(self, job_id: str, wait: bool, reason: str = "") -> jobs_pb2.Job:
+    async def cancel(self, job_id: str, wait: bool, reason: str = "", watcher: str = "") -> jobs_pb2.Job:
+        """Stops the job, unless `watcher` is given and other runs still wait for it: then only that one leaves."""
         record = self.require(job_id)
         if record.running:
+            if watcher:
+                remove_watcher(record.folder, watcher)
+                others = watchers(record.folder)
+                if others:
+                    log.info(
+                        "watcher left; the job runs on for the others",
+                        extra={"job_id": job_id, "watcher": watcher, "watchers": others},
+                    )
+                    return record.job()
             if record.cancel_deadline is None:
-                (record.folder / eventlog.CANCEL).write_text(reason or "cancelled by a caller")
-                record.cancel_deadline = asyncio.get_running_loop().time() + self.cancel_grace_s
+                self._request_stop(record, reason or "cancelled by a caller")
                 log.info("job cancel requested", extra={"job_id": job_id, "reason": reason})
             if wait:
                 await record.done.wait()

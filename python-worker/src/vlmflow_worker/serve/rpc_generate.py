@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 
 from vlmflow.v1 import worker_pb2
+from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import WorkerError, abort_with
 from vlmflow_worker.serve.settings import WorkerSettings
 
@@ -34,10 +35,11 @@ class GenerateRpcs:
         self._model_cache = None
 
     def _run_generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
-        # Imported here: torch and transformers take seconds to import, and Health must answer before that.
-        from vlmflow_worker import faults
-        from vlmflow_worker.infer.generate import run_generate
-        from vlmflow_worker.models import ModelCache
+        # Imported here: torch and transformers take seconds to import, and Health must answer before that. Through
+        # the server's one import lock: a job request or the job warm-up may be importing transformers right now.
+        faults = heavy_imports.import_module("vlmflow_worker.faults")
+        run_generate = heavy_imports.import_module("vlmflow_worker.infer.generate").run_generate
+        ModelCache = heavy_imports.import_module("vlmflow_worker.models").ModelCache  # noqa: N806
 
         if self._model_cache is None:
             self._model_cache = ModelCache(settings=self.settings)

@@ -82,7 +82,7 @@ class JobRpcs:
 
     async def CancelJob(self, request, context):  # noqa: N802
         try:
-            job = await self.registry.cancel(request.job_id, request.wait, request.reason)
+            job = await self.registry.cancel(request.job_id, request.wait, request.reason, request.watcher)
         except WorkerError as err:
             await abort_with(context, err)
         return worker_pb2.CancelJobResponse(job=job)

@@ -63,6 +63,13 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, Worke
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             # Without this a second worker silently shares the port with the first.
             ("grpc.so_reuseport", 0),
+            # Keepalive: a job stream can be silent for minutes (a long eval batch), and a dead peer behind a NAT or
+            # a crashed host must still be noticed. Clients ping every 30 s (src/python-worker-client.ts); allow it.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
         ],
     )
     service = WorkerService(settings)

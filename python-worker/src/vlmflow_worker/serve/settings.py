@@ -12,6 +12,15 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _number_env(name: str, default: str, kind: type[int] | type[float]) -> int | float:
+    """A numeric variable; a value that is not a number is an error naming the variable, never a default."""
+    value = _env(name, default)
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
 def _path_env(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
@@ -74,7 +83,7 @@ class WorkerSettings:
         metadata={"help": "Address to bind. Loopback by default; set 0.0.0.0 only behind TLS and a token."},
     )
     port: int = field(
-        default_factory=lambda: int(_env("VLMFLOW_WORKER_PORT", "50051")),
+        default_factory=lambda: int(_number_env("VLMFLOW_WORKER_PORT", "50051", int)),
         metadata={"help": "Port to bind; 0 picks a free one (announced in the 'listening' log line)."},
     )
     artifact_root: Path = field(
@@ -86,8 +95,20 @@ class WorkerSettings:
         metadata={"help": "Folders user datasets, images and videos may be read from (besides the artifact root)."},
     )
     job_capacity: int = field(
-        default_factory=lambda: int(_env("VLMFLOW_JOB_CAPACITY", "0")),
+        default_factory=lambda: int(_number_env("VLMFLOW_JOB_CAPACITY", "0", int)),
         metadata={"help": "Jobs run at once; 0 means one per GPU, or one on CPU."},
+    )
+    job_stuck_after_s: float = field(
+        default_factory=lambda: _number_env("VLMFLOW_JOB_STUCK_SECONDS", "1800", float),
+        metadata={
+            "help": "A job that sends no event (step, log line, checkpoint) for this many seconds is declared stuck: "
+            "asked to checkpoint, killed after job_cancel_grace_s, and failed typed STUCK so a retry resumes it. "
+            "0 turns the check off. Long silent phases (downloading a large model) need a larger value."
+        },
+    )
+    job_cancel_grace_s: float = field(
+        default_factory=lambda: _number_env("VLMFLOW_JOB_CANCEL_GRACE_SECONDS", "60", float),
+        metadata={"help": "Seconds a job has to checkpoint and stop after a cancel before it is killed."},
     )
     tls_cert: Path | None = field(
         default_factory=lambda: _path_env("VLMFLOW_WORKER_TLS_CERT"),
@@ -120,6 +141,10 @@ class WorkerSettings:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.job_capacity < 0:
             raise ValueError(f"job_capacity must be >= 0, got {self.job_capacity}")
+        if self.job_stuck_after_s < 0:
+            raise ValueError(f"job_stuck_after_s must be >= 0 (0 = never), got {self.job_stuck_after_s}")
+        if self.job_cancel_grace_s <= 0:
+            raise ValueError(f"job_cancel_grace_s must be > 0, got {self.job_cancel_grace_s}")
         self.artifact_root = self.artifact_root.resolve()
         self.data_roots = [p.resolve() for p in self.data_roots]
         _validate_security(self)

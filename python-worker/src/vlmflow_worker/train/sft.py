@@ -160,6 +160,8 @@ class JobEvents(TrainerCallback):
             self.ctx.progress("training", step=state.global_step, total_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self.ctx:  # every step: the live step count, and the sign of life the worker's stuck check waits for
+            self.ctx.progress("training", step=state.global_step, total_steps=state.max_steps)
         if self._cancel_requested(args):
             self.cancelled = True
             control.should_save = True
@@ -240,6 +242,8 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     has_eval = bool(eval_rows) and config.eval_steps > 0
 
     # 2-3. Model, processor and adapters.
+    if ctx:
+        ctx.progress("loading the model")
     model, processor = load_for_training(config, settings)
     collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
 
@@ -290,7 +294,8 @@ def train_resuming(trainer, config: SFTConfig, ctx: JobContext | None, events, o
             raise
         raise storage_error(err, str(err.filename or output), checkpoints) from err
     if events.cancelled:
-        raise Cancelled(f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from")
+        message = f"stopped at step {trainer.state.global_step}; a checkpoint was saved to resume from"
+        raise ctx.stop_error(message) if ctx is not None else Cancelled(message)
     return result
 
 

@@ -146,6 +146,11 @@ export enum FailureReason {
   FAILURE_REASON_INTERNAL = 7,
   /** FAILURE_REASON_FAILED_PRECONDITION - The job needs something this worker does not have (CUDA for quantization, ...). */
   FAILURE_REASON_FAILED_PRECONDITION = 8,
+  /**
+   * FAILURE_REASON_STUCK - The job sent no event (step, log line, checkpoint) for the worker's stuck limit: a hang (deadlock, stalled
+   * I/O). It was asked to checkpoint, then killed; a retry resumes from the newest checkpoint.
+   */
+  FAILURE_REASON_STUCK = 9,
   UNRECOGNIZED = -1,
 }
 
@@ -178,6 +183,9 @@ export function failureReasonFromJSON(object: any): FailureReason {
     case 8:
     case "FAILURE_REASON_FAILED_PRECONDITION":
       return FailureReason.FAILURE_REASON_FAILED_PRECONDITION;
+    case 9:
+    case "FAILURE_REASON_STUCK":
+      return FailureReason.FAILURE_REASON_STUCK;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -205,6 +213,8 @@ export function failureReasonToJSON(object: FailureReason): string {
       return "FAILURE_REASON_INTERNAL";
     case FailureReason.FAILURE_REASON_FAILED_PRECONDITION:
       return "FAILURE_REASON_FAILED_PRECONDITION";
+    case FailureReason.FAILURE_REASON_STUCK:
+      return "FAILURE_REASON_STUCK";
     case FailureReason.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -484,7 +494,11 @@ export interface Job {
     | JobCompleted
     | undefined;
   /** Set when state is FAILED or CANCELLED. */
-  failed: JobFailed | undefined;
+  failed:
+    | JobFailed
+    | undefined;
+  /** The runs waiting for this job while it runs (see the requests' `watcher`). */
+  watchers: string[];
 }
 
 export interface DatasetSource {
@@ -522,6 +536,11 @@ export interface PrepareDatasetRequest {
   maxRows: number;
   /** Artifact-store folder for this run's datasets. */
   outputUri: string;
+  /**
+   * The run that waits for this job (workflow id and first run id). A job shared by several runs (a reused
+   * stage) is stopped by CancelJob only when its last watcher cancels.
+   */
+  watcher: string;
 }
 
 export interface PrepareDatasetResponse {
@@ -592,6 +611,11 @@ export interface TrainRequest {
    * checkpoint on disk under output_uri either way.
    */
   resumeFromCheckpointUri: string;
+  /**
+   * The run that waits for this job (workflow id and first run id). A job shared by several runs (a reused
+   * stage) is stopped by CancelJob only when its last watcher cancels.
+   */
+  watcher: string;
 }
 
 export interface TrainResponse {
@@ -624,6 +648,11 @@ export interface EvaluateRequest {
   maxSamples: number;
   bootstrapSamples: number;
   outputUri: string;
+  /**
+   * The run that waits for this job (workflow id and first run id). A job shared by several runs (a reused
+   * stage) is stopped by CancelJob only when its last watcher cancels.
+   */
+  watcher: string;
 }
 
 export interface EvaluateResponse {
@@ -640,6 +669,11 @@ export interface ExportRequest {
   privateRepo: boolean;
   /** Extra facts for the model card (data fingerprint, eval metrics JSON URI, ...). */
   card: { [key: string]: string };
+  /**
+   * The run that waits for this job (workflow id and first run id). A job shared by several runs (a reused
+   * stage) is stopped by CancelJob only when its last watcher cancels.
+   */
+  watcher: string;
 }
 
 export interface ExportRequest_CardEntry {
@@ -2266,6 +2300,7 @@ function createBaseJob(): Job {
     lastCheckpointUri: "",
     completed: undefined,
     failed: undefined,
+    watchers: [],
   };
 }
 
@@ -2300,6 +2335,9 @@ export const Job: MessageFns<Job> = {
     }
     if (message.failed !== undefined) {
       JobFailed.encode(message.failed, writer.uint32(82).fork()).join();
+    }
+    for (const v of message.watchers) {
+      writer.uint32(90).string(v!);
     }
     return writer;
   },
@@ -2397,6 +2435,14 @@ export const Job: MessageFns<Job> = {
             message.failed = JobFailed.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.watchers.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2441,6 +2487,9 @@ export const Job: MessageFns<Job> = {
         : "",
       completed: isSet(object.completed) ? JobCompleted.fromJSON(object.completed) : undefined,
       failed: isSet(object.failed) ? JobFailed.fromJSON(object.failed) : undefined,
+      watchers: globalThis.Array.isArray(object?.watchers)
+        ? object.watchers.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -2476,6 +2525,9 @@ export const Job: MessageFns<Job> = {
     if (message.failed !== undefined) {
       obj.failed = JobFailed.toJSON(message.failed);
     }
+    if (message.watchers?.length) {
+      obj.watchers = message.watchers;
+    }
     return obj;
   },
 
@@ -2498,6 +2550,7 @@ export const Job: MessageFns<Job> = {
     message.failed = (object.failed !== undefined && object.failed !== null)
       ? JobFailed.fromPartial(object.failed)
       : undefined;
+    message.watchers = object.watchers?.map((e) => e) || [];
     return message;
   },
 };
@@ -2761,6 +2814,7 @@ function createBasePrepareDatasetRequest(): PrepareDatasetRequest {
     maxDropFraction: 0,
     maxRows: 0,
     outputUri: "",
+    watcher: "",
   };
 }
 
@@ -2792,6 +2846,9 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     }
     if (message.outputUri !== "") {
       writer.uint32(74).string(message.outputUri);
+    }
+    if (message.watcher !== "") {
+      writer.uint32(82).string(message.watcher);
     }
     return writer;
   },
@@ -2881,6 +2938,14 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
             message.outputUri = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.watcher = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2930,6 +2995,7 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
         : isSet(object.output_uri)
         ? globalThis.String(object.output_uri)
         : "",
+      watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
     };
   },
 
@@ -2962,6 +3028,9 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     if (message.outputUri !== "") {
       obj.outputUri = message.outputUri;
     }
+    if (message.watcher !== "") {
+      obj.watcher = message.watcher;
+    }
     return obj;
   },
 
@@ -2981,6 +3050,7 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     message.maxDropFraction = object.maxDropFraction ?? 0;
     message.maxRows = object.maxRows ?? 0;
     message.outputUri = object.outputUri ?? "";
+    message.watcher = object.watcher ?? "";
     return message;
   },
 };
@@ -3762,6 +3832,7 @@ function createBaseTrainRequest(): TrainRequest {
     training: undefined,
     dpo: undefined,
     resumeFromCheckpointUri: "",
+    watcher: "",
   };
 }
 
@@ -3793,6 +3864,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     }
     if (message.resumeFromCheckpointUri !== "") {
       writer.uint32(74).string(message.resumeFromCheckpointUri);
+    }
+    if (message.watcher !== "") {
+      writer.uint32(82).string(message.watcher);
     }
     return writer;
   },
@@ -3882,6 +3956,14 @@ export const TrainRequest: MessageFns<TrainRequest> = {
             message.resumeFromCheckpointUri = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.watcher = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3921,6 +4003,7 @@ export const TrainRequest: MessageFns<TrainRequest> = {
         : isSet(object.resume_from_checkpoint_uri)
         ? globalThis.String(object.resume_from_checkpoint_uri)
         : "",
+      watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
     };
   },
 
@@ -3953,6 +4036,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     if (message.resumeFromCheckpointUri !== "") {
       obj.resumeFromCheckpointUri = message.resumeFromCheckpointUri;
     }
+    if (message.watcher !== "") {
+      obj.watcher = message.watcher;
+    }
     return obj;
   },
 
@@ -3976,6 +4062,7 @@ export const TrainRequest: MessageFns<TrainRequest> = {
       : undefined;
     message.dpo = (object.dpo !== undefined && object.dpo !== null) ? DpoConfig.fromPartial(object.dpo) : undefined;
     message.resumeFromCheckpointUri = object.resumeFromCheckpointUri ?? "";
+    message.watcher = object.watcher ?? "";
     return message;
   },
 };
@@ -4170,6 +4257,7 @@ function createBaseEvaluateRequest(): EvaluateRequest {
     maxSamples: 0,
     bootstrapSamples: 0,
     outputUri: "",
+    watcher: "",
   };
 }
 
@@ -4204,6 +4292,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     }
     if (message.outputUri !== "") {
       writer.uint32(82).string(message.outputUri);
+    }
+    if (message.watcher !== "") {
+      writer.uint32(90).string(message.watcher);
     }
     return writer;
   },
@@ -4301,6 +4392,14 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
             message.outputUri = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.watcher = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4351,6 +4450,7 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
         : isSet(object.output_uri)
         ? globalThis.String(object.output_uri)
         : "",
+      watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
     };
   },
 
@@ -4386,6 +4486,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     if (message.outputUri !== "") {
       obj.outputUri = message.outputUri;
     }
+    if (message.watcher !== "") {
+      obj.watcher = message.watcher;
+    }
     return obj;
   },
 
@@ -4408,6 +4511,7 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     message.maxSamples = object.maxSamples ?? 0;
     message.bootstrapSamples = object.bootstrapSamples ?? 0;
     message.outputUri = object.outputUri ?? "";
+    message.watcher = object.watcher ?? "";
     return message;
   },
 };
@@ -4482,7 +4586,7 @@ export const EvaluateResponse: MessageFns<EvaluateResponse> = {
 };
 
 function createBaseExportRequest(): ExportRequest {
-  return { jobId: "", model: undefined, outputUri: "", pushToHub: "", privateRepo: false, card: {} };
+  return { jobId: "", model: undefined, outputUri: "", pushToHub: "", privateRepo: false, card: {}, watcher: "" };
 }
 
 export const ExportRequest: MessageFns<ExportRequest> = {
@@ -4505,6 +4609,9 @@ export const ExportRequest: MessageFns<ExportRequest> = {
     globalThis.Object.entries(message.card).forEach(([key, value]: [string, string]) => {
       ExportRequest_CardEntry.encode({ key: key as any, value }, writer.uint32(50).fork()).join();
     });
+    if (message.watcher !== "") {
+      writer.uint32(58).string(message.watcher);
+    }
     return writer;
   },
 
@@ -4572,6 +4679,14 @@ export const ExportRequest: MessageFns<ExportRequest> = {
             }
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.watcher = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4621,6 +4736,7 @@ export const ExportRequest: MessageFns<ExportRequest> = {
           {},
         )
         : {},
+      watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
     };
   },
 
@@ -4650,6 +4766,9 @@ export const ExportRequest: MessageFns<ExportRequest> = {
         });
       }
     }
+    if (message.watcher !== "") {
+      obj.watcher = message.watcher;
+    }
     return obj;
   },
 
@@ -4674,6 +4793,7 @@ export const ExportRequest: MessageFns<ExportRequest> = {
       },
       {},
     );
+    message.watcher = object.watcher ?? "";
     return message;
   },
 };

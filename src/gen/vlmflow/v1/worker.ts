@@ -87,6 +87,11 @@ export interface CancelJobRequest {
   /** Wait until the job has ended before answering. */
   wait: boolean;
   reason: string;
+  /**
+   * The run giving up on the job. Set: that watcher is removed, and the job stops only when none is left. Empty:
+   * the job stops whoever waits for it (an operator's cancel).
+   */
+  watcher: string;
 }
 
 export interface CancelJobResponse {
@@ -742,7 +747,7 @@ export const WatchJobResponse: MessageFns<WatchJobResponse> = {
 };
 
 function createBaseCancelJobRequest(): CancelJobRequest {
-  return { jobId: "", wait: false, reason: "" };
+  return { jobId: "", wait: false, reason: "", watcher: "" };
 }
 
 export const CancelJobRequest: MessageFns<CancelJobRequest> = {
@@ -755,6 +760,9 @@ export const CancelJobRequest: MessageFns<CancelJobRequest> = {
     }
     if (message.reason !== "") {
       writer.uint32(26).string(message.reason);
+    }
+    if (message.watcher !== "") {
+      writer.uint32(34).string(message.watcher);
     }
     return writer;
   },
@@ -796,6 +804,14 @@ export const CancelJobRequest: MessageFns<CancelJobRequest> = {
             message.reason = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.watcher = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -817,6 +833,7 @@ export const CancelJobRequest: MessageFns<CancelJobRequest> = {
         : "",
       wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
       reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
     };
   },
 
@@ -831,6 +848,9 @@ export const CancelJobRequest: MessageFns<CancelJobRequest> = {
     if (message.reason !== "") {
       obj.reason = message.reason;
     }
+    if (message.watcher !== "") {
+      obj.watcher = message.watcher;
+    }
     return obj;
   },
 
@@ -842,6 +862,7 @@ export const CancelJobRequest: MessageFns<CancelJobRequest> = {
     message.jobId = object.jobId ?? "";
     message.wait = object.wait ?? false;
     message.reason = object.reason ?? "";
+    message.watcher = object.watcher ?? "";
     return message;
   },
 };

@@ -1,0 +1,160 @@
+/**
+ * What the durability tests share (test/faults.test.ts, test/long-runs.test.ts): the tiny pipeline config, TS
+ * workers as child processes (`node bin/vlmflow.js worker`, the deployment's entry) so they can be SIGKILLed, and
+ * readers of the Python worker's job folders (event logs, pids, losses).
+ */
+import { execa, type ResultPromise } from 'execa';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
+import { projectRoot, stateDir } from '../src/paths.js';
+import type { StageName, StageSummary } from '../workflows/definitions.js';
+
+export const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
+export const SAVE_STEPS = 3;
+
+export function pipelineConfig(dataFile: string, maxSteps: number, seed = 42): PipelineConfigInput {
+  return {
+    name: 'faults',
+    model: { id: tinyModel, dtype: 'float32' },
+    dataset: { sources: [{ uri: dataFile, layout: 'messages' }], evalFraction: 0.2, maxLength: 256 },
+    sft: {
+      lora: { r: 8, alpha: 16, dropout: 0 },
+      training: {
+        learningRate: 1e-3,
+        maxSteps,
+        microBatchSize: 4,
+        gradientAccumulationSteps: 1,
+        warmupRatio: 0,
+        lrScheduler: 'constant',
+        gradientCheckpointing: false,
+        saveSteps: SAVE_STEPS,
+        evalSteps: 1000,
+        loggingSteps: 1,
+        saveTotalLimit: 0,
+        seed,
+      },
+    },
+    evaluate: {
+      metrics: ['vqa_accuracy'],
+      maxSamples: 4,
+      batchSize: 4,
+      bootstrapSamples: 10,
+      generation: { maxNewTokens: 2 },
+    },
+    export: { enabled: false },
+  };
+}
+
+/** `node bin/vlmflow.js worker`, ready once it logs 'workers running'. */
+export interface TsWorker {
+  process: ResultPromise;
+  kill(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startTsWorker(env: Record<string, string>): Promise<TsWorker> {
+  const child = execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'worker'], {
+    env: { ...env, VLMFLOW_LOG_LEVEL: 'info' },
+    reject: false,
+    stdout: 'ignore',
+    stderr: 'pipe',
+    forceKillAfterDelay: false,
+  });
+  const tail: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`TS worker not ready:\n${tail.join('\n')}`)), 120_000);
+    createInterface({ input: child.stderr }).on('line', (line) => {
+      tail.push(line);
+      if (tail.length > 30) tail.shift();
+      if (line.includes('"workers running"')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    void child.then((r) => {
+      clearTimeout(timer);
+      reject(new Error(`TS worker exited (${r.exitCode ?? r.signal}):\n${tail.join('\n')}`));
+    });
+  });
+  const ended = () => child.exitCode !== null || child.signalCode !== null;
+  return {
+    process: child,
+    async kill() {
+      if (!ended()) child.kill('SIGKILL');
+      await child;
+    },
+    async stop() {
+      if (!ended()) child.kill('SIGTERM');
+      await child;
+    },
+  };
+}
+
+/** Event logs of one job (`events.jsonl` plus the rotated `events.<n>.jsonl` of earlier attempts), oldest first. */
+export function jobLogs(artifacts: string, jobId: string): Record<string, unknown>[][] {
+  const folder = path.join(artifacts, 'jobs', encodeURIComponent(jobId));
+  if (!existsSync(folder)) return [];
+  const names = readdirSync(folder).filter((f) => /^events(\.\d+)?\.jsonl$/.test(f));
+  const order = (f: string) => (f === 'events.jsonl' ? Infinity : Number(f.split('.')[1]));
+  return names
+    .sort((a, b) => order(a) - order(b))
+    .map((f) =>
+      readFileSync(path.join(folder, f), 'utf8')
+        .split('\n')
+        .filter((l) => l.trim())
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    );
+}
+
+/** How many processes the worker started for a job: one `accepted` event per attempt. */
+export function processesStarted(artifacts: string, jobId: string): number {
+  return jobLogs(artifacts, jobId)
+    .flat()
+    .filter((e) => 'accepted' in e).length;
+}
+
+/** Highest training step an attempt reported. */
+export function lastStep(log: Record<string, unknown>[]): number {
+  const steps = log.map((e) => Number((e.progress as { step?: string } | undefined)?.step ?? 0));
+  return Math.max(0, ...steps);
+}
+
+export function jobIdOf(progress: { stages: StageSummary[] }, stage: StageName): string {
+  const jobId = progress.stages.find((s) => s.name === stage)?.jobId;
+  if (!jobId) throw new Error(`no job id for stage ${stage} yet: ${JSON.stringify(progress.stages)}`);
+  return jobId;
+}
+
+export function childPid(artifacts: string, jobId: string): number {
+  return Number(readFileSync(path.join(artifacts, 'jobs', encodeURIComponent(jobId), 'child.pid'), 'utf8'));
+}
+
+/** The parent process id (Linux /proc). */
+export function parentOf(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[1]);
+}
+
+/** Running (a zombie is not: it has exited and waits for a reaper, which this sandbox's PID 1 can be slow to be). */
+export function isAlive(pid: number): boolean {
+  try {
+    const state = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')[0];
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** The last logged loss of every step in a trainer's training_log.jsonl (a resumed run logs redone steps again). */
+export function lossesByStep(logFile: string): Map<number, number> {
+  const losses = new Map<number, number>();
+  for (const line of readFileSync(logFile, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    const entry = JSON.parse(line) as { step?: number; loss?: number };
+    if (entry.step !== undefined && entry.loss !== undefined) losses.set(entry.step, entry.loss);
+  }
+  return new Map([...losses].sort(([a], [b]) => a - b));
+}

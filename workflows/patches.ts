@@ -1,0 +1,14 @@
+/**
+ * Workflow changes that runs already in flight must not see: each is a `patched()` id. A run that started before
+ * the change replays without the patch's marker and keeps the old code path to its end; a run started afterwards
+ * takes the new one. README "Deploying new code" says which kind of change needs a patch. Remove a path (with
+ * `deprecatePatch`) only once no run that started before it can still be open.
+ */
+export const Patches = {
+  /**
+   * 2026-12 (issue 14): the input is parsed once in a local activity whose result history records; progress lives
+   * in heartbeat details, not signals; job ids and output folders belong to one run; cancel and pause stop the job
+   * through a cleanup activity; a busy GPU is waited for, never a failure; continue-as-new also mid-stage.
+   */
+  recordedInput: 'vlmflow-2026-12-recorded-input',
+} as const;
