@@ -47,6 +47,15 @@ export interface StopJobInput {
   reason: string;
 }
 
+/** Where a stopped job got to; `watchers` are the runs it still runs for (then it was not stopped). */
+export interface StoppedJob {
+  state: string;
+  lastCheckpoint: string;
+  step: number;
+  totalSteps: number;
+  watchers: string[];
+}
+
 export interface PrepareDatasetInput extends StageInput {
   model: ModelConfig;
   dataset: DatasetConfig;
@@ -155,7 +164,7 @@ export function createStageActivities(client: PythonWorkerClient) {
      * stops unless another run still waits for it (a shared, reused stage). Returns once it has ended; heartbeats
      * meanwhile. Works whether or not the stage's own attempt is still alive.
      */
-    stopJob: async (input: StopJobInput): Promise<{ state: string; lastCheckpoint: string; watchers: string[] }> => {
+    stopJob: async (input: StopJobInput): Promise<StoppedJob> => {
       const ctx = Context.current();
       const timer = setInterval(() => ctx.heartbeat(), 2_000);
       try {
@@ -169,11 +178,19 @@ export function createStageActivities(client: PythonWorkerClient) {
           { jobId: input.jobId, watcher: input.watcher, state, watchers: job?.watchers },
           'stage job stopped',
         );
-        return { state, lastCheckpoint: job?.lastCheckpointUri ?? '', watchers: job?.watchers ?? [] };
+        return {
+          state,
+          lastCheckpoint: job?.lastCheckpointUri ?? '',
+          step: job?.step ?? 0,
+          totalSteps: job?.totalSteps ?? 0,
+          watchers: job?.watchers ?? [],
+        };
       } catch (err) {
         const code = (err as ServiceError).code;
         // The job never started (cancelled while queued) or was forgotten: nothing runs, nothing to stop.
-        if (code === GrpcStatus.NOT_FOUND) return { state: 'NOT_STARTED', lastCheckpoint: '', watchers: [] };
+        if (code === GrpcStatus.NOT_FOUND) {
+          return { state: 'NOT_STARTED', lastCheckpoint: '', step: 0, totalSteps: 0, watchers: [] };
+        }
         throw ApplicationFailure.retryable(
           `could not stop job ${input.jobId}: ${(err as ServiceError).details ?? String(err)}`,
           FailureType.WorkerUnavailable,

@@ -9,7 +9,11 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { projectRoot, stateDir } from '../src/paths.js';
-import type { StageName, StageSummary } from '../workflows/definitions.js';
+import type { WorkflowHandle } from '@temporalio/client';
+import { readPipelineProgress } from '../src/run-progress.js';
+import { startDevServer, type DevServer, type DevServerOptions } from '../src/stack/temporal-dev-server.js';
+import { freePort } from './helpers.js';
+import type { PipelineProgress, StageName, StageSummary } from '../workflows/definitions.js';
 
 export const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 export const SAVE_STEPS = 3;
@@ -157,4 +161,36 @@ export function lossesByStep(logFile: string): Map<number, number> {
     if (entry.step !== undefined && entry.loss !== undefined) losses.set(entry.step, entry.loss);
   }
   return new Map([...losses].sort(([a], [b]) => a - b));
+}
+
+/** A run's progress (query and heartbeat details) once `ok` holds; while nobody answers (a worker or the server is
+ * down) the last answer stands. */
+export async function untilProgress(
+  handle: WorkflowHandle,
+  what: string,
+  ok: (p: PipelineProgress) => boolean,
+  timeoutMs = 300_000,
+): Promise<PipelineProgress> {
+  const deadline = Date.now() + timeoutMs;
+  let last: PipelineProgress | undefined;
+  for (;;) {
+    last = (await readPipelineProgress(handle).catch(() => undefined)) ?? last;
+    if (last && ok(last)) return last;
+    if (Date.now() > deadline) throw new Error(`${what}: not reached; last progress ${JSON.stringify(last)}`);
+    await sleep(300);
+  }
+}
+
+/**
+ * A dev server on free ports. A port found free can be taken before the server binds it (by the ports the server
+ * picks for itself, or another test file's), so a clash is retried on new ports, twice at most.
+ */
+export async function startDevServerOnFreePorts(opts: Omit<DevServerOptions, 'port' | 'uiPort'>): Promise<DevServer> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startDevServer({ ...opts, port: await freePort(), uiPort: await freePort() });
+    } catch (err) {
+      if (attempt >= 3 || !String(err).includes('address already in use')) throw err;
+    }
+  }
 }

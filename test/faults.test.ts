@@ -55,6 +55,7 @@ import {
   startTsWorker,
   tinyModel,
   type TsWorker,
+  untilProgress,
 } from './durability-helpers.js';
 
 /** A TS worker's Temporal identity: the SDK's default, `<pid>@<hostname>`, which history events record. */
@@ -160,30 +161,8 @@ describe('durability with real processes', () => {
     await Promise.all([python?.stop(), dev?.stop()]);
   });
 
-  /** The progress query, or undefined while nobody can answer it (the worker or the server is down). */
-  async function progressOf(workflowId: string): Promise<PipelineProgress | undefined> {
-    try {
-      return await readPipelineProgress(client.workflow.getHandle(workflowId));
-    } catch {
-      return undefined;
-    }
-  }
-
-  async function until(
-    what: string,
-    workflowId: string,
-    ok: (p: PipelineProgress) => boolean,
-    timeoutMs = 300_000,
-  ): Promise<PipelineProgress> {
-    const deadline = Date.now() + timeoutMs;
-    let last: PipelineProgress | undefined;
-    for (;;) {
-      last = (await progressOf(workflowId)) ?? last;
-      if (last && ok(last)) return last;
-      if (Date.now() > deadline) throw new Error(`${what}: not reached; last progress ${JSON.stringify(last)}`);
-      await sleep(300);
-    }
-  }
+  const until = (what: string, workflowId: string, ok: (p: PipelineProgress) => boolean) =>
+    untilProgress(client.workflow.getHandle(workflowId), what, ok);
 
   const stepOfCheckpoint = (uri: string) => Number(/checkpoint-(\d+)$/.exec(uri)?.[1] ?? 0);
 

@@ -347,4 +347,30 @@ describe('fineTunePipeline on the real dev server', () => {
     expect(calls.evaluateInputs[0]!.variants[1]).toMatchObject({ name: 'sft', adapterUri: 'stages/sft/adapter' });
     expect(outcome.adapterUri).toBe('stages/sft/adapter');
   });
+
+  it('starts paused when the run it continues was paused, and runs once resumed (pause survives continue-as-new)', async () => {
+    const calls = newCalls();
+    const outcome = await withWorkers(
+      calls,
+      (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
+      async (taskQueue, gpuTaskQueue) => {
+        const handle = await env.client.workflow.start(fineTunePipeline, {
+          taskQueue,
+          workflowId: `paused-carried-${randomUUID()}`,
+          args: [config, { gpuTaskQueue, paused: true }],
+        });
+        const paused = await waitFor(
+          () => handle.query(progressQuery),
+          (p) => p.status === 'paused',
+        );
+        expect(paused.stage).toBe('prepare');
+        await new Promise((r) => setTimeout(r, 500));
+        expect(calls.prepare).toBe(0); // nothing runs while paused
+        await handle.signal(resumeSignal);
+        return handle.result();
+      },
+    );
+    expect(outcome.status).toBe('completed');
+    expect(calls.prepare).toBe(1);
+  });
 });

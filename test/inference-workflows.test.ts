@@ -19,6 +19,7 @@ import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { batchInference } from '../workflows/batch-inference.js';
 import { videoUnderstanding } from '../workflows/video-understanding.js';
 import { tempDir } from './helpers.js';
+import { recordHistory } from './history-fixtures.js';
 import { quietLogger } from './temporal-helpers.js';
 import { buildTinyModel } from '../src/cli/demo-assets.js';
 
@@ -86,13 +87,16 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
       parallelism: 2,
       generation: { maxNewTokens: 4 },
     };
-    const first = await withWorkers((taskQueue, gpuTaskQueue) =>
-      env.client.workflow.execute(batchInference, {
+    const first = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(batchInference, {
         taskQueue,
         workflowId: `batch-${randomUUID()}`,
         args: [input, { gpuTaskQueue }],
-      }),
-    );
+      });
+      const done = await handle.result();
+      await recordHistory(handle, 'batch-inference-v2');
+      return done;
+    });
     expect(first).toMatchObject({ items: 5, shards: 3, skippedShards: 0 });
     const rows = readFileSync(first.resultsUri, 'utf8')
       .trim()
@@ -112,8 +116,8 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
   });
 
   it('describes a video segment by segment and summarizes it', async () => {
-    const result = await withWorkers((taskQueue, gpuTaskQueue) =>
-      env.client.workflow.execute(videoUnderstanding, {
+    const result = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(videoUnderstanding, {
         taskQueue,
         workflowId: `video-${randomUUID()}`,
         args: [
@@ -127,8 +131,11 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
           },
           { gpuTaskQueue },
         ],
-      }),
-    );
+      });
+      const done = await handle.result();
+      await recordHistory(handle, 'video-understanding-v2');
+      return done;
+    });
     // 1.mp4 is longer than 3 s, so three segments share its length.
     expect(result.segments).toHaveLength(3);
     const length = result.segments[1]!.start;

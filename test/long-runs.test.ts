@@ -30,12 +30,10 @@ import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js
 import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { projectRoot, stateDir } from '../src/paths.js';
 import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
-import { readPipelineProgress } from '../src/run-progress.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
-import { startDevServer, type DevServer } from '../src/stack/temporal-dev-server.js';
+import type { DevServer } from '../src/stack/temporal-dev-server.js';
 import { installTemporalRuntime } from '../src/stack/temporal-runtime.js';
 import { createTemporalWorkers, heartbeatThrottle } from '../src/temporal-worker.js';
-import type { PipelineProgress } from '../workflows/definitions.js';
 import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
 import {
   jobIdOf,
@@ -44,7 +42,9 @@ import {
   pipelineConfig,
   processesStarted,
   sleep,
+  startDevServerOnFreePorts,
   tinyModel,
+  untilProgress,
 } from './durability-helpers.js';
 import { freePort, tempDir } from './helpers.js';
 import { recordHistory } from './history-fixtures.js';
@@ -113,17 +113,14 @@ describe('long runs, compressed', () => {
       buildTinyModel(tinyModel),
       generateSyntheticTask({ task: 'shape_colour', rows: 40, seed: 0, out: dataDir }),
     ]);
-    const [port, ui, shortPort, shortUi] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
-    [dev, shortHistoryDev] = await Promise.all([
-      startDevServer({ stateDir: tempDir('long-temporal'), port, uiPort: ui }),
-      // Suggests continue-as-new after 40 events, so a run of minutes shows what a run of weeks does.
-      startDevServer({
-        stateDir: tempDir('long-temporal-short'),
-        port: shortPort,
-        uiPort: shortUi,
-        dynamicConfig: { 'limit.historyCount.suggestContinueAsNew': 40 },
-      }),
-    ]);
+    // One after the other: each picks ports of its own besides these, which a second server starting at the
+    // same time could take.
+    dev = await startDevServerOnFreePorts({ stateDir: tempDir('long-temporal') });
+    // Suggests continue-as-new after 40 events, so a run of minutes shows what a run of weeks does.
+    shortHistoryDev = await startDevServerOnFreePorts({
+      stateDir: tempDir('long-temporal-short'),
+      dynamicConfig: { 'limit.historyCount.suggestContinueAsNew': 40 },
+    });
   }, 600_000);
 
   afterAll(async () => {
@@ -177,7 +174,12 @@ describe('long runs, compressed', () => {
       });
       continued = await shortClient.workflow.getHandle<typeof fineTunePipeline>(workflowId).result();
       runs = await chainLength(shortClient, workflowId, handle.firstExecutionRunId);
-      await recordHistory(handle, 'continued-as-new-v2');
+      // The first run (it ends continued as new, mid-SFT) and the last (it picks up the carried state).
+      await recordHistory(
+        shortClient.workflow.getHandle(workflowId, handle.firstExecutionRunId),
+        'continued-as-new-v2',
+      );
+      await recordHistory(handle, 'continued-as-new-last-run-v2');
     } finally {
       await shortWorkers.stop();
     }
@@ -225,14 +227,14 @@ describe('long runs, compressed', () => {
         workflowId: `gpu-holder-${randomUUID()}`,
         args: [{ ...pipelineConfig(dataFile, 60), reuse: false }, options],
       });
-      await until(long, (p) => p.stage === 'sft' && p.step >= 1);
+      await untilProgress(long, 'long', (p) => p.stage === 'sft' && p.step >= 1);
       const queued = await client.workflow.start(fineTunePipeline, {
         taskQueue: first.queues.workflows,
         workflowId: `queued-${randomUUID()}`,
         args: [{ ...pipelineConfig(dataFile, 4), reuse: false }, options],
       });
       const waitStarted = Date.now();
-      const waiting = await until(queued, (p) => p.phase === WAITING_FOR_GPU);
+      const waiting = await untilProgress(queued, 'queued', (p) => p.phase === WAITING_FOR_GPU);
       let attempts = 0;
       while ((await long.describe()).status.name === 'RUNNING') {
         const pending = (await queued.describe()).raw.pendingActivities ?? [];
@@ -314,7 +316,7 @@ describe('long runs, compressed', () => {
       workflowId: `deploy-${randomUUID()}`,
       args: [config, { gpuTaskQueue: queues.gpu }],
     });
-    await until(inFlight, (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
+    await untilProgress(inFlight, 'inFlight', (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
     await a.stop(); // the deploy: A's workers go away mid-SFT; the job runs on
 
     // Version B: its workflows (changed behind a patch) and its schema (a changed default).
@@ -364,22 +366,6 @@ describe('long runs, compressed', () => {
       await running;
     }
   }, 600_000);
-
-  /** The progress (query + heartbeat details) once `ok` holds. */
-  async function until(
-    handle: WorkflowHandle,
-    ok: (p: PipelineProgress) => boolean,
-    timeoutMs = 300_000,
-  ): Promise<PipelineProgress> {
-    const deadline = Date.now() + timeoutMs;
-    let last: PipelineProgress | undefined;
-    for (;;) {
-      last = (await readPipelineProgress(handle).catch(() => undefined)) ?? last;
-      if (last && ok(last)) return last;
-      if (Date.now() > deadline) throw new Error(`not reached; last progress ${JSON.stringify(last)}`);
-      await sleep(250);
-    }
-  }
 
   /** The evaluate activity's bootstrapSamples, as the run scheduled it (from its history). */
   async function bootstrapSamplesOf(handle: WorkflowHandle): Promise<number | undefined> {

@@ -18,6 +18,24 @@ describe('replay of recorded workflow histories', () => {
     expect(files.length).toBeGreaterThan(0);
   });
 
+  it('covers every long-running workflow type, and a run that continued as new', () => {
+    const histories = files.map(
+      (f) =>
+        JSON.parse(readFileSync(path.join(dir, f), 'utf8')) as {
+          events: {
+            eventType: string;
+            workflowExecutionStartedEventAttributes?: { workflowType?: { name?: string } };
+          }[];
+        },
+    );
+    const types = new Set(
+      histories.map((h) => h.events[0]?.workflowExecutionStartedEventAttributes?.workflowType?.name),
+    );
+    expect([...types].sort()).toEqual(['batchInference', 'fineTunePipeline', 'videoUnderstanding']);
+    const ends = histories.map((h) => h.events.at(-1)?.eventType);
+    expect(ends).toContain('EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW');
+  });
+
   it('replays every recorded history without non-determinism', async () => {
     const histories = files.map((file) => ({
       workflowId: file,

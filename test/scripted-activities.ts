@@ -78,7 +78,13 @@ export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Ac
       calls.stopJob.push(input);
       const train = calls.train.find((t) => t.jobId === input.jobId);
       const lastCheckpoint = train ? `${train.outputUri}/checkpoint-20` : '';
-      return Promise.resolve({ state: 'JOB_STATE_CANCELLED', lastCheckpoint, watchers: [] });
+      return Promise.resolve({
+        state: 'JOB_STATE_CANCELLED',
+        lastCheckpoint,
+        step: train ? 20 : 0,
+        totalSteps: train ? 100 : 0,
+        watchers: [],
+      });
     },
   };
 }

@@ -270,7 +270,9 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
           const stopped = await CancellationScope.nonCancellable(() =>
             cleanup.stopJob({ jobId: summary.jobId!, watcher: watcher!, reason: paused ? 'paused' : 'cancelled' }),
           );
-          if (stopped.lastCheckpoint) progress.lastCheckpoint = stopped.lastCheckpoint; // the resume hint
+          // Where it stopped: shown while paused, and the resume hint.
+          Object.assign(progress, { step: stopped.step, totalSteps: stopped.totalSteps });
+          if (stopped.lastCheckpoint) progress.lastCheckpoint = stopped.lastCheckpoint;
         }
         if (stopping && paused && !CancellationScope.current().consideredCancelled) {
           log.info('stage stopped for pause', { stage: name });

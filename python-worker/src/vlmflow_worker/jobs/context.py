@@ -65,7 +65,7 @@ class JobContext:
         except FileNotFoundError:
             why = ""
         if why.startswith(eventlog.STUCK_PREFIX):
-            return Stuck(f"{why}; {message}")
+            return Stuck(f"{why}, so the worker stopped it: {message}")
         return Cancelled(message)
 
     def raise_if_cancelled(self) -> None:

@@ -294,7 +294,7 @@ def train_resuming(trainer, config: SFTConfig, ctx: JobContext | None, events, o
             raise
         raise storage_error(err, str(err.filename or output), checkpoints) from err
     if events.cancelled:
-        message = f"stopped at step {trainer.state.global_step}; a checkpoint was saved to resume from"
+        message = f"cancelled at step {trainer.state.global_step}; a checkpoint was saved to resume from"
         raise ctx.stop_error(message) if ctx is not None else Cancelled(message)
     return result
 
