@@ -194,3 +194,20 @@ export async function startDevServerOnFreePorts(opts: Omit<DevServerOptions, 'po
     }
   }
 }
+
+/** Job processes running for a job (their command line names its folder), from /proc; zombies do not count. */
+export function jobProcesses(artifacts: string, jobId: string): number[] {
+  const folder = path.join(artifacts, 'jobs', encodeURIComponent(jobId));
+  const found: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (!cmdline.includes('vlmflow_worker.jobs.child') || !cmdline.includes(folder)) continue;
+      if (isAlive(Number(name))) found.push(Number(name));
+    } catch {
+      // exited while we looked
+    }
+  }
+  return found;
+}

@@ -45,6 +45,7 @@ import {
   isAlive,
   jobIdOf,
   jobLogs,
+  jobProcesses,
   lastStep,
   lossesByStep,
   parentOf,
@@ -402,6 +403,53 @@ describe('durability with real processes', () => {
         })}`,
       );
     } finally {
+      await tsB.kill();
+      await pythonB.stop();
+    }
+  }, 420_000);
+  it('kills only the TS worker of the pair that trains: the retry on the other pair attaches through the store, one training', async () => {
+    const pythonB = await startPython(await freePort());
+    const tsB = await startTsWorker({ ...workerEnv, VLMFLOW_WORKER_ADDRESS: pythonB.address });
+    const pairs = [
+      { name: 'A', python, ts: tsWorker },
+      { name: 'B', python: pythonB, ts: tsB },
+    ];
+    let victim: (typeof pairs)[number] | undefined;
+    let sampling = true;
+    let mostAtOnce = 0;
+    let sftJob = '';
+    const sampler = (async () => {
+      while (sampling) {
+        if (sftJob) mostAtOnce = Math.max(mostAtOnce, jobProcesses(artifacts, sftJob).length);
+        await sleep(100);
+      }
+    })();
+    try {
+      const workflowId = `ts-only-${randomUUID()}`;
+      const handle = await client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId,
+        args: [pipelineConfig(dataFile, 24, 11), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+      });
+      const running = await until('a checkpoint', workflowId, (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
+      sftJob = jobIdOf(running, 'sft');
+      const trainer = pairs.find((p) => p.python.pid === parentOf(childPid(artifacts, sftJob)))!;
+      victim = trainer;
+      await trainer.ts.kill(); // only the TS worker: its Python worker and the training live on
+      const killedAt = Date.now();
+      const result = await handle.result();
+      expect(result.status).toBe('completed');
+      expect(processesStarted(artifacts, sftJob)).toBe(1); // attached from the other pair, never started again
+      expect(mostAtOnce).toBe(1);
+      const sft = result.stages.find((s) => s.name === 'sft')!;
+      expect(sft.resumedFromStep ?? 0).toBe(0);
+      console.log(
+        `durability: ${JSON.stringify({ test: 'ts-only-kill', trainer: trainer.name, trainingsAtOnce: mostAtOnce, processes: 1, redone: 0, secondsToFinish: (Date.now() - killedAt) / 1000 })}`,
+      );
+    } finally {
+      sampling = false;
+      await sampler;
+      if (victim?.name === 'A') tsWorker = await startTsWorker(workerEnv);
       await tsB.kill();
       await pythonB.stop();
     }

@@ -12,6 +12,11 @@ folder (`watchers/`), so they outlive this process.
 Stuck jobs: a job that sends no event for `job_stuck_after_s` is asked to checkpoint and stop, killed after
 `job_cancel_grace_s`, and ends typed STUCK, so the caller's retry resumes it from its newest checkpoint.
 
+Many hosts, one store: a job has one owner, the worker holding its lease (`lease.py`). A request for a job another
+live worker owns attaches to it through the store: its event log is followed, cancel is the `cancel` file its
+owner's job process reads. When that owner is gone (its lease stops moving), the follower ends the log with a
+failure, and the caller's retry starts the next attempt here, from the newest checkpoint. Never two trainings.
+
 Warm start: once a job has started, a spare job process is started beside it (`child --warm`) that does the
 imports every job pays (torch, transformers: seconds), and the next job is handed to it through its stdin; the server
 imports the job kinds' modules in a thread at the same time, for the next request's validation. A worker that never
@@ -35,7 +40,7 @@ from urllib.parse import quote, unquote
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
-from vlmflow_worker.jobs import eventlog
+from vlmflow_worker.jobs import eventlog, lease
 from vlmflow_worker.jobs.child import failure
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES
 from vlmflow_worker.serve.settings import WorkerSettings
@@ -74,9 +79,15 @@ class JobRecord:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_deadline: float | None = None
     stuck_for_s: float | None = None  # set when the job was declared stuck after this many silent seconds
+    owner: lease.Watch | None = None  # set while another worker (another host, or an earlier process) runs it
 
     @property
     def running(self) -> bool:
+        return self.process is not None or self.owner is not None
+
+    @property
+    def local(self) -> bool:
+        """Run by a job process of this worker."""
         return self.process is not None
 
     @property
@@ -113,7 +124,10 @@ class JobRegistry:
         self.capacity = capacity
         self.cancel_grace_s = settings.job_cancel_grace_s
         self.stuck_after_s = settings.job_stuck_after_s
+        self.lease_s = settings.job_lease_s
         self.poll_s = poll_s
+        self._renewing: asyncio.Task | None = None
+        self._lease_watches: dict[str, lease.Watch] = {}  # leases of ended jobs seen held, to take when they stop
         self._jobs: dict[str, JobRecord] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
@@ -123,9 +137,11 @@ class JobRegistry:
     # ---- lookup ----
 
     def get(self, job_id: str) -> JobRecord | None:
-        """The job from memory, or from its folder when an earlier worker process ran it."""
-        if job_id in self._jobs:
-            return self._jobs[job_id]
+        """The job from memory while it runs (here or elsewhere), else from its folder: on a shared store another
+        worker may have run a new attempt since this one last looked."""
+        known = self._jobs.get(job_id)
+        if known is not None and known.running:
+            return known
         folder = eventlog.job_dir(self.settings.artifact_root, job_id)
         try:
             meta = json.loads((folder / "job.json").read_text())
@@ -133,18 +149,32 @@ class JobRegistry:
             return None
         record = JobRecord(job_id, meta["kind"], folder, eventlog.read_events(folder / eventlog.EVENTS))
         if not record.ended:
-            # Its child died with the worker that ran it (PDEATHSIG): record that, once, so the log ends.
-            self._append_failure(
-                record,
-                failure(
-                    jobs_pb2.FAILURE_REASON_INTERNAL,
-                    "the worker stopped while this job ran; start it again with the same job id to resume",
-                    checkpoint=record.job().last_checkpoint_uri,
-                ),
-            )
-        record.done.set()  # no process of this worker runs it
+            owner = lease.Watch(self.lease_s)
+            if owner.owner_alive(folder):
+                record.owner = owner  # another worker runs it: follow it through the store
+                record.events = []  # _follow relays the whole log, as watchers expect
+                self._start_task(self._follow(record))
+                self._jobs[job_id] = record
+                return record
+            self._end_orphan(record, "the worker stopped")
+        record.done.set()  # no process runs it
         self._jobs[job_id] = record
         return record
+
+    def _end_orphan(self, record: JobRecord, why: str) -> None:
+        """Ends the log of a job whose owner is gone, once, under a lease (so no two workers write it)."""
+        lease.break_stale(record.folder)
+        if not lease.take(record.folder):
+            return  # another worker is taking it over right now: it writes the log
+        try:
+            record.events = eventlog.read_events(record.folder / eventlog.EVENTS)
+            if not record.ended:
+                eventlog.repair_tail(record.folder / eventlog.EVENTS)
+                message = f"{why} while this job ran; start it again with the same job id to resume"
+                checkpoint = record.job().last_checkpoint_uri
+                self._append_failure(record, failure(jobs_pb2.FAILURE_REASON_INTERNAL, message, checkpoint=checkpoint))
+        finally:
+            lease.release(record.folder)
 
     def require(self, job_id: str) -> JobRecord:
         record = self.get(job_id)
@@ -153,7 +183,8 @@ class JobRegistry:
         return record
 
     def running(self) -> list[JobRecord]:
-        return [r for r in self._jobs.values() if r.running]
+        """The jobs this worker's processes run (what its capacity counts)."""
+        return [r for r in self._jobs.values() if r.local]
 
     def list(self, state: int = 0, kind: int = 0) -> list[jobs_pb2.Job]:
         root = self.settings.artifact_root / "jobs"
@@ -189,8 +220,25 @@ class JobRegistry:
                     f"this worker runs {self.capacity} job(s) at once and is busy with: {names}; "
                     "retry when it has finished (Health reports job_capacity and jobs_running)"
                 )
-            record = await self._spawn(job_id, kind, request)
+            folder = eventlog.job_dir(self.settings.artifact_root, job_id)
+            folder.mkdir(parents=True, exist_ok=True)
+            if not self._claim(folder):
+                # Another worker took the job between our look and now: attach to it instead.
+                record = self.get(job_id)
+                if record is None or not record.running:
+                    raise WorkerBusy(
+                        f"job {job_id!r} is held by another worker's lease; retry to attach to it, or to take it "
+                        f"over once that lease has not moved for {self.lease_s:.0f} s"
+                    )
+                add_watcher(record.folder, request.watcher)
+                return record, True
+            try:
+                record = await self._spawn(job_id, kind, request)
+            except BaseException:
+                lease.release(folder)
+                raise
             self._jobs[job_id] = record
+            self._start_renewing()
             return record, False
 
     async def _spawn(self, job_id: str, kind: int, request) -> JobRecord:
@@ -223,11 +271,39 @@ class JobRegistry:
         (folder / "child.pid").write_text(f"{process.pid}\n")
         log.info("job started", extra={"job_id": job_id, "kind": jobs_pb2.JobKind.Name(kind), "pid": process.pid})
         record = JobRecord(job_id, kind, folder, process=process)
-        task = asyncio.create_task(self._supervise(record))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start_task(self._supervise(record))
         await self._prewarm()
         return record
+
+    def _claim(self, folder: Path) -> bool:
+        """Takes the job's lease: a free one, or one whose owner is gone (watched across calls)."""
+        if lease.take(folder):
+            self._lease_watches.pop(str(folder), None)
+            return True
+        watch = self._lease_watches.setdefault(str(folder), lease.Watch(self.lease_s))
+        if watch.owner_alive(folder):
+            return False
+        self._lease_watches.pop(str(folder), None)
+        return lease.break_stale(folder) and lease.take(folder)
+
+    def _start_task(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _start_renewing(self) -> None:
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.create_task(self._renew_leases())
+
+    async def _renew_leases(self) -> None:
+        """Keeps this worker's leases moving; a job whose lease is gone or someone else's is stopped (fencing)."""
+        while self.running():
+            await asyncio.sleep(self.lease_s / 3)
+            for record in self.running():
+                renewed = await asyncio.to_thread(lease.renew, record.folder)
+                if not renewed and record.cancel_deadline is None:
+                    log.error("job lease lost to another worker; stopping the job", extra={"job_id": record.job_id})
+                    self._request_stop(record, "the lease on this job was lost to another worker")
 
     def _child_env(self) -> dict[str, str]:
         return {**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
@@ -278,6 +354,9 @@ class JobRegistry:
             now = loop.time()
             if new_offset != offset:
                 offset, last_event_at = new_offset, now
+            if record.cancel_deadline is None and (record.folder / eventlog.CANCEL).exists():
+                # Cancelled through the store (by a worker that follows this job): the same grace, then a kill.
+                record.cancel_deadline = now + self.cancel_grace_s
             if self._is_stuck(record, now - last_event_at):
                 record.stuck_for_s = now - last_event_at
                 log.warning(
@@ -311,7 +390,29 @@ class JobRegistry:
             record.events = eventlog.read_events(path)
             self._append_failure(record, failure(reason, message, checkpoint=record.job().last_checkpoint_uri))
         log.info("job ended", extra={"job_id": record.job_id, "exit_code": code})
+        lease.release(record.folder)
         record.process = None
+        async with record.changed:
+            record.changed.notify_all()
+        record.done.set()
+
+    async def _follow(self, record: JobRecord) -> None:
+        """Relays the log of a job another worker runs, until it ends, or until its owner is gone: then ends it."""
+        assert record.owner is not None
+        path = record.folder / eventlog.EVENTS
+        offset = 0
+        while not record.ended:
+            offset = await self._relay(record, path, offset)
+            if record.ended:
+                break
+            if not await asyncio.to_thread(record.owner.owner_alive, record.folder):
+                log.warning("the worker running this job is gone", extra={"job_id": record.job_id})
+                why = f"the worker stopped (its lease on the shared store did not move for {self.lease_s:.0f} s)"
+                await asyncio.to_thread(self._end_orphan, record, why)
+                record.events = eventlog.read_events(path)
+                break
+            await asyncio.sleep(max(self.poll_s, 0.5))
+        record.owner = None
         async with record.changed:
             record.changed.notify_all()
         record.done.set()
@@ -386,7 +487,11 @@ class JobRegistry:
                         extra={"job_id": job_id, "watcher": watcher, "watchers": others},
                     )
                     return record.job()
-            if record.cancel_deadline is None:
+            if not record.local:  # its owner's job process reads the file; its owner kills it after the grace
+                if not (record.folder / eventlog.CANCEL).exists():
+                    (record.folder / eventlog.CANCEL).write_text(reason or "cancelled by a caller")
+                    log.info("job cancel requested through the store", extra={"job_id": job_id, "reason": reason})
+            elif record.cancel_deadline is None:
                 self._request_stop(record, reason or "cancelled by a caller")
                 log.info("job cancel requested", extra={"job_id": job_id, "reason": reason})
             if wait:

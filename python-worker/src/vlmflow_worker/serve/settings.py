@@ -106,6 +106,13 @@ class WorkerSettings:
             "0 turns the check off. Long silent phases (downloading a large model) need a larger value."
         },
     )
+    job_lease_s: float = field(
+        default_factory=lambda: _number_env("VLMFLOW_JOB_LEASE_SECONDS", "30", float),
+        metadata={
+            "help": "A job's owner renews its lease on the shared store every third of this; a worker on another "
+            "host that sees a lease unchanged this long takes the job over (from its newest checkpoint)."
+        },
+    )
     job_cancel_grace_s: float = field(
         default_factory=lambda: _number_env("VLMFLOW_JOB_CANCEL_GRACE_SECONDS", "60", float),
         metadata={"help": "Seconds a job has to checkpoint and stop after a cancel before it is killed."},
@@ -143,6 +150,8 @@ class WorkerSettings:
             raise ValueError(f"job_capacity must be >= 0, got {self.job_capacity}")
         if self.job_stuck_after_s < 0:
             raise ValueError(f"job_stuck_after_s must be >= 0 (0 = never), got {self.job_stuck_after_s}")
+        if self.job_lease_s <= 0:
+            raise ValueError(f"job_lease_s must be > 0, got {self.job_lease_s}")
         if self.job_cancel_grace_s <= 0:
             raise ValueError(f"job_cancel_grace_s must be > 0, got {self.job_cancel_grace_s}")
         self.artifact_root = self.artifact_root.resolve()
