@@ -21,6 +21,23 @@ if [ ! -x .tools/bin/temporal ]; then
   GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install github.com/temporalio/cli/cmd/temporal@v1.5.1
 fi
 
+# 2b. The Temporal server and its SQL schema tool (v1.29.1, no `replace` directives), with the release's SQL schema,
+#     and PostgreSQL: the multi-service cluster the cluster tests run (src/stack/temporal-cluster.ts).
+server_tools=.tools/temporal-server
+if [ ! -x "$server_tools/bin/server" ] || [ ! -x "$server_tools/bin/sql" ] || [ ! -d "$server_tools/schema/postgresql" ]; then
+  say "building the Temporal server and its SQL tool v1.29.1 (go install, several minutes the first time)"
+  GOBIN="$root/$server_tools/bin" GOFLAGS=-mod=mod go install \
+    go.temporal.io/server/cmd/server@v1.29.1 go.temporal.io/server/cmd/tools/sql@v1.29.1
+  module="$(go env GOMODCACHE)/go.temporal.io/server@v1.29.1"
+  rm -rf "$server_tools/schema" && mkdir -p "$server_tools/schema"
+  cp -r "$module/schema/postgresql" "$server_tools/schema/" && chmod -R u+w "$server_tools/schema"
+fi
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ -z "${VLMFLOW_POSTGRES_BIN:-}" ]; then
+  say "installing PostgreSQL (Debian's postgresql package)"
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq postgresql >/dev/null; fi
+fi
+
 # 3. The Python worker's venv, from requirements.lock. Wheels are kept in a wheelhouse outside the
 #    clone so a fresh clone on the same machine installs offline in seconds.
 venv=python-worker/.venv

@@ -211,3 +211,15 @@ export function jobProcesses(artifacts: string, jobId: string): number[] {
   }
   return found;
 }
+
+/** The environment of a `vlmflow worker` child process: where Temporal and its Python worker are, its queues. */
+export function tsWorkerEnv(temporalAddress: string, pythonAddress: string, taskQueue: string): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '',
+    HOME: process.env.HOME ?? '',
+    TEMPORAL_ADDRESS: temporalAddress,
+    VLMFLOW_WORKER_ADDRESS: pythonAddress,
+    VLMFLOW_WORKFLOW_TASK_QUEUE: taskQueue,
+    VLMFLOW_GPU_TASK_QUEUE: `${taskQueue}-gpu`,
+  };
+}

@@ -37,17 +37,16 @@ import { startDevServer, type DevServer } from '../src/stack/temporal-dev-server
 import type { PipelineProgress } from '../workflows/definitions.js';
 import { shardFile, type ShardResult } from '../activities/inference.js';
 import { batchInference } from '../workflows/batch-inference.js';
-import { fineTunePipeline, type PipelineResult } from '../workflows/fine-tune-pipeline.js';
+import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { freePort, tempDir } from './helpers.js';
+import { runChaos } from './chaos.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 import {
   childPid,
   isAlive,
   jobIdOf,
   jobLogs,
-  jobProcesses,
   lastStep,
-  lossesByStep,
   parentOf,
   pipelineConfig,
   processesStarted,
@@ -55,6 +54,7 @@ import {
   sleep,
   startTsWorker,
   tinyModel,
+  tsWorkerEnv,
   type TsWorker,
   untilProgress,
 } from './durability-helpers.js';
@@ -143,14 +143,7 @@ describe('durability with real processes', () => {
       startDevServer({ stateDir: temporalState, port: temporalPort, uiPort }),
       startPython(pythonPort),
     ]);
-    workerEnv = {
-      PATH: process.env.PATH ?? '',
-      HOME: process.env.HOME ?? '',
-      TEMPORAL_ADDRESS: dev.address,
-      VLMFLOW_WORKER_ADDRESS: python.address,
-      VLMFLOW_WORKFLOW_TASK_QUEUE: taskQueue,
-      VLMFLOW_GPU_TASK_QUEUE: gpuTaskQueue,
-    };
+    workerEnv = tsWorkerEnv(dev.address, python.address, taskQueue);
     tsWorker = await startTsWorker(workerEnv);
     connection = await Connection.connect({ address: dev.address });
     client = new Client({ connection });
@@ -168,108 +161,30 @@ describe('durability with real processes', () => {
   const stepOfCheckpoint = (uri: string) => Number(/checkpoint-(\d+)$/.exec(uri)?.[1] ?? 0);
 
   it('completes through a dev server restart, a SIGKILLed Python worker and a SIGKILLed TS worker mid-SFT', async () => {
-    const workflowId = `chaos-${randomUUID()}`;
-    const handle = await client.workflow.start(fineTunePipeline, {
+    await runChaos({
+      label: 'chaos',
+      client,
       taskQueue,
-      workflowId,
-      args: [pipelineConfig(dataFile, 36), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
+      gpuTaskQueue,
+      artifacts,
+      dataFile,
+      restartServer: async () => {
+        await dev.stop();
+        await sleep(2_000);
+        dev = await startDevServer({ stateDir: temporalState, port: temporalPort, uiPort });
+      },
+      killPython: async () => {
+        python.process.kill('SIGKILL');
+        await python.process;
+      },
+      startPython: async () => {
+        python = await startPython(pythonPort);
+      },
+      killTs: () => tsWorker.kill(),
+      startTs: async () => {
+        tsWorker = await startTsWorker(workerEnv);
+      },
     });
-    const started = Date.now();
-
-    // 1. The dev server stops while SFT runs, and starts again on the same database.
-    await until('sft running', workflowId, (p) => p.stage === 'sft' && p.step >= 1);
-    await dev.stop();
-    await sleep(2_000);
-    dev = await startDevServer({ stateDir: temporalState, port: temporalPort, uiPort });
-    const afterServer = await until('progress after the server restart', workflowId, (p) => p.stage === 'sft');
-
-    // 2. The Python worker dies mid-SFT (its job process with it); it starts again on the same port. Early in the
-    //    stage, so the resumed training still runs when the TS worker is killed below.
-    const beforePython = await until(
-      'a checkpoint',
-      workflowId,
-      (p) => p.stage === 'sft' && p.lastCheckpoint !== '' && p.step > afterServer.step,
-    );
-    // The stage's job id (a content key when stage reuse is on): the worker keeps its records under it.
-    const sftJob = jobIdOf(beforePython, 'sft');
-    const jobPid = childPid(artifacts, sftJob);
-    python.process.kill('SIGKILL');
-    await python.process;
-    const pythonKilledAt = Date.now();
-    python = await startPython(pythonPort);
-    await sleep(500);
-    expect(isAlive(jobPid)).toBe(false); // the training process died with its worker
-    const resumed = await until(
-      'training resumed',
-      workflowId,
-      (p) => p.stage !== 'sft' || stepOfCheckpoint(p.lastCheckpoint) > stepOfCheckpoint(beforePython.lastCheckpoint),
-    );
-    const pythonRecoverySeconds = (Date.now() - pythonKilledAt) / 1000;
-    expect(resumed.stage).toBe('sft');
-
-    // 3. The TS worker dies mid-stage (SIGKILL: no goodbye to Temporal); another one starts.
-    const processesBeforeTsKill = processesStarted(artifacts, sftJob);
-    await tsWorker.kill();
-    const tsKilledAt = Date.now();
-    tsWorker = await startTsWorker(workerEnv);
-    // The new attempt relays the job's progress (or its recorded result, if it finished meanwhile).
-    await until(
-      'the new TS worker relays the same job',
-      workflowId,
-      (p) => p.stage !== 'sft' || p.step > resumed.step + 1,
-    );
-    const tsRecoverySeconds = (Date.now() - tsKilledAt) / 1000;
-    expect(processesStarted(artifacts, sftJob)).toBe(processesBeforeTsKill); // attached, not started again
-
-    const result: PipelineResult = await handle.result();
-    const totalSeconds = (Date.now() - started) / 1000;
-    expect(result.status).toBe('completed');
-    const sft = result.stages.find((s) => s.name === 'sft')!;
-    expect(sft.status).toBe('completed');
-
-    // Resumed from the newest checkpoint on disk: at most one checkpoint interval redone.
-    const logs = jobLogs(artifacts, sftJob);
-    expect(logs).toHaveLength(2); // one process before the Python worker died, one after
-    const reachedBeforeKill = lastStep(logs[0]!);
-    const resumedFrom = sft.resumedFromStep ?? 0;
-    expect(resumedFrom).toBeGreaterThanOrEqual(stepOfCheckpoint(beforePython.lastCheckpoint));
-    const redone = reachedBeforeKill - resumedFrom;
-    expect(redone).toBeLessThanOrEqual(SAVE_STEPS);
-    expect(processesStarted(artifacts, sftJob)).toBe(2);
-    expect(processesStarted(artifacts, jobIdOf(result, 'prepare'))).toBe(1);
-    expect(existsSync(path.join(sft.artifacts!.adapter!, 'adapter_model.safetensors'))).toBe(true);
-
-    // Nothing lost to the faults: an uninterrupted run of the same config and seed (reuse off, so it really
-    // trains) has the same loss at every step and the same evaluation.
-    const reference: PipelineResult = await client.workflow.execute(fineTunePipeline, {
-      taskQueue,
-      workflowId: `reference-${randomUUID()}`,
-      args: [{ ...pipelineConfig(dataFile, 36), reuse: false }, { gpuTaskQueue }],
-    });
-    expect(reference.status).toBe('completed');
-    const referenceSft = reference.stages.find((s) => s.name === 'sft')!;
-    const chaosLosses = lossesByStep(sft.artifacts!.training_log!);
-    const referenceLosses = lossesByStep(referenceSft.artifacts!.training_log!);
-    expect([...chaosLosses.keys()]).toEqual([...referenceLosses.keys()]);
-    for (const [step, loss] of referenceLosses) {
-      expect(Math.abs(chaosLosses.get(step)! - loss), `loss at step ${step}`).toBeLessThanOrEqual(
-        1e-3 * Math.abs(loss),
-      );
-    }
-    expect(result.metrics['sft/vqa_accuracy']).toBe(reference.metrics['sft/vqa_accuracy']);
-
-    console.log(
-      `durability: ${JSON.stringify({
-        test: 'chaos',
-        totalSeconds,
-        pythonRecoverySeconds,
-        tsRecoverySeconds,
-        reachedBeforeKill,
-        resumedFrom,
-        redone,
-        sftProcesses: processesStarted(artifacts, sftJob),
-      })}`,
-    );
   }, 600_000);
 
   it('vlmflow cancel mid-SFT leaves a checkpoint and no process; vlmflow retry resumes from it', async () => {
@@ -403,53 +318,6 @@ describe('durability with real processes', () => {
         })}`,
       );
     } finally {
-      await tsB.kill();
-      await pythonB.stop();
-    }
-  }, 420_000);
-  it('kills only the TS worker of the pair that trains: the retry on the other pair attaches through the store, one training', async () => {
-    const pythonB = await startPython(await freePort());
-    const tsB = await startTsWorker({ ...workerEnv, VLMFLOW_WORKER_ADDRESS: pythonB.address });
-    const pairs = [
-      { name: 'A', python, ts: tsWorker },
-      { name: 'B', python: pythonB, ts: tsB },
-    ];
-    let victim: (typeof pairs)[number] | undefined;
-    let sampling = true;
-    let mostAtOnce = 0;
-    let sftJob = '';
-    const sampler = (async () => {
-      while (sampling) {
-        if (sftJob) mostAtOnce = Math.max(mostAtOnce, jobProcesses(artifacts, sftJob).length);
-        await sleep(100);
-      }
-    })();
-    try {
-      const workflowId = `ts-only-${randomUUID()}`;
-      const handle = await client.workflow.start(fineTunePipeline, {
-        taskQueue,
-        workflowId,
-        args: [pipelineConfig(dataFile, 24, 11), { gpuTaskQueue, heartbeatTimeoutMs: 10_000 }],
-      });
-      const running = await until('a checkpoint', workflowId, (p) => p.stage === 'sft' && p.lastCheckpoint !== '');
-      sftJob = jobIdOf(running, 'sft');
-      const trainer = pairs.find((p) => p.python.pid === parentOf(childPid(artifacts, sftJob)))!;
-      victim = trainer;
-      await trainer.ts.kill(); // only the TS worker: its Python worker and the training live on
-      const killedAt = Date.now();
-      const result = await handle.result();
-      expect(result.status).toBe('completed');
-      expect(processesStarted(artifacts, sftJob)).toBe(1); // attached from the other pair, never started again
-      expect(mostAtOnce).toBe(1);
-      const sft = result.stages.find((s) => s.name === 'sft')!;
-      expect(sft.resumedFromStep ?? 0).toBe(0);
-      console.log(
-        `durability: ${JSON.stringify({ test: 'ts-only-kill', trainer: trainer.name, trainingsAtOnce: mostAtOnce, processes: 1, redone: 0, secondsToFinish: (Date.now() - killedAt) / 1000 })}`,
-      );
-    } finally {
-      sampling = false;
-      await sampler;
-      if (victim?.name === 'A') tsWorker = await startTsWorker(workerEnv);
       await tsB.kill();
       await pythonB.stop();
     }
