@@ -18,6 +18,7 @@
  */
 import { Metadata, status as GrpcStatus, type ClientReadableStream, type ServiceError } from '@grpc/grpc-js';
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import { ApplicationFailureCategory } from '@temporalio/common';
 import {
   FailureReason,
   JobState,
@@ -400,7 +401,16 @@ export function failureFromStatus(err: ServiceError, rpc: string, jobId: string)
       });
     // UNAVAILABLE: every job slot taken (the worker's WorkerBusy, a wait), or restarting / unreachable.
     case GrpcStatus.UNAVAILABLE:
-      if (errorTypeOf(err) === 'WorkerBusy') return retryable(FailureType.WorkerBusy);
+      if (errorTypeOf(err) === 'WorkerBusy') {
+        // A wait, not an error: BENIGN keeps each attempt out of the SDK's warnings and failure metrics.
+        return ApplicationFailure.create({
+          message,
+          type: FailureType.WorkerBusy,
+          nonRetryable: false,
+          details: [details],
+          category: ApplicationFailureCategory.BENIGN,
+        });
+      }
       if (isTlsFailure(err)) {
         return ApplicationFailure.create({
           message:

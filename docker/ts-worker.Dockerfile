@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
-# The TS worker: `vlmflow worker` (workflows + GPU-queue activities) on Node 20 with production
-# dependencies only; non-root. TypeScript runs through tsx (a runtime dependency), so there is no build step.
+# The TS worker: `vlmflow worker` (workflows + GPU-queue activities) on Node 22 LTS with production
+# dependencies only; non-root. TypeScript runs through tsx (a runtime dependency); the workflow bundle is built
+# with the image (`vlmflow bundle`), so the worker starts fast and runs exactly the workflow code it was built with.
 #   docker build -f docker/ts-worker.Dockerfile -t vlmflow/ts-worker .      (from the repository root)
-ARG NODE_IMAGE=node:20-bookworm-slim
+ARG NODE_IMAGE=node:22-bookworm-slim
 
 # 1. Production dependencies, from package.json + package-lock.json only (rebuilt when they change).
 FROM ${NODE_IMAGE} AS deps
@@ -22,6 +23,8 @@ COPY bin ./bin
 COPY src ./src
 COPY activities ./activities
 COPY workflows ./workflows
+RUN node bin/vlmflow.js bundle /app/workflow-bundle.js
+ENV VLMFLOW_WORKFLOW_BUNDLE=/app/workflow-bundle.js
 USER vlmflow
 # Same uid as the Python image, so files in the shared volumes (certs, artifacts) are readable by both.
 ENTRYPOINT ["node", "bin/vlmflow.js"]

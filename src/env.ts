@@ -39,6 +39,11 @@ export const envSchema = z.object({
   VLMFLOW_WORKFLOW_TASK_QUEUE: z.string().min(1).default('vlmflow'),
   VLMFLOW_GPU_TASK_QUEUE: z.string().min(1).default('vlmflow-gpu'),
   VLMFLOW_ARTIFACT_ROOT: z.string().min(1).optional(),
+  /**
+   * A workflow bundle made by `vlmflow bundle` (the TS image builds one): the worker loads it instead of bundling
+   * workflows/ at start, which takes seconds and needs the source.
+   */
+  VLMFLOW_WORKFLOW_BUNDLE: z.string().min(1).optional(),
 });
 
 export type Env = z.infer<typeof envSchema>;

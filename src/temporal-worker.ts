@@ -27,6 +27,8 @@ export interface TemporalWorkerOptions {
   client: PythonWorkerClient;
   workflowTaskQueue?: string;
   gpuTaskQueue?: string;
+  /** A bundle written by `vlmflow bundle`; workflows/ is bundled at start when there is none. */
+  workflowBundlePath?: string;
 }
 
 export async function createTemporalWorkers(
@@ -37,7 +39,7 @@ export async function createTemporalWorkers(
     connection: opts.connection,
     namespace: opts.namespace ?? 'default',
     taskQueue: opts.workflowTaskQueue ?? WORKFLOW_TASK_QUEUE,
-    workflowsPath,
+    ...(opts.workflowBundlePath ? { workflowBundle: { codePath: opts.workflowBundlePath } } : { workflowsPath }),
     // Local activities: each workflow's input parsed once, into history (activities/parse-input.ts).
     activities: parseInputActivities,
   });

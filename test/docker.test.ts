@@ -10,15 +10,17 @@
 import { Client, Connection } from '@temporalio/client';
 import { execa, type ResultPromise } from 'execa';
 import { randomUUID } from 'node:crypto';
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { envSchema, loadEnv } from '../src/env.js';
-import { projectRoot, temporalCli, workerPython } from '../src/paths.js';
+import { projectRoot, temporalCli, temporalServer, workerPython } from '../src/paths.js';
+import { createPostgres } from '../src/stack/postgres.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { searchAttributeFlags } from '../src/stack/temporal-dev-server.js';
+import { SERVICES } from '../src/stack/temporal-cluster.js';
 import { healthCheck } from '../workflows/index.js';
 import { freePort, tempDir } from './helpers.js';
 
@@ -48,8 +50,8 @@ interface ComposeFile {
   services: Record<string, Service>;
   volumes: Record<string, { driver?: string; driver_opts?: Record<string, string> } | null>;
 }
-const compose = parse(read('docker/compose.yaml')) as ComposeFile;
-const gpuHost = parse(read('docker/compose.gpu-host.yaml')) as ComposeFile;
+const compose = parse(read('docker/compose.yaml'), { merge: true }) as ComposeFile;
+const gpuHost = parse(read('docker/compose.gpu-host.yaml'), { merge: true }) as ComposeFile;
 const nfs = parse(read('docker/compose.nfs.yaml')) as ComposeFile;
 const services = compose.services;
 const service = (name: string): Service => {
@@ -127,19 +129,100 @@ const execForm = (args: string): string[] => JSON.parse(args) as string[];
 const vlmflowServices = ['certs', 'python-worker', 'ts-worker'];
 const dockerfiles = ['docker/python-worker.Dockerfile', 'docker/ts-worker.Dockerfile'];
 
+describe("docker/temporal-schema.sh (the compose job that makes Temporal's schema)", () => {
+  it('sets up both databases with the SQL tool and release of the cluster tests, at its newest schema, idempotently', async () => {
+    const pg = await createPostgres({ dir: tempDir('schema-pg'), port: await freePort() });
+    await pg.start();
+    try {
+      const bin = tempDir('schema-bin'); // the admin-tools image calls the tool `temporal-sql-tool`
+      symlinkSync(temporalServer.sqlTool, path.join(bin, 'temporal-sql-tool'));
+      const schemaDir = path.join(temporalServer.schema, 'postgresql', 'v12');
+      const env = {
+        ...environment('temporal-schema'),
+        POSTGRES_SEEDS: '127.0.0.1',
+        DB_PORT: String(pg.port),
+        POSTGRES_USER: pg.user,
+        POSTGRES_PWD: 'unused',
+        SCHEMA_DIR: schemaDir,
+        PATH: `${bin}:${process.env.PATH ?? ''}`,
+      };
+      const first = await execa('sh', [path.join(dockerDir, 'temporal-schema.sh')], { env, reject: false });
+      expect(first.exitCode, first.stderr).toBe(0);
+      expect(first.stdout).toContain('created temporal_visibility');
+      const again = await execa('sh', [path.join(dockerDir, 'temporal-schema.sh')], { env, reject: false });
+      expect(again.exitCode, again.stderr).toBe(0);
+      expect(again.stdout).toContain("temporal_visibility is at this release's schema");
+      for (const [database, dir] of [
+        ['temporal', 'temporal'],
+        ['temporal_visibility', 'visibility'],
+      ] as const) {
+        const versions = readdirSync(path.join(schemaDir, dir, 'versioned')).map((v) => v.slice(1));
+        const newest = versions.sort((a, b) => a.localeCompare(b, undefined, { numeric: true })).at(-1);
+        expect(await pg.query(database, 'select curr_version from schema_version'), database).toBe(newest);
+      }
+    } finally {
+      await pg.stop();
+    }
+  }, 120_000);
+});
+
 describe('docker/compose.yaml', () => {
-  it('runs PostgreSQL, Temporal, the setup job, the Web UI, the certificates job and both workers', () => {
+  it('runs PostgreSQL, the schema job, the four Temporal services, the setup job, the Web UI, the certificates job and both workers', () => {
+    const temporalServices = SERVICES.map((s) => `temporal-${s}`);
     expect(Object.keys(services).sort()).toEqual(
-      ['certs', 'postgresql', 'python-worker', 'temporal', 'temporal-setup', 'temporal-ui', 'ts-worker'].sort(),
+      [
+        'certs',
+        'postgresql',
+        'python-worker',
+        'temporal-schema',
+        ...temporalServices,
+        'temporal-setup',
+        'temporal-ui',
+        'ts-worker',
+      ].sort(),
     );
-    expect(service('temporal').environment?.DB).toBe('postgres12');
-    expect(service('temporal').environment?.POSTGRES_SEEDS).toBe('postgresql');
+    // One container per service, as the cluster tests run one process per service (src/stack/temporal-cluster.ts).
+    for (const name of SERVICES) {
+      const env = environment(`temporal-${name}`);
+      expect(env.SERVICES, name).toBe(name);
+      expect(env.DB, name).toBe('postgres12');
+      expect(env.POSTGRES_SEEDS, name).toBe('postgresql');
+      expect(env.PUBLIC_FRONTEND_ADDRESS, name).toBe('temporal-frontend:7233');
+    }
+  });
+
+  it('runs the Temporal release the tests build, from the official server and admin-tools images', () => {
+    const release = /go\.temporal\.io\/server\/cmd\/server@v([\d.]+)/.exec(read('scripts/setup.sh'))![1]!;
+    for (const name of SERVICES) expect(service(`temporal-${name}`).image).toBe(`temporalio/server:${release}`);
+    for (const name of ['temporal-schema', 'temporal-setup']) {
+      expect(service(name).image, name).toBe(`temporalio/admin-tools:${release}`);
+    }
+  });
+
+  it('checks the health of every long-running service', () => {
+    const oneShot = ['certs', 'temporal-schema', 'temporal-setup'];
+    const withoutCheck = Object.entries(services)
+      .filter(
+        ([name, svc]) => !oneShot.includes(name) && !svc.healthcheck && name !== 'temporal-ui' && name !== 'ts-worker',
+      )
+      .map(([name]) => name);
+    expect(withoutCheck).toEqual([]);
+  });
+
+  it('mounts the artifact store in the TS worker where the Python worker has it (batch inference reads shard files)', () => {
+    const root = environment('python-worker').VLMFLOW_ARTIFACT_ROOT!;
+    const store = service('python-worker')
+      .volumes!.find((v) => v.split(':')[1] === root)!
+      .split(':')[0];
+    for (const file of [services, gpuHost.services]) {
+      expect(file['ts-worker']!.volumes).toContain(`${store}:${root}`);
+    }
   });
 
   it('pins every image and restarts long-running services, not one-shot jobs', () => {
     for (const [name, svc] of Object.entries(services)) {
       if (!svc.build) expect(svc.image, name).toMatch(/^[\w./-]+:\d[\w.-]*$/);
-      const oneShot = ['certs', 'temporal-setup'].includes(name);
+      const oneShot = ['certs', 'temporal-schema', 'temporal-setup'].includes(name);
       expect(svc.restart, name).toBe(oneShot ? (name === 'certs' ? 'no' : 'on-failure') : 'unless-stopped');
     }
   });
@@ -284,8 +367,8 @@ describe('docker/compose.yaml', () => {
     expect(read('python-worker/src/vlmflow_worker/serve/settings.py')).toContain(`"VLMFLOW_WORKER_PORT", "${port}"`);
     expect(read('python-worker/src/vlmflow_worker/serve/healthcheck.py')).toContain(`'VLMFLOW_WORKER_PORT', '${port}'`);
 
-    const temporal = 'temporal:7233';
-    expect(service('temporal').ports).toEqual(['127.0.0.1:7233:7233']);
+    const temporal = 'temporal-frontend:7233';
+    expect(service('temporal-frontend').ports).toEqual(['127.0.0.1:7233:7233']);
     for (const name of ['ts-worker', 'temporal-setup', 'temporal-ui']) {
       expect(environment(name).TEMPORAL_ADDRESS, name).toBe(temporal);
     }
@@ -304,7 +387,6 @@ describe('docker/compose.yaml', () => {
     ]);
     expect(service('temporal-setup').entrypoint).toEqual(['/bin/sh', '/setup/temporal-setup.sh']);
     expect(service('temporal-setup').volumes).toContain('./temporal-setup.sh:/setup/temporal-setup.sh:ro');
-    expect(environment('temporal').SKIP_ADD_CUSTOM_SEARCH_ATTRIBUTES).toBe('true');
   });
 
   it('reserves the GPUs for the Python worker only, with shared memory for data loaders', () => {
@@ -387,10 +469,18 @@ describe('the Dockerfiles', () => {
     expect(read(file).split('\n')[0]).toMatch(/^# syntax=docker\/dockerfile:1/);
   });
 
-  it('installs production dependencies only in the TS image, and starts `vlmflow worker`', async () => {
+  it('installs production dependencies only in the TS image on a current Node LTS, builds the workflow bundle, and starts `vlmflow worker`', async () => {
     const ins = dockerfile('docker/ts-worker.Dockerfile');
     expect(ins.find((i) => i.op === 'RUN' && i.args.includes('npm ci'))?.args).toContain('--omit=dev');
-    expect(ins.find((i) => i.op === 'ARG')?.args).toMatch(/node:20[\w.-]*/);
+    expect(ins.find((i) => i.op === 'ARG')?.args).toMatch(/node:(22|24)-[\w.-]*/); // 20 is past its end of life
+    // The bundle is built with the image, where the worker is told to load it.
+    const bundled = ins
+      .find((i) => i.op === 'RUN' && i.args.includes('bin/vlmflow.js bundle'))!
+      .args.split(' ')
+      .at(-1);
+    expect(ins.find((i) => i.op === 'ENV' && i.args.startsWith('VLMFLOW_WORKFLOW_BUNDLE='))?.args).toBe(
+      `VLMFLOW_WORKFLOW_BUNDLE=${bundled}`,
+    );
     const entrypoint = execForm(ins.find((i) => i.op === 'ENTRYPOINT')!.args);
     expect(entrypoint).toEqual(['node', 'bin/vlmflow.js']);
     expect(execForm(ins.find((i) => i.op === 'CMD')!.args)).toEqual(service('ts-worker').command);

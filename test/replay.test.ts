@@ -8,7 +8,10 @@ import { Worker } from '@temporalio/worker';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { execa } from 'execa';
+import { projectRoot } from '../src/paths.js';
 import { workflowsPath } from '../src/temporal-worker.js';
+import { tempDir } from './helpers.js';
 
 const dir = path.join(import.meta.dirname, 'fixtures', 'histories');
 const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
@@ -36,17 +39,30 @@ describe('replay of recorded workflow histories', () => {
     expect(ends).toContain('EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW');
   });
 
-  it('replays every recorded history without non-determinism', async () => {
-    const histories = files.map((file) => ({
+  const histories = () =>
+    files.map((file) => ({
       workflowId: file,
       history: temporal.api.history.v1.History.fromObject(
         JSON.parse(readFileSync(path.join(dir, file), 'utf8')) as object,
       ),
     }));
+
+  it('replays every recorded history without non-determinism', async () => {
     const failures: string[] = [];
-    for await (const result of Worker.runReplayHistories({ workflowsPath }, histories)) {
+    for await (const result of Worker.runReplayHistories({ workflowsPath }, histories())) {
       if (result.error) failures.push(`${result.workflowId}: ${String(result.error)}`);
     }
     expect(failures).toEqual([]);
   });
+
+  it('replays them with the bundle `vlmflow bundle` writes, which a deployed worker loads', async () => {
+    const codePath = path.join(tempDir('bundle'), 'workflow-bundle.js');
+    const made = await execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'bundle', codePath]);
+    expect(made.stdout).toContain('wrote the workflow bundle');
+    const failures: string[] = [];
+    for await (const result of Worker.runReplayHistories({ workflowBundle: { codePath } }, histories())) {
+      if (result.error) failures.push(`${result.workflowId}: ${String(result.error)}`);
+    }
+    expect(failures).toEqual([]);
+  }, 120_000);
 });

@@ -1,6 +1,7 @@
 /** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
 import { Command } from 'commander';
 import { registerPipelineCommands } from './commands.js';
+import { bundle } from './bundle.js';
 import { demo } from './demo.js';
 import { worker } from './worker-command.js';
 
@@ -21,6 +22,14 @@ program
   .description('run the TS workers against TEMPORAL_ADDRESS and VLMFLOW_WORKER_ADDRESS (docker/, GPU hosts)')
   .action(async () => {
     process.exitCode = await worker();
+  });
+
+program
+  .command('bundle')
+  .description('write the workflow bundle `vlmflow worker` loads through VLMFLOW_WORKFLOW_BUNDLE (images build it)')
+  .argument('<file>', 'where to write it, e.g. /app/workflow-bundle.js')
+  .action(async (file: string) => {
+    process.exitCode = await bundle(file);
   });
 
 registerPipelineCommands(program);

@@ -47,6 +47,7 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
       client,
       workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
+      workflowBundlePath: env.VLMFLOW_WORKFLOW_BUNDLE,
     });
     logger.info(
       {

@@ -1,0 +1,19 @@
+/**
+ * `vlmflow bundle <file>`: the workflows bundled once (webpack, as the Temporal SDK does at worker start) into one
+ * file, so a deployed worker starts in a second and runs exactly the code its image was built with.
+ *
+ *   node bin/vlmflow.js bundle /app/workflow-bundle.js      (docker/ts-worker.Dockerfile)
+ */
+import { bundleWorkflowCode } from '@temporalio/worker';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { workflowsPath } from '../temporal-worker.js';
+import { ExitCode } from './exit-codes.js';
+
+export async function bundle(file: string): Promise<number> {
+  const { code } = await bundleWorkflowCode({ workflowsPath });
+  mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  writeFileSync(file, code);
+  console.log(`wrote the workflow bundle (${(code.length / 1e6).toFixed(1)} MB) to ${file}`);
+  return ExitCode.ok;
+}
