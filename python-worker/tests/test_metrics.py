@@ -186,3 +186,18 @@ def test_paired_comparison_reads_error_rates_the_right_way_round():
     assert result.delta < 0 and result.verdict == "better" and result.wins == 25
     worse = m.paired_comparison(tuned, base, samples=300)
     assert worse.verdict == "worse"
+
+
+def test_cer_edit_counts_agree_with_jiwer_on_random_text() -> None:
+    """Two libraries, one answer: RapidFuzz's distance (what cer uses) and jiwer's character alignment."""
+    import random
+
+    import jiwer
+
+    rng = random.Random(0)
+    alphabet = "abcde"  # no spaces: jiwer strips them at the ends before aligning
+    for _ in range(200):
+        ref = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        hyp = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        out = jiwer.process_characters(ref, hyp)
+        assert m.levenshtein(hyp, ref) == out.substitutions + out.deletions + out.insertions, (ref, hyp)

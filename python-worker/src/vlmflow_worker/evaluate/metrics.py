@@ -10,7 +10,8 @@ Definitions follow the reference implementations:
   contractions; min(#matches / 3, 1) with several annotators, averaged over the leave-one-annotator-out subsets).
 - ChartQA relaxed accuracy: exact match, or within 5 % of the target when both parse as numbers.
 - ANLS (DocVQA): 1 - normalized Levenshtein distance, 0 when that distance is 0.5 or more; best reference.
-- CER / WER: corpus error rates, total edits over total reference characters / words (jiwer).
+- CER / WER: corpus error rates, total edits over total reference characters / words (edit distance by RapidFuzz,
+  word alignment by jiwer).
 - BLEU-4, ROUGE-L, CIDEr-D: as in coco-caption (pycocoevalcap), on lower-cased, punctuation-stripped tokens
   in place of its Java PTB tokenizer.
 - Preference accuracy: share of pairs whose implicit DPO reward of the chosen answer beats the rejected one.
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 
 import jiwer
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 References = Sequence[str] | str
 
@@ -191,16 +193,9 @@ def relaxed_accuracy(predictions: Sequence[str], references: Sequence[References
 
 
 def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Edit distance (insertions, deletions, substitutions all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
+    """Edit distance (insertions, deletions, substitutions all cost 1), by RapidFuzz's bit-parallel C implementation:
+    a page of OCR text against its reference takes microseconds, where a Python loop over n x m cells took seconds."""
+    return Levenshtein.distance(a, b)
 
 
 def anls_one(prediction: str, answers: References, threshold: float = 0.5) -> float:
