@@ -68,10 +68,9 @@ describe('on a Temporal cluster (PostgreSQL, four services)', () => {
     const dataDir = path.join(artifacts, 'data', 'shapes');
     dataFile = path.join(dataDir, 'data.jsonl');
     pythonPort = await freePort();
-    const ports = await Promise.all(Array.from({ length: 6 }, () => freePort()));
     const started = Date.now();
     [cluster, python] = await Promise.all([
-      startTemporalCluster({ dir: tempDir('cluster'), ports }),
+      startTemporalCluster({ dir: tempDir('cluster') }),
       startPython(pythonPort),
       buildTinyModel(tinyModel),
       generateSyntheticTask({ task: 'shape_colour', rows: 40, seed: 0, out: dataDir }),

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { envSchema, loadEnv } from '../src/env.js';
 import { projectRoot, temporalCli, temporalServer, workerPython } from '../src/paths.js';
-import { createPostgres } from '../src/stack/postgres.js';
+import { startPostgres } from '../src/stack/postgres.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { searchAttributeFlags } from '../src/stack/temporal-dev-server.js';
 import { SERVICES } from '../src/stack/temporal-cluster.js';
@@ -131,8 +131,7 @@ const dockerfiles = ['docker/python-worker.Dockerfile', 'docker/ts-worker.Docker
 
 describe("docker/temporal-schema.sh (the compose job that makes Temporal's schema)", () => {
   it('sets up both databases with the SQL tool and release of the cluster tests, at its newest schema, idempotently', async () => {
-    const pg = await createPostgres({ dir: tempDir('schema-pg'), port: await freePort() });
-    await pg.start();
+    const pg = await startPostgres(tempDir('schema-pg'));
     try {
       const bin = tempDir('schema-bin'); // the admin-tools image calls the tool `temporal-sql-tool`
       symlinkSync(temporalServer.sqlTool, path.join(bin, 'temporal-sql-tool'));

@@ -7,6 +7,7 @@ import { execa, type ResultPromise } from 'execa';
 import { chmodSync, chownSync, existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { userInfo } from 'node:os';
 import path from 'node:path';
+import { freePort, isPortClash } from './ports.js';
 
 export interface PostgresOptions {
   /** Holds the data folder, the socket folder and the log; created if missing. */
@@ -116,6 +117,19 @@ export async function createPostgres(opts: PostgresOptions): Promise<Postgres> {
     },
   };
   return pg;
+}
+
+/** PostgreSQL in `dir` on a free port, started; a port taken before it could bind is retried on another. */
+export async function startPostgres(dir: string): Promise<Postgres> {
+  for (let attempt = 1; ; attempt++) {
+    const pg = await createPostgres({ dir, port: await freePort() });
+    try {
+      await pg.start();
+      return pg;
+    } catch (err) {
+      if (attempt >= 3 || !isPortClash(err)) throw err;
+    }
+  }
 }
 
 async function postgresIds(): Promise<{ uid: number; gid: number }> {
