@@ -117,6 +117,28 @@ class WorkerSettings:
         default_factory=lambda: _number_env("VLMFLOW_JOB_CANCEL_GRACE_SECONDS", "60", float),
         metadata={"help": "Seconds a job has to checkpoint and stop after a cancel before it is killed."},
     )
+    generate_batch_tokens: int = field(
+        default_factory=lambda: int(_number_env("VLMFLOW_GENERATE_BATCH_TOKENS", "16384", int)),
+        metadata={
+            "help": "Generate with batch_size 0: the most rows x (longest prompt + max_new_tokens) one generate() "
+            "call holds, i.e. the KV cache it fills (16384 is ~3 GB for SmolVLM-Instruct in bf16, ~10 photos at full "
+            "tiling). An explicit batch_size in the request is used as given."
+        },
+    )
+    generate_batch_pixels: int = field(
+        default_factory=lambda: int(_number_env("VLMFLOW_GENERATE_BATCH_PIXELS", str(32 * 2**20), int)),
+        metadata={
+            "help": "Generate with batch_size 0: the most image pixels (tiles x height x width, as encoded) one "
+            "generate() call sends through the vision tower (the default is ~227 tiles of 384 px)."
+        },
+    )
+    generate_batch_wait_ms: float = field(
+        default_factory=lambda: _number_env("VLMFLOW_GENERATE_BATCH_WAIT_MS", "20", float),
+        metadata={
+            "help": "How long a Generate request waits for concurrent requests still being prepared, to share "
+            "generate() calls with them; a request alone, or one that fills the budget, never waits."
+        },
+    )
     tls_cert: Path | None = field(
         default_factory=lambda: _path_env("VLMFLOW_WORKER_TLS_CERT"),
         metadata={"help": "PEM certificate (chain) the worker serves TLS with; needs tls_key."},
@@ -154,6 +176,11 @@ class WorkerSettings:
             raise ValueError(f"job_lease_s must be > 0, got {self.job_lease_s}")
         if self.job_cancel_grace_s <= 0:
             raise ValueError(f"job_cancel_grace_s must be > 0, got {self.job_cancel_grace_s}")
+        for name in ("generate_batch_tokens", "generate_batch_pixels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.generate_batch_wait_ms < 0:
+            raise ValueError(f"generate_batch_wait_ms must be >= 0 (0 = never wait), got {self.generate_batch_wait_ms}")
         self.artifact_root = self.artifact_root.resolve()
         self.data_roots = [p.resolve() for p in self.data_roots]
         _validate_security(self)
