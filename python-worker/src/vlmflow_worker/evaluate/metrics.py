@@ -12,8 +12,9 @@ Definitions follow the reference implementations:
 - ANLS (DocVQA): 1 - normalized Levenshtein distance, 0 when that distance is 0.5 or more; best reference.
 - CER / WER: corpus error rates, total edits over total reference characters / words (edit distance by RapidFuzz,
   word alignment by jiwer).
-- BLEU-4, ROUGE-L, CIDEr-D: as in coco-caption (pycocoevalcap), on lower-cased, punctuation-stripped tokens
-  in place of its Java PTB tokenizer.
+- BLEU-4, ROUGE-L, CIDEr-D: as in coco-caption (pycocoevalcap's Bleu(4), Rouge, Cider; its Cider is CIDEr-D),
+  on tokens from a Python port of its PTB tokenization (no Java); tests/test_metrics_reference.py checks all four
+  against pycocoevalcap itself.
 - Preference accuracy: share of pairs whose implicit DPO reward of the chosen answer beats the rejected one.
 """
 
@@ -253,12 +254,59 @@ def wer(predictions: Sequence[str], references: Sequence[References]) -> Scores:
 # ---------------------------------------------------------------------------------------------------------------
 # Captioning: BLEU-4, ROUGE-L, CIDEr-D (coco-caption definitions)
 
-_TOKEN_PUNCT = re.compile(r"[^\w\s']|_")
+# coco-caption tokenizes with Stanford CoreNLP's PTBTokenizer (Java), lower-cases, then drops punctuation tokens.
+# These rules reproduce what that tokenizer does to captions, so scores are comparable with published ones: hyphenated
+# words and numbers stay whole ("t-shirt", "2.50", "1,000"), clitics split off ("is n't", "dog 's", "ca n't"),
+# symbols become tokens ("$ 5", "100 %"), and brackets become "-lrb-" / "-rrb-" (coco-caption's filter lists them
+# upper-case, so after lower-casing they survive; kept, as published scores include them).
+_ABBREVIATIONS = r"mr|mrs|ms|dr|st|jr|sr|vs|etc|inc|ltd|co|corp|ave|mt|ft|jan|feb|mar|apr|aug|sept?|oct|nov|dec"
+_PTB_TOKEN = re.compile(
+    rf"""
+      (?:[^\W\d_]\.){{2,}}                       # acronyms keep their periods: u.s., a.m., e.g.
+    | (?:{_ABBREVIATIONS})\.(?!\w)               # so do common abbreviations: mr., st., etc.
+    | no\.(?=\s*\d)                              # "no. 5", but a sentence-final "no." loses it
+    | '\d\ds\b | 'n'                              # '90s, rock 'n' roll
+    | (?-i:[A-Z]+&[A-Z]+)                        # AT&T (but "rock&roll" is "rock & roll")
+    | \#[^\W\d_]\w*                              # #hashtag (but "#1" is "# 1")
+    | \d+(?:[.,:/]\d+)+(?:-[\w@]+)*               # numbers: 2.50, 1,000, 10:30, 3/4, 4.5-star
+    | [\w@]+(?:[-/.'][\w@]+)*                     # words with inner hyphens, slashes, points: t-shirt, x@y.com
+    | [?!]{{2,}}                                 # "?!" is one token (only a lone "?" or "!" is dropped)
+    | \.{{2,}} | -{{2,}}                          # ellipses and dashes (dropped)
+    | \S                                         # any other symbol on its own: $ % & # + = ( )
+    """,
+    re.VERBOSE | re.IGNORECASE,
+)
+_CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
+_SPLIT_WORDS = {
+    "cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"], "wanna": ["wan", "na"],
+    "lemme": ["lem", "me"], "gimme": ["gim", "me"],
+}  # fmt: skip
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
+# coco-caption's PUNCTUATIONS after PTB's quote normalization (a '"' becomes `` or '').
+_DROPPED_PUNCT = {"''", "'", "``", "`", '"', ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 
 
 def caption_tokens(text: str) -> list[str]:
-    """Lower-cased words with punctuation removed (stands in for coco-caption's PTB tokenizer)."""
-    return _TOKEN_PUNCT.sub(" ", text.lower()).split()
+    """coco-caption's caption tokenization (Stanford PTBTokenizer, lower-cased, punctuation tokens dropped), in Python
+    so scoring needs no Java: "A man's T-shirt (red) isn't $5." -> a man 's t-shirt -lrb- red -rrb- is n't $ 5.
+
+    Checked against the real PTBTokenizer (CoreNLP 3.4.1, as pycocoevalcap 1.2 runs it) on the captions in
+    tests/test_metrics_reference.py. Known differences, all rare in captions: CoreNLP's full abbreviation list is
+    longer than ours; "y'all" stays one token (PTB: "y' all"); feet-inches "5'11" stays one token (PTB: "5 11")."""
+    tokens: list[str] = []
+    for raw in (t.lower() for t in _PTB_TOKEN.findall(text)):
+        if raw in _SPLIT_WORDS:
+            tokens += _SPLIT_WORDS[raw]
+            continue
+        clitics: list[str] = []
+        while (clitic := _CLITIC.match(raw)) is not None:  # "i'd've" -> i 'd 've
+            raw, tail = clitic.groups()
+            clitics.insert(0, tail)
+        if clitics:
+            tokens += [raw, *clitics]
+        elif raw.strip(".") and raw.strip("-"):  # runs of periods or hyphens are punctuation
+            tokens.append(_BRACKETS.get(raw, raw))
+    return [t for t in tokens if t not in _DROPPED_PUNCT]
 
 
 def _ngrams(words: Sequence[str], n: int) -> Counter:
