@@ -4,9 +4,10 @@
     model, processor = load_model("HuggingFaceTB/SmolVLM-Instruct")          # or a local folder, or a ModelRef
     model, processor = load_model(ModelSpec(".state/models/tiny-idefics3", adapter="runs/x/adapter"))
 
-- `AutoModelForImageTextToText` + `AutoProcessor`; bf16 on CUDA, fp32 on CPU unless asked; SDPA attention.
-- bitsandbytes 4-bit NF4 (double quantization, bf16 compute) or 8-bit on CUDA only: asked for on a machine
-  without CUDA it fails with FailedPrecondition, never a silent fallback to full precision.
+- `AutoModelForImageTextToText` + `AutoProcessor`; dtype from `precision.py` (bf16 on CUDA with bf16, fp16 on older
+  GPUs, fp32 on CPU, unless asked); SDPA attention.
+- bitsandbytes 4-bit NF4 (double quantization, computing in the model's half type) or 8-bit on CUDA only: asked
+  for on a machine without CUDA it fails with FailedPrecondition, never a silent fallback to full precision.
 - A LoRA adapter (PEFT, safetensors only) on top of the base.
 - `trust_remote_code` stays off unless the caller asks.
 - Offline: a model that is neither a local folder nor in the local hub cache, with the hub unreachable, is
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from vlmflow_worker import precision
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, WorkerError
 from vlmflow_worker.serve.settings import WorkerSettings
 
@@ -47,7 +49,7 @@ class ModelSpec:
     quantization: str = field(default="none", metadata={"help": "none, nf4 (4-bit QLoRA style) or int8; CUDA only."})
     adapter: str = field(default="", metadata={"help": "LoRA adapter folder (safetensors) on top of the base."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run model code from the hub."})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, ..."})
+    dtype: str = field(default="auto", metadata={"help": "auto (see precision.py), float32, bfloat16 or float16."})
 
     def __post_init__(self) -> None:
         if not self.model_id.strip():
@@ -111,9 +113,7 @@ def _looks_local(model_id: str) -> bool:
 def _torch_dtype(spec: ModelSpec, device: str):
     import torch
 
-    if spec.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, spec.dtype)
+    return getattr(torch, precision.for_device(spec.dtype, device, spec.quantization).load_dtype)
 
 
 def _quantization_config(spec: ModelSpec, device: str):
@@ -136,11 +136,13 @@ def _quantization_config(spec: ModelSpec, device: str):
     from transformers import BitsAndBytesConfig
 
     if spec.quantization == "nf4":
+        # The 4-bit layers compute in the dtype the rest of the model runs in (bf16, or fp16 on a T4 or V100).
+        compute = precision.for_device(spec.dtype, device, spec.quantization).compute_dtype_4bit
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_compute_dtype=getattr(torch, compute or "float32"),
         )
     return BitsAndBytesConfig(load_in_8bit=True)
 

@@ -29,6 +29,7 @@ from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
+from vlmflow_worker.precision import Precision, for_device
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer
@@ -201,17 +202,17 @@ def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
 # 3. Trainer
 
 
-def dpo_arguments(config: DPOTrainConfig, output_dir: Path, has_eval: bool, bf16: bool):
+def dpo_arguments(config: DPOTrainConfig, output_dir: Path, has_eval: bool, precision: Precision):
     """TRL's DPOConfig with the very TrainingArguments SFT uses, plus DPO's own fields."""
     from trl import DPOConfig
 
     from vlmflow_worker.train.sft import training_arguments
 
-    base = training_arguments(config, output_dir, has_eval, bf16)
+    base = training_arguments(config, output_dir, has_eval, precision)
     accepted = {f.name for f in dataclasses.fields(DPOConfig) if f.init}
     values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init and f.name in accepted}
     return DPOConfig(
-        **{**values, "bf16": bf16, "fp16": False},
+        **{**values, "bf16": precision.bf16, "fp16": precision.fp16},
         beta=config.beta,
         loss_type=list(config.loss_type),
         max_length=None,  # checked by PreferenceCollator instead: TRL would cut silently
@@ -273,7 +274,7 @@ def job_events(ctx: JobContext | None, collator: PreferenceCollator, config: DPO
 def train_dpo(
     config: DPOTrainConfig, ctx: JobContext | None = None, settings: WorkerSettings | None = None
 ) -> JobResult:
-    from vlmflow_worker.train.sft import save_adapter, train_resuming
+    from vlmflow_worker.train.sft import device_for_rank, save_adapter, train_resuming
 
     output = Path(config.output_dir)
     checkpoints = output / "checkpoints"
@@ -288,12 +289,11 @@ def train_dpo(
     has_eval = bool(eval_rows) and config.eval_steps > 0
 
     # 2. Model and adapter; 3. trainer.
+    # Refused here (model.dtype the GPU cannot train in) before seconds of loading; the load picks the same dtype.
+    precision = for_device(config.dtype, device_for_rank(), config.quantization, training=True)
     model, processor, peft_config = load_policy(config, settings)
     collator = PreferenceCollator(processor, dataset_dir, config)
-    bf16 = torch.cuda.is_available() and (
-        next(model.parameters()).dtype == torch.bfloat16 or config.quantization != "none"
-    )
-    args = dpo_arguments(config, checkpoints, has_eval, bf16)
+    args = dpo_arguments(config, checkpoints, has_eval, precision)
     events = job_events(ctx, collator, config, output / "training_log.jsonl")
     trainer = make_trainer(
         config, model, processor, peft_config, args, train_rows, eval_rows if has_eval else None, collator, events

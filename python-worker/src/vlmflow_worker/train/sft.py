@@ -22,6 +22,7 @@ from vlmflow_worker import faults
 from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
+from vlmflow_worker.precision import Precision, for_device
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.train.checkpoints import (
     AtomicCheckpointTrainer,
@@ -101,7 +102,7 @@ def load_for_training(config: SFTConfig, settings: WorkerSettings | None):
     return add_adapters(model, config), processor
 
 
-def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, bf16: bool) -> TrainingArguments:
+def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, precision: Precision) -> TrainingArguments:
     on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -116,7 +117,8 @@ def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, bf16
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
-        bf16=bf16,
+        bf16=precision.bf16,
+        fp16=precision.fp16,  # fp16 autocast with the trainer's GradScaler (loss scaling)
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=config.logging_steps,
@@ -242,14 +244,15 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     has_eval = bool(eval_rows) and config.eval_steps > 0
 
     # 2-3. Model, processor and adapters.
+    # Refused here (model.dtype the GPU cannot train in) before seconds of loading; the load picks the same dtype.
+    precision = for_device(config.dtype, device_for_rank(), config.quantization, training=True)
     if ctx:
         ctx.progress("loading the model")
     model, processor = load_for_training(config, settings)
     collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
 
     # 4. Trainer, with our events and atomic checkpoints.
-    bf16 = next(model.parameters()).dtype == torch.bfloat16 or config.quantization != "none"
-    args = training_arguments(config, checkpoints, has_eval, bf16 and torch.cuda.is_available())
+    args = training_arguments(config, checkpoints, has_eval, precision)
     events = JobEvents(ctx, collator, config, output / "training_log.jsonl")
     trainer = AtomicCheckpointTrainer(
         model=model,
