@@ -63,11 +63,16 @@ if [ ! -f src/gen/vlmflow/v1/worker.ts ] || [ ! -f python-worker/gen/vlmflow/v1/
   bash scripts/gen.sh
 fi
 
-# 5. The tiny random-weight Idefics3 model used by tests and the offline demo (seconds, offline).
+# 5. The tiny random-weight Idefics3 model used by tests and the offline demo (seconds, offline). The builder
+#    module decides (`is_complete`): a folder stamped with its own fingerprint (its source and library versions) is
+#    kept, anything else rebuilt, so a changed builder reaches this checkout here, not only at the next test run.
 tiny="${VLMFLOW_TINY_MODEL:-$root/.state/models/tiny-idefics3}"
-if [ ! -f "$tiny/config.json" ] && "$venv/bin/python" -c 'import vlmflow_worker.fixtures.tiny_model' 2>/dev/null; then
+tiny_current='import sys; from pathlib import Path; from vlmflow_worker.fixtures.tiny_model import is_complete as c
+sys.exit(0 if c(Path(sys.argv[1])) else 3)'
+tiny_rc=0; "$venv/bin/python" -c "$tiny_current" "$tiny" 2>/dev/null || tiny_rc=$?
+if [ "$tiny_rc" -eq 3 ]; then  # 3: missing or stale; any other failure: the fixture module cannot be imported
   say "building the tiny fixture model at $tiny"
-  "$venv/bin/python" -m vlmflow_worker.fixtures.tiny_model --out "$tiny"
+  "$venv/bin/python" -m vlmflow_worker.fixtures.tiny_model --out "$tiny" >/dev/null
 fi
 
 say "ready ($((SECONDS - started)) s)"

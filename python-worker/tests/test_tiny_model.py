@@ -60,3 +60,37 @@ def test_build_is_idempotent_and_deterministic(tiny_model_path: Path, tmp_path: 
     assert (fresh / "model.safetensors").read_bytes() == (tiny_model_path / "model.safetensors").read_bytes()
     assert (fresh / "tokenizer.json").read_text() == (tiny_model_path / "tokenizer.json").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
+
+
+def test_special_token_ids_are_the_tokenizers_and_inside_the_vocabulary(tiny_model_path: Path) -> None:
+    """The model's pad id is the tokenizer's, inside the vocabulary and distinct from EOS, and loading the saved
+    config warns about none of this model's token ids."""
+    import logging
+
+    from transformers import AutoConfig, GenerationConfig
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(handler)
+    logging.Logger.warning_once.cache_clear()  # type: ignore[attr-defined]  # else an earlier load hides the warning
+    try:
+        config = AutoConfig.from_pretrained(tiny_model_path)
+    finally:
+        library_logger.removeHandler(handler)
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    tokenizer, text = processor.tokenizer, config.text_config
+    generation = GenerationConfig.from_pretrained(tiny_model_path)
+
+    assert text.vocab_size == len(tokenizer)
+    assert config.pad_token_id == text.pad_token_id == generation.pad_token_id == tokenizer.pad_token_id
+    assert 0 <= text.pad_token_id < text.vocab_size
+    assert text.pad_token_id != tokenizer.eos_token_id  # padding mistaken for EOS (or the reverse) would show
+    assert text.eos_token_id == generation.eos_token_id == tokenizer.eos_token_id
+    assert 0 <= config.image_token_id < text.vocab_size
+    # transformers validates special ids against the vocabulary and warns "must be ... between 0 and {vocab - 1}".
+    # It also warns once per process about Idefics3Config's *class default* (pad 128002 in Llama's default 32,000
+    # vocabulary), because it logs a diff against a default-built config; that one is not about this model.
+    ours = f"between 0 and {text.vocab_size - 1}"
+    assert [r.getMessage() for r in records if ours in r.getMessage()] == []
