@@ -1,7 +1,19 @@
-/** Config (zod-typed, from src/config/pipeline-config.ts) → the worker's protobuf requests. */
+/**
+ * Stage inputs (config sections, zod-typed in src/config/pipeline-config.ts) → the worker's protobuf requests.
+ * Every scalar is sent, zeros included: the worker takes a set `optional` field as written (dropout 0 is 0).
+ */
 import { Dtype, ModelRef, Quantization } from '../src/gen/vlmflow/v1/common.js';
-import { DatasetLayout, type DatasetSource } from '../src/gen/vlmflow/v1/jobs.js';
 import { GenerationConfig } from '../src/gen/vlmflow/v1/common.js';
+import {
+  DatasetLayout,
+  EvaluateRequest,
+  ExportRequest,
+  PrepareDatasetRequest,
+  TrainKind,
+  TrainRequest,
+  type DatasetSource,
+} from '../src/gen/vlmflow/v1/jobs.js';
+import type { EvaluateInput, ExportInput, PrepareDatasetInput, TrainInput } from './stages.js';
 import type {
   DatasetConfig,
   GenerationConfig as GenerationSettings,
@@ -64,4 +76,62 @@ export function trainingRequest(training: TrainingConfig, maxLength: number) {
 
 export function generationRequest(generation: GenerationSettings): GenerationConfig {
   return GenerationConfig.fromPartial(generation);
+}
+
+export function prepareDatasetRequest(input: PrepareDatasetInput): PrepareDatasetRequest {
+  return PrepareDatasetRequest.fromPartial({
+    jobId: input.jobId,
+    sources: datasetSources(input.dataset),
+    model: modelRef(input.model),
+    maxLength: input.dataset.maxLength,
+    evalFraction: input.dataset.evalFraction,
+    seed: input.dataset.seed,
+    maxDropFraction: input.dataset.maxDropFraction,
+    maxRows: input.dataset.maxRows,
+    outputUri: input.outputUri,
+    watcher: input.watcher ?? '',
+  });
+}
+
+export function trainRequest(input: TrainInput): TrainRequest {
+  return TrainRequest.fromPartial({
+    jobId: input.jobId,
+    kind: input.kind === 'sft' ? TrainKind.TRAIN_KIND_SFT : TrainKind.TRAIN_KIND_DPO,
+    model: modelRef(input.model, input.adapterUri),
+    datasetUri: input.datasetUri,
+    outputUri: input.outputUri,
+    lora: loraRequest(input.lora),
+    training: trainingRequest(input.training, input.maxLength),
+    dpo: input.dpo,
+    resumeFromCheckpointUri: input.resumeFromCheckpoint,
+    watcher: input.watcher ?? '',
+  });
+}
+
+export function evaluateRequest(input: EvaluateInput): EvaluateRequest {
+  return EvaluateRequest.fromPartial({
+    jobId: input.jobId,
+    model: modelRef(input.model),
+    variants: input.variants,
+    datasetUri: input.datasetUri,
+    metrics: input.evaluate.metrics,
+    generation: generationRequest(input.evaluate.generation),
+    batchSize: input.evaluate.batchSize,
+    maxSamples: input.evaluate.maxSamples,
+    bootstrapSamples: input.evaluate.bootstrapSamples,
+    outputUri: input.outputUri,
+    watcher: input.watcher ?? '',
+  });
+}
+
+export function exportRequest(input: ExportInput): ExportRequest {
+  return ExportRequest.fromPartial({
+    jobId: input.jobId,
+    model: modelRef(input.model, input.adapterUri),
+    outputUri: input.outputUri,
+    pushToHub: input.pushToHub,
+    privateRepo: input.privateRepo,
+    card: input.card,
+    watcher: input.watcher ?? '',
+  });
 }

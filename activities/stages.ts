@@ -5,13 +5,6 @@
  */
 import { status as GrpcStatus, type ServiceError } from '@grpc/grpc-js';
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import {
-  EvaluateRequest,
-  ExportRequest,
-  PrepareDatasetRequest,
-  TrainKind,
-  TrainRequest,
-} from '../src/gen/vlmflow/v1/jobs.js';
 import { logger } from '../src/logger.js';
 import type {
   DatasetConfig,
@@ -25,7 +18,7 @@ import type { PythonWorkerClient } from '../src/python-worker-client.js';
 import { FailureType } from '../src/config/failure-types.js';
 import { JobState } from '../src/gen/vlmflow/v1/jobs.js';
 import { cancelJob, runJob, type JobResult } from './job-runner.js';
-import { datasetSources, generationRequest, loraRequest, modelRef, trainingRequest } from './requests.js';
+import { evaluateRequest, exportRequest, prepareDatasetRequest, trainRequest } from './requests.js';
 
 export type { JobResult } from './job-runner.js';
 
@@ -93,34 +86,12 @@ export interface ExportInput extends StageInput {
 export function createStageActivities(client: PythonWorkerClient) {
   return {
     prepareDataset: async (input: PrepareDatasetInput): Promise<JobResult> => {
-      const request = PrepareDatasetRequest.fromPartial({
-        jobId: input.jobId,
-        sources: datasetSources(input.dataset),
-        model: modelRef(input.model),
-        maxLength: input.dataset.maxLength,
-        evalFraction: input.dataset.evalFraction,
-        seed: input.dataset.seed,
-        maxDropFraction: input.dataset.maxDropFraction,
-        maxRows: input.dataset.maxRows,
-        outputUri: input.outputUri,
-        watcher: input.watcher ?? '',
-      });
+      const request = prepareDatasetRequest(input);
       return runJob(client, { method: 'prepareDataset', request, stage: input.stage });
     },
 
     train: async (input: TrainInput): Promise<JobResult> => {
-      const request = TrainRequest.fromPartial({
-        jobId: input.jobId,
-        kind: input.kind === 'sft' ? TrainKind.TRAIN_KIND_SFT : TrainKind.TRAIN_KIND_DPO,
-        model: modelRef(input.model, input.adapterUri),
-        datasetUri: input.datasetUri,
-        outputUri: input.outputUri,
-        lora: loraRequest(input.lora),
-        training: trainingRequest(input.training, input.maxLength),
-        dpo: input.dpo,
-        resumeFromCheckpointUri: input.resumeFromCheckpoint,
-        watcher: input.watcher ?? '',
-      });
+      const request = trainRequest(input);
       return runJob(client, {
         method: 'train',
         request,
@@ -130,32 +101,12 @@ export function createStageActivities(client: PythonWorkerClient) {
     },
 
     evaluate: async (input: EvaluateInput): Promise<JobResult> => {
-      const request = EvaluateRequest.fromPartial({
-        jobId: input.jobId,
-        model: modelRef(input.model),
-        variants: input.variants,
-        datasetUri: input.datasetUri,
-        metrics: input.evaluate.metrics,
-        generation: generationRequest(input.evaluate.generation),
-        batchSize: input.evaluate.batchSize,
-        maxSamples: input.evaluate.maxSamples,
-        bootstrapSamples: input.evaluate.bootstrapSamples,
-        outputUri: input.outputUri,
-        watcher: input.watcher ?? '',
-      });
+      const request = evaluateRequest(input);
       return runJob(client, { method: 'evaluate', request, stage: input.stage });
     },
 
     exportModel: async (input: ExportInput): Promise<JobResult> => {
-      const request = ExportRequest.fromPartial({
-        jobId: input.jobId,
-        model: modelRef(input.model, input.adapterUri),
-        outputUri: input.outputUri,
-        pushToHub: input.pushToHub,
-        privateRepo: input.privateRepo,
-        card: input.card,
-        watcher: input.watcher ?? '',
-      });
+      const request = exportRequest(input);
       return runJob(client, { method: 'export', request, stage: input.stage });
     },
 

@@ -336,10 +336,12 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
   async function train(name: 'sft' | 'dpo', dataset: JobResult, adapter: JobResult | null): Promise<JobResult> {
     const spec = name === 'sft' ? config.sft : config.dpo!;
     const dpo = name === 'dpo' ? pick(config.dpo!) : undefined;
+    const maxLength =
+      name === 'dpo' && patched(Patches.dpoMaxLength) ? config.dpo!.dataset.maxLength : config.dataset.maxLength;
     let training: TrainingConfig = spec.training;
     for (;;) {
       const { retryOnOutOfMemory: _ignored, ...settings } = training;
-      const key = keyFor(name, { lora: spec.lora, training: settings, dpo, maxLength: config.dataset.maxLength }, [
+      const key = keyFor(name, { lora: spec.lora, training: settings, dpo, maxLength }, [
         dataset.fingerprint,
         ...(adapter ? [adapter.fingerprint] : []),
       ]);
@@ -353,7 +355,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
             model: config.model,
             adapterUri: adapter ? adapterOf(adapter) : '',
             datasetUri: datasetOf(dataset),
-            maxLength: config.dataset.maxLength,
+            maxLength,
             lora: spec.lora,
             training,
             dpo,

@@ -11,4 +11,9 @@ export const Patches = {
    * through a cleanup activity; a busy GPU is waited for, never a failure; continue-as-new also mid-stage.
    */
   recordedInput: 'vlmflow-2026-12-recorded-input',
+  /**
+   * 2026-12 (issue 16): DPO trains with the preference dataset's maxLength (the one its rows were prepared and
+   * checked with), not the SFT dataset's.
+   */
+  dpoMaxLength: 'vlmflow-2026-12-dpo-max-length',
 } as const;

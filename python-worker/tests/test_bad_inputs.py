@@ -221,6 +221,20 @@ def test_generate_refuses_an_unknown_model(served: WorkerProcess, media: Media) 
     assert_serving(served)
 
 
+def test_generate_refuses_an_unknown_quantization_value(served: WorkerProcess, media: Media) -> None:
+    request = worker_pb2.GenerateRequest(
+        model=common_pb2.ModelRef(model_id=str(media.root / "no-such-model"), quantization=7),  # type: ignore[arg-type]
+        items=[
+            generate_pb2.GenerateItem(id="x", task=generate_pb2.TASK_CAPTION, images=[_image_uri(media, "good.png")])
+        ],
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        served.stub().Generate(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "model.quantization 7 is not a value this worker knows" in raised.value.details()
+    assert_serving(served)
+
+
 # ---- PrepareDataset ------------------------------------------------------------------------------------------
 
 

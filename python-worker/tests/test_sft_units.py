@@ -56,19 +56,34 @@ def test_vision_lora_gets_gradients_under_non_reentrant_checkpointing(
         assert any("lora_magnitude_vector" in n for n in trainable)
 
 
-def test_config_maps_the_request_and_zero_means_default() -> None:
+def test_config_maps_the_request_unset_means_default_and_zero_means_zero() -> None:
     request = jobs_pb2.TrainRequest(
-        lora=jobs_pb2.LoraConfig(r=8, tune_vision=True),
-        training=jobs_pb2.TrainingConfig(max_steps=50, seed=3, gradient_checkpointing=True),
+        lora=jobs_pb2.LoraConfig(r=8, tune_vision=True, dropout=0.0),
+        training=jobs_pb2.TrainingConfig(max_steps=50, seed=0, warmup_ratio=0.0, eval_steps=0, save_total_limit=0),
     )
     request.model.model_id = "HuggingFaceTB/SmolVLM-Instruct"
     config = SFTConfig.from_request(request, "/data", "/out")
-    assert (config.lora_r, config.lora_alpha, config.tune_vision) == (8, 32, True)
-    assert (config.max_steps, config.seed, config.learning_rate, config.lr_scheduler) == (50, 3, 1e-4, "cosine")
+    assert (config.lora_r, config.lora_alpha, config.tune_vision, config.lora_dropout) == (8, 32, True, 0.0)
+    assert (config.max_steps, config.seed, config.learning_rate, config.lr_scheduler) == (50, 0, 1e-4, "cosine")
+    assert (config.warmup_ratio, config.eval_steps, config.save_total_limit) == (0.0, 0, 0)
+    assert config.gradient_checkpointing and not config.packing  # unset: the defaults
+    request.training.gradient_checkpointing = False
+    request.training.packing = True
+    config = SFTConfig.from_request(request, "/data", "/out")
+    assert not config.gradient_checkpointing and config.packing
     assert config.quantization == "none" and config.dtype == "auto"
     assert all(help_text for help_text in SFTConfig.help().values())
     with pytest.raises(InvalidArgument, match="training.warmup_ratio"):
         SFTConfig(warmup_ratio=1.5)
+
+
+@pytest.mark.parametrize("field, name", [("quantization", "model.quantization"), ("dtype", "model.dtype")])
+def test_an_enum_value_the_worker_does_not_know_is_refused_naming_the_field(field: str, name: str) -> None:
+    request = jobs_pb2.TrainRequest()
+    request.model.model_id = "m"
+    setattr(request.model, field, 9)  # a newer client's value: never read as "none" / "auto"
+    with pytest.raises(InvalidArgument, match=f"{name} 9 is not a value this worker knows"):
+        SFTConfig.from_request(request, "/data", "/out")
 
 
 def test_newest_checkpoint_is_numeric_and_ignores_half_written_ones(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ export const datasetSchema = z
   .object({
     sources: z.array(datasetSourceSchema).min(1),
     /** Rows longer than this many tokens (image tokens included) are dropped, never truncated. */
-    maxLength: positiveInt.default(2048),
+    maxLength: z.number().int().min(16).default(2048),
     /** Share of rows held out for evaluation. */
     evalFraction: z.number().gt(0).lt(1).default(0.1),
     seed: z.number().int().nonnegative().default(42),
@@ -91,19 +91,22 @@ export const trainingSchema = z
     maxSteps: z.number().int().nonnegative().default(0),
     microBatchSize: positiveInt.default(4),
     gradientAccumulationSteps: positiveInt.default(4),
-    warmupRatio: fraction.default(0.03),
+    warmupRatio: z.number().min(0).lt(1).default(0.03),
     lrScheduler: z.enum(['linear', 'cosine', 'constant', 'constant_with_warmup']).default('linear'),
     weightDecay: z.number().min(0).default(0.01),
     maxGradNorm: z.number().positive().default(1.0),
     seed: z.number().int().nonnegative().default(42),
     gradientCheckpointing: z.boolean().default(true),
     saveSteps: positiveInt.default(25),
-    evalSteps: positiveInt.default(25),
+    /** Evaluate on the held-out split every N steps; 0 = never. */
+    evalSteps: z.number().int().nonnegative().default(25),
     loggingSteps: positiveInt.default(5),
     /** Keep at most this many checkpoints; 0 = all. */
     saveTotalLimit: z.number().int().nonnegative().default(2),
-    /** Processes for a multi-device launch; 1 = one process. */
-    numProcesses: positiveInt.default(1),
+    /** Processes for a multi-device launch (1 to 64); 1 = one process. */
+    numProcesses: positiveInt.max(64).default(1),
+    /** Padding-free micro-batches: rows back to back with per-row positions, no pad tokens (faster, same loss). */
+    packing: z.boolean().default(false),
     /**
      * After an out-of-memory failure, retry once with half the micro-batch and twice the accumulation
      * (same effective batch).
@@ -136,7 +139,8 @@ export const generationSchema = z
   .object({
     maxNewTokens: positiveInt.default(64),
     doSample: z.boolean().default(false),
-    temperature: z.number().min(0).default(1),
+    /** Sampling temperature (with doSample); for greedy decoding set doSample false. */
+    temperature: z.number().positive().default(1),
     topP: z.number().gt(0).max(1).default(1),
     topK: z.number().int().nonnegative().default(0),
     repetitionPenalty: z.number().positive().default(1),
@@ -157,7 +161,8 @@ export const evaluateSchema = z
     batchSize: positiveInt.default(8),
     /** Evaluate at most this many rows; 0 = all. */
     maxSamples: z.number().int().nonnegative().default(0),
-    bootstrapSamples: z.number().int().nonnegative().default(200),
+    /** Resamples for the confidence intervals and the paired comparison. */
+    bootstrapSamples: positiveInt.default(200),
   })
   .strict();
 

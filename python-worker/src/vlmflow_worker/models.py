@@ -40,6 +40,23 @@ _QUANT_FROM_PROTO = {0: "none", 1: "none", 2: "nf4", 3: "int8"}
 _DTYPE_FROM_PROTO = {0: "auto", 1: "float32", 2: "bfloat16", 3: "float16"}
 
 
+def _from_proto_enum(table: dict[int, str], value: int, name: str) -> str:
+    """An enum number this worker does not know (a newer client's value) is refused, never read as the default:
+    a QLoRA request must not silently train unquantized."""
+    if value not in table:
+        known = ", ".join(f"{number} ({label})" for number, label in table.items() if number)
+        raise InvalidArgument(f"{name} {value} is not a value this worker knows; use one of {known}")
+    return table[value]
+
+
+def quantization_from_proto(value: int) -> str:
+    return _from_proto_enum(_QUANT_FROM_PROTO, value, "model.quantization")
+
+
+def dtype_from_proto(value: int) -> str:
+    return _from_proto_enum(_DTYPE_FROM_PROTO, value, "model.dtype")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to load. Hashable: it is the model cache's key."""
@@ -70,10 +87,10 @@ class ModelSpec:
         return cls(
             model_id=resolve_model_id(ref.model_id, settings),
             revision=ref.revision,
-            quantization=_QUANT_FROM_PROTO.get(ref.quantization, "none"),
+            quantization=quantization_from_proto(ref.quantization),
             adapter=adapter,
             trust_remote_code=ref.trust_remote_code,
-            dtype=_DTYPE_FROM_PROTO.get(ref.dtype, "auto"),
+            dtype=dtype_from_proto(ref.dtype),
         )
 
 

@@ -335,7 +335,7 @@ class LoraConfig(_message.Message):
     def __init__(self, r: _Optional[int] = ..., alpha: _Optional[int] = ..., dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., use_dora: _Optional[bool] = ..., tune_vision: _Optional[bool] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("learning_rate", "num_epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm", "seed", "gradient_checkpointing", "save_steps", "eval_steps", "logging_steps", "max_length", "save_total_limit", "num_processes")
+    __slots__ = ("learning_rate", "num_epochs", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "lr_scheduler", "weight_decay", "max_grad_norm", "seed", "gradient_checkpointing", "save_steps", "eval_steps", "logging_steps", "max_length", "save_total_limit", "num_processes", "packing")
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     NUM_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -353,6 +353,7 @@ class TrainingConfig(_message.Message):
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
     SAVE_TOTAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
     NUM_PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    PACKING_FIELD_NUMBER: _ClassVar[int]
     learning_rate: float
     num_epochs: float
     max_steps: int
@@ -370,7 +371,8 @@ class TrainingConfig(_message.Message):
     max_length: int
     save_total_limit: int
     num_processes: int
-    def __init__(self, learning_rate: _Optional[float] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., eval_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., max_length: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., num_processes: _Optional[int] = ...) -> None: ...
+    packing: bool
+    def __init__(self, learning_rate: _Optional[float] = ..., num_epochs: _Optional[float] = ..., max_steps: _Optional[int] = ..., micro_batch_size: _Optional[int] = ..., gradient_accumulation_steps: _Optional[int] = ..., warmup_ratio: _Optional[float] = ..., lr_scheduler: _Optional[str] = ..., weight_decay: _Optional[float] = ..., max_grad_norm: _Optional[float] = ..., seed: _Optional[int] = ..., gradient_checkpointing: _Optional[bool] = ..., save_steps: _Optional[int] = ..., eval_steps: _Optional[int] = ..., logging_steps: _Optional[int] = ..., max_length: _Optional[int] = ..., save_total_limit: _Optional[int] = ..., num_processes: _Optional[int] = ..., packing: _Optional[bool] = ...) -> None: ...
 
 class DpoConfig(_message.Message):
     __slots__ = ("beta", "loss_type", "max_prompt_length", "max_completion_length")

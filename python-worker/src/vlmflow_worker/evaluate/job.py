@@ -25,6 +25,7 @@ from vlmflow_worker.evaluate import metrics as M
 from vlmflow_worker.evaluate.report import read_curves, write_report
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
+from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
@@ -179,6 +180,12 @@ def answer_logps(model, processor, rows: list[EvalRow], dataset_dir: Path, which
 # The job
 
 
+def settings_of(request: jobs_pb2.EvaluateRequest) -> dict[str, int]:
+    """The request's values where it sets them, the defaults where it does not (max_samples 0: every row)."""
+    chosen = {"batch_size": DEFAULT_BATCH, "max_samples": 0, "bootstrap_samples": DEFAULT_BOOTSTRAP}
+    return chosen | set_fields(request, {name: name for name in chosen})
+
+
 def validate(request: jobs_pb2.EvaluateRequest, settings: WorkerSettings) -> None:
     if not request.model.model_id:
         raise InvalidArgument("model.model_id is empty: name the base model")
@@ -209,9 +216,14 @@ def validate(request: jobs_pb2.EvaluateRequest, settings: WorkerSettings) -> Non
     unknown = [m for m in request.metrics if m not in M.ALL_METRICS]
     if unknown:
         raise InvalidArgument(f"metrics: unknown {', '.join(unknown)}; choose from {', '.join(M.ALL_METRICS)}")
-    for field in ("batch_size", "max_samples", "bootstrap_samples"):
-        if getattr(request, field) < 0:
-            raise InvalidArgument(f"{field} must be >= 0")
+    if request.HasField("batch_size") and request.batch_size < 1:
+        raise InvalidArgument(f"batch_size must be >= 1 (or unset for {DEFAULT_BATCH}), got {request.batch_size}")
+    if request.max_samples < 0:
+        raise InvalidArgument(f"max_samples must be >= 0 (0: every row), got {request.max_samples}")
+    if request.HasField("bootstrap_samples") and request.bootstrap_samples < 1:
+        raise InvalidArgument(
+            f"bootstrap_samples must be >= 1 (or unset for {DEFAULT_BOOTSTRAP}), got {request.bootstrap_samples}"
+        )
     if not request.output_uri:
         raise InvalidArgument("output_uri is empty: name the folder for metrics.json, predictions.jsonl, report.html")
     resolve_uri(request.output_uri, settings, "output_uri")
@@ -248,14 +260,14 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
     settings = ctx.settings
     dataset_dir = resolve_uri(request.dataset_uri, settings, "dataset_uri")
     out_dir = resolve_uri(request.output_uri, settings, "output_uri")
-    meta, rows = load_eval_rows(dataset_dir, request.max_samples)
+    meta, rows = load_eval_rows(dataset_dir, settings_of(request)["max_samples"])
     kind = meta.get("kind", "sft")
     names = list(request.metrics) or default_metrics(kind, rows, meta)
     if kind != "preference" and any(m in M.PREFERENCE_METRICS or m == "chosen_pick_rate" for m in names):
         raise InvalidArgument(f"metrics {names}: preference metrics need a preference dataset, this one is {kind}")
     variants = _variants(request)
     base_name = variants[0].name
-    batch_size = request.batch_size or DEFAULT_BATCH
+    batch_size = settings_of(request)["batch_size"]
 
     ctx.progress("loading model", step=0, total_steps=len(variants))
     model, processor = load_model(ModelSpec.from_proto(request.model, settings))
@@ -292,7 +304,7 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
 
     ctx.progress("scoring", step=len(variants), total_steps=len(variants))
     scores = {v.name: _score(names, predictions[v.name], rows, logps, v.name, base_name) for v in variants}
-    samples = int(request.bootstrap_samples or DEFAULT_BOOTSTRAP)
+    samples = settings_of(request)["bootstrap_samples"]
     summary = _summary(request, meta, rows, variants, scores, samples, kwargs)
     per_sample = _samples(rows, variants, predictions, scores)
     curves = _curves(variants, settings)

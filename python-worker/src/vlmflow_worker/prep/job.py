@@ -34,6 +34,7 @@ from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.prep.media import Drop, MediaStore
 from vlmflow_worker.prep.readers import fingerprint_source, read_records, resolve_source
 from vlmflow_worker.prep.rows import Normalizer, Row
+from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
@@ -47,15 +48,17 @@ SERIAL_ROWS = 512  # checked in the job process before a pool is worth its start
 
 
 def settings_of(request: jobs_pb2.PrepareDatasetRequest) -> dict[str, Any]:
-    return {
-        "max_length": request.max_length or DEFAULT_MAX_LENGTH,
-        "eval_fraction": request.eval_fraction or DEFAULT_EVAL_FRACTION,
-        "max_drop_fraction": request.max_drop_fraction or DEFAULT_MAX_DROP_FRACTION,
-        "seed": request.seed,
-        "max_rows": request.max_rows,
-        "model": request.model.model_id,
-        "revision": request.model.revision,
+    """What prep runs with: the request's values where it sets them (zeros included: max_drop_fraction 0 drops
+    nothing, eval_fraction 0 holds nothing out), the defaults where it does not."""
+    chosen: dict[str, Any] = {
+        "max_length": DEFAULT_MAX_LENGTH,
+        "eval_fraction": DEFAULT_EVAL_FRACTION,
+        "max_drop_fraction": DEFAULT_MAX_DROP_FRACTION,
+        "seed": 0,
+        "max_rows": 0,
     }
+    chosen |= set_fields(request, {name: name for name in chosen})
+    return chosen | {"model": request.model.model_id, "revision": request.model.revision}
 
 
 def validate(request: jobs_pb2.PrepareDatasetRequest, settings: WorkerSettings) -> None:
@@ -73,8 +76,10 @@ def validate(request: jobs_pb2.PrepareDatasetRequest, settings: WorkerSettings) 
         raise InvalidArgument(f"eval_fraction must be in [0, 1), got {request.eval_fraction}")
     if not 0 <= request.max_drop_fraction <= 1:
         raise InvalidArgument(f"max_drop_fraction must be in [0, 1], got {request.max_drop_fraction}")
-    if request.max_length < 0 or 0 < request.max_length < 16:
-        raise InvalidArgument(f"max_length must be 0 (default {DEFAULT_MAX_LENGTH}) or at least 16")
+    if request.HasField("max_length") and request.max_length < 16:
+        raise InvalidArgument(
+            f"max_length must be at least 16 (or unset for {DEFAULT_MAX_LENGTH}), got {request.max_length}"
+        )
     if request.max_rows < 0:
         raise InvalidArgument(f"max_rows must be >= 0, got {request.max_rows}")
     resolve_uri(request.output_uri or "datasets", settings, "output_uri")

@@ -5,17 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from vlmflow.v1 import common_pb2, jobs_pb2
+from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import InvalidArgument
+from vlmflow_worker.models import dtype_from_proto, quantization_from_proto
+from vlmflow_worker.request_fields import set_fields
 
 # Idefics3 module names: `model.text_model.layers.N.self_attn.q_proj`, `model.vision_model.encoder.layers.N.mlp.fc1`.
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-QUANTIZATIONS = {common_pb2.QUANTIZATION_UNSPECIFIED: "none", common_pb2.QUANTIZATION_NONE: "none"}
-QUANTIZATIONS |= {common_pb2.QUANTIZATION_NF4: "nf4", common_pb2.QUANTIZATION_INT8: "int8"}
-DTYPES = {common_pb2.DTYPE_UNSPECIFIED: "auto", common_pb2.DTYPE_FLOAT32: "float32"}
-DTYPES |= {common_pb2.DTYPE_BFLOAT16: "bfloat16", common_pb2.DTYPE_FLOAT16: "float16"}
 
 
 @dataclass
@@ -58,7 +56,12 @@ class SFTConfig:
     max_length: int = field(
         default=2048, metadata={"help": "Longest row in tokens; longer rows fail the run (prep drops them)."}
     )
-    save_total_limit: int = field(default=3, metadata={"help": "Checkpoints kept (0 keeps all)."})
+    save_total_limit: int = field(
+        default=3,
+        metadata={
+            "help": "Checkpoints kept (0 keeps all); 1 is safe: old ones go only after the new one is renamed in."
+        },
+    )
     num_processes: int = field(default=1, metadata={"help": "Processes of a torchrun launch (1: no launcher)."})
     packing: bool = field(
         default=False,
@@ -92,9 +95,6 @@ class SFTConfig:
         for ok, message in checks:
             if not ok:
                 raise InvalidArgument(message)
-        if self.save_total_limit == 1:
-            # Rotation would delete the only checkpoint while the next one is being renamed into place.
-            self.save_total_limit = 2
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -102,40 +102,30 @@ class SFTConfig:
 
     @classmethod
     def from_request(cls, request: jobs_pb2.TrainRequest, dataset_dir: str, output_dir: str) -> SFTConfig:
-        """Zero proto fields mean "the default" (proto3 cannot tell unset from zero); booleans are taken as sent."""
+        """Fields the request sets are used as sent, zeros included (dropout 0, warmup 0, eval_steps 0 = never,
+        save_total_limit 0 = keep all); fields it leaves unset take this class's defaults."""
         lora, training = request.lora, request.training
         values: dict[str, Any] = {
             "model_id": request.model.model_id,
             "revision": request.model.revision,
             "dataset_dir": dataset_dir,
             "output_dir": output_dir,
-            "quantization": QUANTIZATIONS.get(request.model.quantization, "none"),
-            "dtype": DTYPES.get(request.model.dtype, "auto"),
+            "quantization": quantization_from_proto(request.model.quantization),
+            "dtype": dtype_from_proto(request.model.dtype),
             "use_dora": lora.use_dora,
             "tune_vision": lora.tune_vision,
-            "gradient_checkpointing": training.gradient_checkpointing,
-            "seed": training.seed,
         }
-        optional = {
-            "lora_r": lora.r,
-            "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout,
-            "target_modules": list(lora.target_modules),
-            "learning_rate": training.learning_rate,
-            "num_epochs": training.num_epochs,
-            "max_steps": training.max_steps,
-            "micro_batch_size": training.micro_batch_size,
-            "gradient_accumulation_steps": training.gradient_accumulation_steps,
-            "warmup_ratio": training.warmup_ratio,
-            "lr_scheduler": training.lr_scheduler,
-            "weight_decay": training.weight_decay,
-            "max_grad_norm": training.max_grad_norm,
-            "save_steps": training.save_steps,
-            "eval_steps": training.eval_steps,
-            "logging_steps": training.logging_steps,
-            "max_length": training.max_length,
-            "save_total_limit": training.save_total_limit,
-            "num_processes": training.num_processes,
-        }
-        values |= {k: v for k, v in optional.items() if v}
+        values |= set_fields(lora, {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"})
+        values |= set_fields(training, {name: name for name in TRAINING_FIELDS})
+        values |= set_fields(training, {"num_epochs": "num_epochs", "lr_scheduler": "lr_scheduler"})
+        if lora.target_modules:
+            values["target_modules"] = list(lora.target_modules)
         return cls(**values)
+
+
+# TrainingConfig fields with explicit presence whose names match SFTConfig's.
+TRAINING_FIELDS = (
+    "learning_rate", "max_steps", "micro_batch_size", "gradient_accumulation_steps", "warmup_ratio", "weight_decay",
+    "max_grad_norm", "seed", "gradient_checkpointing", "save_steps", "eval_steps", "logging_steps", "max_length",
+    "save_total_limit", "num_processes", "packing",
+)  # fmt: skip

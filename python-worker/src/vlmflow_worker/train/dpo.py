@@ -30,6 +30,7 @@ from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, 
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.precision import Precision, for_device
+from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 from vlmflow_worker.train.checkpoints import AtomicCheckpointTrainer
@@ -79,16 +80,12 @@ class DPOTrainConfig(SFTConfig):
     ) -> DPOTrainConfig:
         base = SFTConfig.from_request(request, dataset_dir, output_dir)
         values = {f.name: getattr(base, f.name) for f in dataclasses.fields(SFTConfig)}
-        if not request.training.learning_rate:
+        if not request.training.HasField("learning_rate"):
             values.pop("learning_rate")  # DPO's own default, not SFT's
-        dpo = request.dpo
         extra: dict[str, Any] = {"adapter_dir": adapter_dir}
-        if dpo.beta:
-            extra["beta"] = dpo.beta
-        if dpo.loss_type:
-            extra["loss_type"] = [t.strip() for t in dpo.loss_type.split(",") if t.strip()]
-        extra["max_prompt_length"] = dpo.max_prompt_length
-        extra["max_completion_length"] = dpo.max_completion_length
+        extra |= set_fields(request.dpo, {n: n for n in ("beta", "max_prompt_length", "max_completion_length")})
+        if request.dpo.loss_type:
+            extra["loss_type"] = [t.strip() for t in request.dpo.loss_type.split(",") if t.strip()]
         return cls(**values, **extra)
 
 

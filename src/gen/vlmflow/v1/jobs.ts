@@ -526,14 +526,22 @@ export interface PrepareDatasetRequest {
     | ModelRef
     | undefined;
   /** Rows longer than this (in tokens) are dropped, never truncated. */
-  maxLength: number;
+  maxLength?:
+    | number
+    | undefined;
   /** Share of rows held out for evaluation. */
-  evalFraction: number;
-  seed: number;
+  evalFraction?: number | undefined;
+  seed?:
+    | number
+    | undefined;
   /** Fail when more than this share of rows is dropped. */
-  maxDropFraction: number;
+  maxDropFraction?:
+    | number
+    | undefined;
   /** Keep at most this many rows (0 = all). */
-  maxRows: number;
+  maxRows?:
+    | number
+    | undefined;
   /** Artifact-store folder for this run's datasets. */
   outputUri: string;
   /**
@@ -547,10 +555,16 @@ export interface PrepareDatasetResponse {
   event: JobEvent | undefined;
 }
 
+/**
+ * Scalars are `optional` wherever zero is a value a person may mean (dropout 0, warmup 0, eval_steps 0 = never,
+ * save_total_limit 0 = keep all): an unset field takes the worker's default, a set one is used as sent.
+ */
 export interface LoraConfig {
-  r: number;
-  alpha: number;
-  dropout: number;
+  r?: number | undefined;
+  alpha?: number | undefined;
+  dropout?:
+    | number
+    | undefined;
   /** Module names to adapt; empty means the text model's attention and MLP projections. */
   targetModules: string[];
   useDora: boolean;
@@ -559,35 +573,49 @@ export interface LoraConfig {
 }
 
 export interface TrainingConfig {
-  learningRate: number;
-  numEpochs: number;
+  learningRate?: number | undefined;
+  numEpochs?:
+    | number
+    | undefined;
   /** Overrides num_epochs when > 0. */
-  maxSteps: number;
-  microBatchSize: number;
-  gradientAccumulationSteps: number;
-  warmupRatio: number;
+  maxSteps?: number | undefined;
+  microBatchSize?: number | undefined;
+  gradientAccumulationSteps?: number | undefined;
+  warmupRatio?:
+    | number
+    | undefined;
   /** "cosine", "linear", "constant_with_warmup", ... */
   lrScheduler: string;
-  weightDecay: number;
-  maxGradNorm: number;
-  seed: number;
-  gradientCheckpointing: boolean;
-  saveSteps: number;
-  evalSteps: number;
-  loggingSteps: number;
-  maxLength: number;
+  weightDecay?: number | undefined;
+  maxGradNorm?: number | undefined;
+  seed?: number | undefined;
+  gradientCheckpointing?: boolean | undefined;
+  saveSteps?: number | undefined;
+  evalSteps?: number | undefined;
+  loggingSteps?: number | undefined;
+  maxLength?:
+    | number
+    | undefined;
   /** Keep at most this many checkpoints (0 = all). */
-  saveTotalLimit: number;
+  saveTotalLimit?:
+    | number
+    | undefined;
   /** Number of processes for a multi-device launch (accelerate / torchrun); 0 or 1 = one process. */
-  numProcesses: number;
+  numProcesses?:
+    | number
+    | undefined;
+  /** Padding-free micro-batches: rows back to back with per-row position ids, no pad tokens. */
+  packing?: boolean | undefined;
 }
 
 export interface DpoConfig {
-  beta: number;
+  beta?:
+    | number
+    | undefined;
   /** TRL loss type: "sigmoid", "ipo", "hinge", "robust", ... */
   lossType: string;
-  maxPromptLength: number;
-  maxCompletionLength: number;
+  maxPromptLength?: number | undefined;
+  maxCompletionLength?: number | undefined;
 }
 
 export interface TrainRequest {
@@ -643,10 +671,12 @@ export interface EvaluateRequest {
    */
   metrics: string[];
   generation: GenerationConfig | undefined;
-  batchSize: number;
+  batchSize?:
+    | number
+    | undefined;
   /** Evaluate at most this many rows (0 = all). */
-  maxSamples: number;
-  bootstrapSamples: number;
+  maxSamples?: number | undefined;
+  bootstrapSamples?: number | undefined;
   outputUri: string;
   /**
    * The run that waits for this job (workflow id and first run id). A job shared by several runs (a reused
@@ -2808,11 +2838,11 @@ function createBasePrepareDatasetRequest(): PrepareDatasetRequest {
     jobId: "",
     sources: [],
     model: undefined,
-    maxLength: 0,
-    evalFraction: 0,
-    seed: 0,
-    maxDropFraction: 0,
-    maxRows: 0,
+    maxLength: undefined,
+    evalFraction: undefined,
+    seed: undefined,
+    maxDropFraction: undefined,
+    maxRows: undefined,
     outputUri: "",
     watcher: "",
   };
@@ -2829,19 +2859,19 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     if (message.model !== undefined) {
       ModelRef.encode(message.model, writer.uint32(26).fork()).join();
     }
-    if (message.maxLength !== 0) {
+    if (message.maxLength !== undefined) {
       writer.uint32(32).int32(message.maxLength);
     }
-    if (message.evalFraction !== 0) {
+    if (message.evalFraction !== undefined) {
       writer.uint32(41).double(message.evalFraction);
     }
-    if (message.seed !== 0) {
+    if (message.seed !== undefined) {
       writer.uint32(48).int64(message.seed);
     }
-    if (message.maxDropFraction !== 0) {
+    if (message.maxDropFraction !== undefined) {
       writer.uint32(57).double(message.maxDropFraction);
     }
-    if (message.maxRows !== 0) {
+    if (message.maxRows !== undefined) {
       writer.uint32(64).int64(message.maxRows);
     }
     if (message.outputUri !== "") {
@@ -2973,23 +3003,23 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
         ? globalThis.Number(object.maxLength)
         : isSet(object.max_length)
         ? globalThis.Number(object.max_length)
-        : 0,
+        : undefined,
       evalFraction: isSet(object.evalFraction)
         ? globalThis.Number(object.evalFraction)
         : isSet(object.eval_fraction)
         ? globalThis.Number(object.eval_fraction)
-        : 0,
-      seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
+        : undefined,
+      seed: isSet(object.seed) ? globalThis.Number(object.seed) : undefined,
       maxDropFraction: isSet(object.maxDropFraction)
         ? globalThis.Number(object.maxDropFraction)
         : isSet(object.max_drop_fraction)
         ? globalThis.Number(object.max_drop_fraction)
-        : 0,
+        : undefined,
       maxRows: isSet(object.maxRows)
         ? globalThis.Number(object.maxRows)
         : isSet(object.max_rows)
         ? globalThis.Number(object.max_rows)
-        : 0,
+        : undefined,
       outputUri: isSet(object.outputUri)
         ? globalThis.String(object.outputUri)
         : isSet(object.output_uri)
@@ -3010,19 +3040,19 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     if (message.model !== undefined) {
       obj.model = ModelRef.toJSON(message.model);
     }
-    if (message.maxLength !== 0) {
+    if (message.maxLength !== undefined) {
       obj.maxLength = Math.round(message.maxLength);
     }
-    if (message.evalFraction !== 0) {
+    if (message.evalFraction !== undefined) {
       obj.evalFraction = floatToJson(message.evalFraction);
     }
-    if (message.seed !== 0) {
+    if (message.seed !== undefined) {
       obj.seed = Math.round(message.seed);
     }
-    if (message.maxDropFraction !== 0) {
+    if (message.maxDropFraction !== undefined) {
       obj.maxDropFraction = floatToJson(message.maxDropFraction);
     }
-    if (message.maxRows !== 0) {
+    if (message.maxRows !== undefined) {
       obj.maxRows = Math.round(message.maxRows);
     }
     if (message.outputUri !== "") {
@@ -3044,11 +3074,11 @@ export const PrepareDatasetRequest: MessageFns<PrepareDatasetRequest> = {
     message.model = (object.model !== undefined && object.model !== null)
       ? ModelRef.fromPartial(object.model)
       : undefined;
-    message.maxLength = object.maxLength ?? 0;
-    message.evalFraction = object.evalFraction ?? 0;
-    message.seed = object.seed ?? 0;
-    message.maxDropFraction = object.maxDropFraction ?? 0;
-    message.maxRows = object.maxRows ?? 0;
+    message.maxLength = object.maxLength ?? undefined;
+    message.evalFraction = object.evalFraction ?? undefined;
+    message.seed = object.seed ?? undefined;
+    message.maxDropFraction = object.maxDropFraction ?? undefined;
+    message.maxRows = object.maxRows ?? undefined;
     message.outputUri = object.outputUri ?? "";
     message.watcher = object.watcher ?? "";
     return message;
@@ -3125,18 +3155,18 @@ export const PrepareDatasetResponse: MessageFns<PrepareDatasetResponse> = {
 };
 
 function createBaseLoraConfig(): LoraConfig {
-  return { r: 0, alpha: 0, dropout: 0, targetModules: [], useDora: false, tuneVision: false };
+  return { r: undefined, alpha: undefined, dropout: undefined, targetModules: [], useDora: false, tuneVision: false };
 }
 
 export const LoraConfig: MessageFns<LoraConfig> = {
   encode(message: LoraConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.r !== 0) {
+    if (message.r !== undefined) {
       writer.uint32(8).int32(message.r);
     }
-    if (message.alpha !== 0) {
+    if (message.alpha !== undefined) {
       writer.uint32(16).int32(message.alpha);
     }
-    if (message.dropout !== 0) {
+    if (message.dropout !== undefined) {
       writer.uint32(25).double(message.dropout);
     }
     for (const v of message.targetModules) {
@@ -3226,9 +3256,9 @@ export const LoraConfig: MessageFns<LoraConfig> = {
 
   fromJSON(object: any): LoraConfig {
     return {
-      r: isSet(object.r) ? globalThis.Number(object.r) : 0,
-      alpha: isSet(object.alpha) ? globalThis.Number(object.alpha) : 0,
-      dropout: isSet(object.dropout) ? globalThis.Number(object.dropout) : 0,
+      r: isSet(object.r) ? globalThis.Number(object.r) : undefined,
+      alpha: isSet(object.alpha) ? globalThis.Number(object.alpha) : undefined,
+      dropout: isSet(object.dropout) ? globalThis.Number(object.dropout) : undefined,
       targetModules: globalThis.Array.isArray(object?.targetModules)
         ? object.targetModules.map((e: any) => globalThis.String(e))
         : globalThis.Array.isArray(object?.target_modules)
@@ -3249,13 +3279,13 @@ export const LoraConfig: MessageFns<LoraConfig> = {
 
   toJSON(message: LoraConfig): unknown {
     const obj: any = {};
-    if (message.r !== 0) {
+    if (message.r !== undefined) {
       obj.r = Math.round(message.r);
     }
-    if (message.alpha !== 0) {
+    if (message.alpha !== undefined) {
       obj.alpha = Math.round(message.alpha);
     }
-    if (message.dropout !== 0) {
+    if (message.dropout !== undefined) {
       obj.dropout = floatToJson(message.dropout);
     }
     if (message.targetModules?.length) {
@@ -3275,9 +3305,9 @@ export const LoraConfig: MessageFns<LoraConfig> = {
   },
   fromPartial(object: DeepPartial<LoraConfig>): LoraConfig {
     const message = createBaseLoraConfig();
-    message.r = object.r ?? 0;
-    message.alpha = object.alpha ?? 0;
-    message.dropout = object.dropout ?? 0;
+    message.r = object.r ?? undefined;
+    message.alpha = object.alpha ?? undefined;
+    message.dropout = object.dropout ?? undefined;
     message.targetModules = object.targetModules?.map((e) => e) || [];
     message.useDora = object.useDora ?? false;
     message.tuneVision = object.tuneVision ?? false;
@@ -3287,78 +3317,82 @@ export const LoraConfig: MessageFns<LoraConfig> = {
 
 function createBaseTrainingConfig(): TrainingConfig {
   return {
-    learningRate: 0,
-    numEpochs: 0,
-    maxSteps: 0,
-    microBatchSize: 0,
-    gradientAccumulationSteps: 0,
-    warmupRatio: 0,
+    learningRate: undefined,
+    numEpochs: undefined,
+    maxSteps: undefined,
+    microBatchSize: undefined,
+    gradientAccumulationSteps: undefined,
+    warmupRatio: undefined,
     lrScheduler: "",
-    weightDecay: 0,
-    maxGradNorm: 0,
-    seed: 0,
-    gradientCheckpointing: false,
-    saveSteps: 0,
-    evalSteps: 0,
-    loggingSteps: 0,
-    maxLength: 0,
-    saveTotalLimit: 0,
-    numProcesses: 0,
+    weightDecay: undefined,
+    maxGradNorm: undefined,
+    seed: undefined,
+    gradientCheckpointing: undefined,
+    saveSteps: undefined,
+    evalSteps: undefined,
+    loggingSteps: undefined,
+    maxLength: undefined,
+    saveTotalLimit: undefined,
+    numProcesses: undefined,
+    packing: undefined,
   };
 }
 
 export const TrainingConfig: MessageFns<TrainingConfig> = {
   encode(message: TrainingConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.learningRate !== 0) {
+    if (message.learningRate !== undefined) {
       writer.uint32(9).double(message.learningRate);
     }
-    if (message.numEpochs !== 0) {
+    if (message.numEpochs !== undefined) {
       writer.uint32(17).double(message.numEpochs);
     }
-    if (message.maxSteps !== 0) {
+    if (message.maxSteps !== undefined) {
       writer.uint32(24).int64(message.maxSteps);
     }
-    if (message.microBatchSize !== 0) {
+    if (message.microBatchSize !== undefined) {
       writer.uint32(32).int32(message.microBatchSize);
     }
-    if (message.gradientAccumulationSteps !== 0) {
+    if (message.gradientAccumulationSteps !== undefined) {
       writer.uint32(40).int32(message.gradientAccumulationSteps);
     }
-    if (message.warmupRatio !== 0) {
+    if (message.warmupRatio !== undefined) {
       writer.uint32(49).double(message.warmupRatio);
     }
     if (message.lrScheduler !== "") {
       writer.uint32(58).string(message.lrScheduler);
     }
-    if (message.weightDecay !== 0) {
+    if (message.weightDecay !== undefined) {
       writer.uint32(65).double(message.weightDecay);
     }
-    if (message.maxGradNorm !== 0) {
+    if (message.maxGradNorm !== undefined) {
       writer.uint32(73).double(message.maxGradNorm);
     }
-    if (message.seed !== 0) {
+    if (message.seed !== undefined) {
       writer.uint32(80).int64(message.seed);
     }
-    if (message.gradientCheckpointing !== false) {
+    if (message.gradientCheckpointing !== undefined) {
       writer.uint32(88).bool(message.gradientCheckpointing);
     }
-    if (message.saveSteps !== 0) {
+    if (message.saveSteps !== undefined) {
       writer.uint32(96).int32(message.saveSteps);
     }
-    if (message.evalSteps !== 0) {
+    if (message.evalSteps !== undefined) {
       writer.uint32(104).int32(message.evalSteps);
     }
-    if (message.loggingSteps !== 0) {
+    if (message.loggingSteps !== undefined) {
       writer.uint32(112).int32(message.loggingSteps);
     }
-    if (message.maxLength !== 0) {
+    if (message.maxLength !== undefined) {
       writer.uint32(120).int32(message.maxLength);
     }
-    if (message.saveTotalLimit !== 0) {
+    if (message.saveTotalLimit !== undefined) {
       writer.uint32(128).int32(message.saveTotalLimit);
     }
-    if (message.numProcesses !== 0) {
+    if (message.numProcesses !== undefined) {
       writer.uint32(136).int32(message.numProcesses);
+    }
+    if (message.packing !== undefined) {
+      writer.uint32(144).bool(message.packing);
     }
     return writer;
   },
@@ -3512,6 +3546,14 @@ export const TrainingConfig: MessageFns<TrainingConfig> = {
             message.numProcesses = reader.int32();
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.packing = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3530,32 +3572,32 @@ export const TrainingConfig: MessageFns<TrainingConfig> = {
         ? globalThis.Number(object.learningRate)
         : isSet(object.learning_rate)
         ? globalThis.Number(object.learning_rate)
-        : 0,
+        : undefined,
       numEpochs: isSet(object.numEpochs)
         ? globalThis.Number(object.numEpochs)
         : isSet(object.num_epochs)
         ? globalThis.Number(object.num_epochs)
-        : 0,
+        : undefined,
       maxSteps: isSet(object.maxSteps)
         ? globalThis.Number(object.maxSteps)
         : isSet(object.max_steps)
         ? globalThis.Number(object.max_steps)
-        : 0,
+        : undefined,
       microBatchSize: isSet(object.microBatchSize)
         ? globalThis.Number(object.microBatchSize)
         : isSet(object.micro_batch_size)
         ? globalThis.Number(object.micro_batch_size)
-        : 0,
+        : undefined,
       gradientAccumulationSteps: isSet(object.gradientAccumulationSteps)
         ? globalThis.Number(object.gradientAccumulationSteps)
         : isSet(object.gradient_accumulation_steps)
         ? globalThis.Number(object.gradient_accumulation_steps)
-        : 0,
+        : undefined,
       warmupRatio: isSet(object.warmupRatio)
         ? globalThis.Number(object.warmupRatio)
         : isSet(object.warmup_ratio)
         ? globalThis.Number(object.warmup_ratio)
-        : 0,
+        : undefined,
       lrScheduler: isSet(object.lrScheduler)
         ? globalThis.String(object.lrScheduler)
         : isSet(object.lr_scheduler)
@@ -3565,103 +3607,107 @@ export const TrainingConfig: MessageFns<TrainingConfig> = {
         ? globalThis.Number(object.weightDecay)
         : isSet(object.weight_decay)
         ? globalThis.Number(object.weight_decay)
-        : 0,
+        : undefined,
       maxGradNorm: isSet(object.maxGradNorm)
         ? globalThis.Number(object.maxGradNorm)
         : isSet(object.max_grad_norm)
         ? globalThis.Number(object.max_grad_norm)
-        : 0,
-      seed: isSet(object.seed) ? globalThis.Number(object.seed) : 0,
+        : undefined,
+      seed: isSet(object.seed) ? globalThis.Number(object.seed) : undefined,
       gradientCheckpointing: isSet(object.gradientCheckpointing)
         ? globalThis.Boolean(object.gradientCheckpointing)
         : isSet(object.gradient_checkpointing)
         ? globalThis.Boolean(object.gradient_checkpointing)
-        : false,
+        : undefined,
       saveSteps: isSet(object.saveSteps)
         ? globalThis.Number(object.saveSteps)
         : isSet(object.save_steps)
         ? globalThis.Number(object.save_steps)
-        : 0,
+        : undefined,
       evalSteps: isSet(object.evalSteps)
         ? globalThis.Number(object.evalSteps)
         : isSet(object.eval_steps)
         ? globalThis.Number(object.eval_steps)
-        : 0,
+        : undefined,
       loggingSteps: isSet(object.loggingSteps)
         ? globalThis.Number(object.loggingSteps)
         : isSet(object.logging_steps)
         ? globalThis.Number(object.logging_steps)
-        : 0,
+        : undefined,
       maxLength: isSet(object.maxLength)
         ? globalThis.Number(object.maxLength)
         : isSet(object.max_length)
         ? globalThis.Number(object.max_length)
-        : 0,
+        : undefined,
       saveTotalLimit: isSet(object.saveTotalLimit)
         ? globalThis.Number(object.saveTotalLimit)
         : isSet(object.save_total_limit)
         ? globalThis.Number(object.save_total_limit)
-        : 0,
+        : undefined,
       numProcesses: isSet(object.numProcesses)
         ? globalThis.Number(object.numProcesses)
         : isSet(object.num_processes)
         ? globalThis.Number(object.num_processes)
-        : 0,
+        : undefined,
+      packing: isSet(object.packing) ? globalThis.Boolean(object.packing) : undefined,
     };
   },
 
   toJSON(message: TrainingConfig): unknown {
     const obj: any = {};
-    if (message.learningRate !== 0) {
+    if (message.learningRate !== undefined) {
       obj.learningRate = floatToJson(message.learningRate);
     }
-    if (message.numEpochs !== 0) {
+    if (message.numEpochs !== undefined) {
       obj.numEpochs = floatToJson(message.numEpochs);
     }
-    if (message.maxSteps !== 0) {
+    if (message.maxSteps !== undefined) {
       obj.maxSteps = Math.round(message.maxSteps);
     }
-    if (message.microBatchSize !== 0) {
+    if (message.microBatchSize !== undefined) {
       obj.microBatchSize = Math.round(message.microBatchSize);
     }
-    if (message.gradientAccumulationSteps !== 0) {
+    if (message.gradientAccumulationSteps !== undefined) {
       obj.gradientAccumulationSteps = Math.round(message.gradientAccumulationSteps);
     }
-    if (message.warmupRatio !== 0) {
+    if (message.warmupRatio !== undefined) {
       obj.warmupRatio = floatToJson(message.warmupRatio);
     }
     if (message.lrScheduler !== "") {
       obj.lrScheduler = message.lrScheduler;
     }
-    if (message.weightDecay !== 0) {
+    if (message.weightDecay !== undefined) {
       obj.weightDecay = floatToJson(message.weightDecay);
     }
-    if (message.maxGradNorm !== 0) {
+    if (message.maxGradNorm !== undefined) {
       obj.maxGradNorm = floatToJson(message.maxGradNorm);
     }
-    if (message.seed !== 0) {
+    if (message.seed !== undefined) {
       obj.seed = Math.round(message.seed);
     }
-    if (message.gradientCheckpointing !== false) {
+    if (message.gradientCheckpointing !== undefined) {
       obj.gradientCheckpointing = message.gradientCheckpointing;
     }
-    if (message.saveSteps !== 0) {
+    if (message.saveSteps !== undefined) {
       obj.saveSteps = Math.round(message.saveSteps);
     }
-    if (message.evalSteps !== 0) {
+    if (message.evalSteps !== undefined) {
       obj.evalSteps = Math.round(message.evalSteps);
     }
-    if (message.loggingSteps !== 0) {
+    if (message.loggingSteps !== undefined) {
       obj.loggingSteps = Math.round(message.loggingSteps);
     }
-    if (message.maxLength !== 0) {
+    if (message.maxLength !== undefined) {
       obj.maxLength = Math.round(message.maxLength);
     }
-    if (message.saveTotalLimit !== 0) {
+    if (message.saveTotalLimit !== undefined) {
       obj.saveTotalLimit = Math.round(message.saveTotalLimit);
     }
-    if (message.numProcesses !== 0) {
+    if (message.numProcesses !== undefined) {
       obj.numProcesses = Math.round(message.numProcesses);
+    }
+    if (message.packing !== undefined) {
+      obj.packing = message.packing;
     }
     return obj;
   },
@@ -3671,43 +3717,44 @@ export const TrainingConfig: MessageFns<TrainingConfig> = {
   },
   fromPartial(object: DeepPartial<TrainingConfig>): TrainingConfig {
     const message = createBaseTrainingConfig();
-    message.learningRate = object.learningRate ?? 0;
-    message.numEpochs = object.numEpochs ?? 0;
-    message.maxSteps = object.maxSteps ?? 0;
-    message.microBatchSize = object.microBatchSize ?? 0;
-    message.gradientAccumulationSteps = object.gradientAccumulationSteps ?? 0;
-    message.warmupRatio = object.warmupRatio ?? 0;
+    message.learningRate = object.learningRate ?? undefined;
+    message.numEpochs = object.numEpochs ?? undefined;
+    message.maxSteps = object.maxSteps ?? undefined;
+    message.microBatchSize = object.microBatchSize ?? undefined;
+    message.gradientAccumulationSteps = object.gradientAccumulationSteps ?? undefined;
+    message.warmupRatio = object.warmupRatio ?? undefined;
     message.lrScheduler = object.lrScheduler ?? "";
-    message.weightDecay = object.weightDecay ?? 0;
-    message.maxGradNorm = object.maxGradNorm ?? 0;
-    message.seed = object.seed ?? 0;
-    message.gradientCheckpointing = object.gradientCheckpointing ?? false;
-    message.saveSteps = object.saveSteps ?? 0;
-    message.evalSteps = object.evalSteps ?? 0;
-    message.loggingSteps = object.loggingSteps ?? 0;
-    message.maxLength = object.maxLength ?? 0;
-    message.saveTotalLimit = object.saveTotalLimit ?? 0;
-    message.numProcesses = object.numProcesses ?? 0;
+    message.weightDecay = object.weightDecay ?? undefined;
+    message.maxGradNorm = object.maxGradNorm ?? undefined;
+    message.seed = object.seed ?? undefined;
+    message.gradientCheckpointing = object.gradientCheckpointing ?? undefined;
+    message.saveSteps = object.saveSteps ?? undefined;
+    message.evalSteps = object.evalSteps ?? undefined;
+    message.loggingSteps = object.loggingSteps ?? undefined;
+    message.maxLength = object.maxLength ?? undefined;
+    message.saveTotalLimit = object.saveTotalLimit ?? undefined;
+    message.numProcesses = object.numProcesses ?? undefined;
+    message.packing = object.packing ?? undefined;
     return message;
   },
 };
 
 function createBaseDpoConfig(): DpoConfig {
-  return { beta: 0, lossType: "", maxPromptLength: 0, maxCompletionLength: 0 };
+  return { beta: undefined, lossType: "", maxPromptLength: undefined, maxCompletionLength: undefined };
 }
 
 export const DpoConfig: MessageFns<DpoConfig> = {
   encode(message: DpoConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.beta !== 0) {
+    if (message.beta !== undefined) {
       writer.uint32(9).double(message.beta);
     }
     if (message.lossType !== "") {
       writer.uint32(18).string(message.lossType);
     }
-    if (message.maxPromptLength !== 0) {
+    if (message.maxPromptLength !== undefined) {
       writer.uint32(24).int32(message.maxPromptLength);
     }
-    if (message.maxCompletionLength !== 0) {
+    if (message.maxCompletionLength !== undefined) {
       writer.uint32(32).int32(message.maxCompletionLength);
     }
     return writer;
@@ -3772,7 +3819,7 @@ export const DpoConfig: MessageFns<DpoConfig> = {
 
   fromJSON(object: any): DpoConfig {
     return {
-      beta: isSet(object.beta) ? globalThis.Number(object.beta) : 0,
+      beta: isSet(object.beta) ? globalThis.Number(object.beta) : undefined,
       lossType: isSet(object.lossType)
         ? globalThis.String(object.lossType)
         : isSet(object.loss_type)
@@ -3782,27 +3829,27 @@ export const DpoConfig: MessageFns<DpoConfig> = {
         ? globalThis.Number(object.maxPromptLength)
         : isSet(object.max_prompt_length)
         ? globalThis.Number(object.max_prompt_length)
-        : 0,
+        : undefined,
       maxCompletionLength: isSet(object.maxCompletionLength)
         ? globalThis.Number(object.maxCompletionLength)
         : isSet(object.max_completion_length)
         ? globalThis.Number(object.max_completion_length)
-        : 0,
+        : undefined,
     };
   },
 
   toJSON(message: DpoConfig): unknown {
     const obj: any = {};
-    if (message.beta !== 0) {
+    if (message.beta !== undefined) {
       obj.beta = floatToJson(message.beta);
     }
     if (message.lossType !== "") {
       obj.lossType = message.lossType;
     }
-    if (message.maxPromptLength !== 0) {
+    if (message.maxPromptLength !== undefined) {
       obj.maxPromptLength = Math.round(message.maxPromptLength);
     }
-    if (message.maxCompletionLength !== 0) {
+    if (message.maxCompletionLength !== undefined) {
       obj.maxCompletionLength = Math.round(message.maxCompletionLength);
     }
     return obj;
@@ -3813,10 +3860,10 @@ export const DpoConfig: MessageFns<DpoConfig> = {
   },
   fromPartial(object: DeepPartial<DpoConfig>): DpoConfig {
     const message = createBaseDpoConfig();
-    message.beta = object.beta ?? 0;
+    message.beta = object.beta ?? undefined;
     message.lossType = object.lossType ?? "";
-    message.maxPromptLength = object.maxPromptLength ?? 0;
-    message.maxCompletionLength = object.maxCompletionLength ?? 0;
+    message.maxPromptLength = object.maxPromptLength ?? undefined;
+    message.maxCompletionLength = object.maxCompletionLength ?? undefined;
     return message;
   },
 };
@@ -4253,9 +4300,9 @@ function createBaseEvaluateRequest(): EvaluateRequest {
     datasetUri: "",
     metrics: [],
     generation: undefined,
-    batchSize: 0,
-    maxSamples: 0,
-    bootstrapSamples: 0,
+    batchSize: undefined,
+    maxSamples: undefined,
+    bootstrapSamples: undefined,
     outputUri: "",
     watcher: "",
   };
@@ -4281,13 +4328,13 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     if (message.generation !== undefined) {
       GenerationConfig.encode(message.generation, writer.uint32(50).fork()).join();
     }
-    if (message.batchSize !== 0) {
+    if (message.batchSize !== undefined) {
       writer.uint32(56).int32(message.batchSize);
     }
-    if (message.maxSamples !== 0) {
+    if (message.maxSamples !== undefined) {
       writer.uint32(64).int64(message.maxSamples);
     }
-    if (message.bootstrapSamples !== 0) {
+    if (message.bootstrapSamples !== undefined) {
       writer.uint32(72).int32(message.bootstrapSamples);
     }
     if (message.outputUri !== "") {
@@ -4434,17 +4481,17 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
         ? globalThis.Number(object.batchSize)
         : isSet(object.batch_size)
         ? globalThis.Number(object.batch_size)
-        : 0,
+        : undefined,
       maxSamples: isSet(object.maxSamples)
         ? globalThis.Number(object.maxSamples)
         : isSet(object.max_samples)
         ? globalThis.Number(object.max_samples)
-        : 0,
+        : undefined,
       bootstrapSamples: isSet(object.bootstrapSamples)
         ? globalThis.Number(object.bootstrapSamples)
         : isSet(object.bootstrap_samples)
         ? globalThis.Number(object.bootstrap_samples)
-        : 0,
+        : undefined,
       outputUri: isSet(object.outputUri)
         ? globalThis.String(object.outputUri)
         : isSet(object.output_uri)
@@ -4474,13 +4521,13 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     if (message.generation !== undefined) {
       obj.generation = GenerationConfig.toJSON(message.generation);
     }
-    if (message.batchSize !== 0) {
+    if (message.batchSize !== undefined) {
       obj.batchSize = Math.round(message.batchSize);
     }
-    if (message.maxSamples !== 0) {
+    if (message.maxSamples !== undefined) {
       obj.maxSamples = Math.round(message.maxSamples);
     }
-    if (message.bootstrapSamples !== 0) {
+    if (message.bootstrapSamples !== undefined) {
       obj.bootstrapSamples = Math.round(message.bootstrapSamples);
     }
     if (message.outputUri !== "") {
@@ -4507,9 +4554,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     message.generation = (object.generation !== undefined && object.generation !== null)
       ? GenerationConfig.fromPartial(object.generation)
       : undefined;
-    message.batchSize = object.batchSize ?? 0;
-    message.maxSamples = object.maxSamples ?? 0;
-    message.bootstrapSamples = object.bootstrapSamples ?? 0;
+    message.batchSize = object.batchSize ?? undefined;
+    message.maxSamples = object.maxSamples ?? undefined;
+    message.bootstrapSamples = object.bootstrapSamples ?? undefined;
     message.outputUri = object.outputUri ?? "";
     message.watcher = object.watcher ?? "";
     return message;

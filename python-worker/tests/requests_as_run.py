@@ -1,0 +1,47 @@
+"""Decodes worker requests the way the jobs do and prints the settings each job would run with, one JSON line per
+request: what test/config-fidelity.test.ts compares with the pipeline config a person wrote.
+
+stdin: JSON lines {"kind": "sft" | "dpo" | "prepare" | "evaluate", "request": <base64 protobuf>}
+stdout: JSON lines {"settings": {...}} or {"error": "<the worker's InvalidArgument message>"}
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.errors import WorkerError
+from vlmflow_worker.evaluate.job import settings_of as evaluate_settings
+from vlmflow_worker.prep.job import settings_of as prepare_settings
+from vlmflow_worker.train.config import SFTConfig
+from vlmflow_worker.train.dpo import DPOTrainConfig
+
+
+def settings(kind: str, data: bytes) -> dict[str, Any]:
+    if kind == "sft":
+        return dataclasses.asdict(SFTConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+    if kind == "dpo":
+        return dataclasses.asdict(DPOTrainConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+    if kind == "prepare":
+        return prepare_settings(jobs_pb2.PrepareDatasetRequest.FromString(data))
+    if kind == "evaluate":
+        return evaluate_settings(jobs_pb2.EvaluateRequest.FromString(data))
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def main() -> None:
+    for line in sys.stdin:
+        item = json.loads(line)
+        try:
+            answer: dict[str, Any] = {"settings": settings(item["kind"], base64.b64decode(item["request"]))}
+        except WorkerError as err:
+            answer = {"error": str(err)}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main()
