@@ -22,13 +22,14 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from vlmflow_worker import precision
+from vlmflow_worker import devices, precision
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, WorkerError
 from vlmflow_worker.serve.settings import WorkerSettings
 
@@ -342,6 +343,16 @@ class ModelCache:
         self.settings = settings
         self._entries: OrderedDict[ModelSpec, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
+        if self.device.startswith("cuda"):
+            # In the server, a job may need this GPU (devices.py): the cache is emptied then, and loads refused.
+            this = weakref.ref(self)  # the gate must not keep a dropped cache (and its models) alive
+
+            def release() -> None:
+                cache = this()
+                if cache is not None:
+                    cache.clear()
+
+            devices.inference_gate.on_lend(release)
 
     def __contains__(self, spec: ModelSpec) -> bool:
         return spec in self._entries
@@ -357,6 +368,7 @@ class ModelCache:
         """Returns (entry, loaded_now)."""
         spec = as_spec(ref, self.settings)
         with self._lock:
+            self._check_device()
             if spec in self._entries:
                 self._entries.move_to_end(spec)
                 return self._entries[spec], False
@@ -372,6 +384,7 @@ class ModelCache:
     def put(self, spec: ModelSpec, model, processor) -> LoadedModel:
         """Adds a model built in memory (the benchmark's random-weight SmolVLM) under `spec`."""
         with self._lock:
+            self._check_device()
             entry = LoadedModel(spec, model, processor, self.device, memory_footprint(model), 0.0)
             self._evict_for(entry.bytes)
             self._entries[spec] = entry
@@ -387,6 +400,14 @@ class ModelCache:
 
             torch.cuda.empty_cache()
 
+    def _check_device(self) -> None:
+        if self.device.startswith("cuda"):
+            devices.inference_gate.check()  # WorkerBusy while a job has this (shared) GPU
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()  # hand the memory back to the driver, for the job that needs it

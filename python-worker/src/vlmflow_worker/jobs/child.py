@@ -108,7 +108,23 @@ def wait_for_job() -> Path:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
+    use_job_gpus(folder)
     return folder
+
+
+def use_job_gpus(folder: Path) -> None:
+    """Gives a spare job process its job's GPUs. It was started seeing none (CUDA_VISIBLE_DEVICES empty, registry.py),
+    and CUDA reads the variable once, when first initialised: if the warm-up initialised it, CUDA still sees no GPU,
+    and the process starts over as a fresh job process (same pid, so the worker's supervision goes on)."""
+    visible = json.loads((folder / "job.json").read_text()).get("cuda_visible_devices")
+    if not visible:
+        return  # a CPU worker: nothing to give
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    import torch
+
+    if not torch.cuda.is_available():
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "vlmflow_worker.jobs.child", str(folder)])
 
 
 def limit_threads() -> None:

@@ -1,8 +1,9 @@
 """The server side of jobs: start or attach by job id, supervise the child, stream its events, cancel.
 
-Capacity: at most `capacity` jobs run at once (one per GPU). A start beyond it is refused with
-FAILED_PRECONDITION naming the running jobs; nothing is queued here, because Temporal already queues: the GPU
-activity worker's concurrency equals the capacity Health reports, and a refused activity is retried.
+Capacity: each job slot owns its GPUs (`devices.py`): a job is given free GPUs when it starts, its child process sees
+only them (CUDA_VISIBLE_DEVICES), and they are free again when its process has ended. A start beyond the capacity is
+refused (UNAVAILABLE) naming the running jobs and their GPUs; nothing is queued here, because Temporal already
+queues: the GPU activity worker's concurrency equals the capacity Health reports, and a refused activity is retried.
 
 Detaching (a caller's stream ends or is cancelled) never stops a job: a retried activity attaches to it again.
 Stopping is explicit, through CancelJob. Each request names its watcher (the run waiting for the job); a job that
@@ -38,7 +39,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from vlmflow.v1 import jobs_pb2
-from vlmflow_worker import heavy_imports
+from vlmflow_worker import devices, heavy_imports
 from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
 from vlmflow_worker.jobs import eventlog, lease
 from vlmflow_worker.jobs.child import failure
@@ -59,12 +60,16 @@ def _import_job_modules() -> None:
             log.warning("could not import a job module ahead of use", extra={"module": module}, exc_info=True)
 
 
-def warm_spare_wanted() -> bool:
+def _num_processes(request) -> int:
+    """training.num_processes of a Train request (a multi-GPU job); 1 for every other kind."""
+    training = getattr(request, "training", None)
+    return max(1, training.num_processes) if training is not None else 1
+
+
+def warm_spare_wanted(has_gpus: bool) -> bool:
     setting = os.environ.get(WARM_ENV, "auto").strip().lower()
     if setting == "auto":
-        import torch
-
-        return torch.cuda.is_available()
+        return has_gpus
     return setting not in ("0", "false", "off")
 
 
@@ -119,9 +124,12 @@ def remove_watcher(folder: Path, watcher: str) -> None:
 
 
 class JobRegistry:
-    def __init__(self, settings: WorkerSettings, capacity: int, poll_s: float = 0.1) -> None:
+    def __init__(
+        self, settings: WorkerSettings, capacity: int, poll_s: float = 0.1, slots: devices.GpuSlots | None = None
+    ) -> None:
         self.settings = settings
-        self.capacity = capacity
+        # Which job holds which GPUs; without a GPU list (CPU), `capacity` jobs at once.
+        self.slots = slots or devices.GpuSlots([], job_capacity=capacity)
         self.cancel_grace_s = settings.job_cancel_grace_s
         self.stuck_after_s = settings.job_stuck_after_s
         self.lease_s = settings.job_lease_s
@@ -213,17 +221,12 @@ class JobRegistry:
                     if record.running:
                         add_watcher(record.folder, request.watcher)
                     return record, True
-            busy = self.running()
-            if len(busy) >= self.capacity:
-                names = ", ".join(r.job_id for r in busy)
-                raise WorkerBusy(
-                    f"this worker runs {self.capacity} job(s) at once and is busy with: {names}; "
-                    "retry when it has finished (Health reports job_capacity and jobs_running)"
-                )
+            gpus = self.slots.assign(job_id, self.slots.wanted(_num_processes(request)))
             folder = eventlog.job_dir(self.settings.artifact_root, job_id)
             folder.mkdir(parents=True, exist_ok=True)
             if not self._claim(folder):
                 # Another worker took the job between our look and now: attach to it instead.
+                self.slots.release(job_id)
                 record = self.get(job_id)
                 if record is None or not record.running:
                     raise WorkerBusy(
@@ -233,15 +236,19 @@ class JobRegistry:
                 add_watcher(record.folder, request.watcher)
                 return record, True
             try:
-                record = await self._spawn(job_id, kind, request)
+                if self.slots.lends_inference(gpus):
+                    # Empties the server's model cache (waiting for a load in progress) before the job takes the GPU.
+                    await asyncio.to_thread(devices.inference_gate.lend, job_id, gpus[0].index)
+                record = await self._spawn(job_id, kind, request, gpus)
             except BaseException:
+                self._free_gpus(job_id)
                 lease.release(folder)
                 raise
             self._jobs[job_id] = record
             self._start_renewing()
             return record, False
 
-    async def _spawn(self, job_id: str, kind: int, request) -> JobRecord:
+    async def _spawn(self, job_id: str, kind: int, request, gpus: list[devices.Gpu]) -> JobRecord:
         folder = eventlog.job_dir(self.settings.artifact_root, job_id)
         folder.mkdir(parents=True, exist_ok=True)
         eventlog.rotate(folder)
@@ -253,6 +260,9 @@ class JobRegistry:
             "data_roots": [str(p) for p in self.settings.data_roots],
         }
         meta = {"job_id": job_id, "kind": kind, "request_type": request.DESCRIPTOR.full_name, "settings": settings}
+        if self.slots.gpus:  # the job's own GPUs; a spare job process reads them from here (child.py)
+            meta["gpus"] = [g.index for g in gpus]
+            meta["cuda_visible_devices"] = devices.cuda_visible_devices(gpus)
         (folder / "job.json").write_text(json.dumps(meta, indent=2) + "\n")
         (folder / "request.binpb").write_bytes(request.SerializeToString())
         process = await self._take_warm(folder)
@@ -266,10 +276,18 @@ class JobRegistry:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=out,
-                    env=self._child_env(),
+                    env=self._child_env(gpus),
                 )
         (folder / "child.pid").write_text(f"{process.pid}\n")
-        log.info("job started", extra={"job_id": job_id, "kind": jobs_pb2.JobKind.Name(kind), "pid": process.pid})
+        log.info(
+            "job started",
+            extra={
+                "job_id": job_id,
+                "kind": jobs_pb2.JobKind.Name(kind),
+                "pid": process.pid,
+                "gpus": [g.index for g in gpus],
+            },
+        )
         record = JobRecord(job_id, kind, folder, process=process)
         self._start_task(self._supervise(record))
         await self._prewarm()
@@ -305,8 +323,19 @@ class JobRegistry:
                     log.error("job lease lost to another worker; stopping the job", extra={"job_id": record.job_id})
                     self._request_stop(record, "the lease on this job was lost to another worker")
 
-    def _child_env(self) -> dict[str, str]:
-        return {**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    def _child_env(self, gpus: list[devices.Gpu] | None) -> dict[str, str]:
+        """The job's environment: on a GPU worker it sees only its own GPUs (`gpus`), and the spare job process
+        (gpus None) none until its job names them, so its warm-up cannot touch a GPU another job owns."""
+        env = {**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        if self.slots.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = devices.cuda_visible_devices(gpus or [])
+        return env
+
+    def _free_gpus(self, job_id: str) -> list[devices.Gpu]:
+        gpus = self.slots.release(job_id)
+        if self.slots.lends_inference(gpus):
+            devices.inference_gate.take_back(job_id)
+        return gpus
 
     async def _take_warm(self, folder: Path) -> asyncio.subprocess.Process | None:
         """The spare job process, told its job folder; None when there is none or it died."""
@@ -326,7 +355,7 @@ class JobRegistry:
         if not self._modules_imported:
             self._modules_imported = True
             asyncio.get_running_loop().run_in_executor(None, _import_job_modules)
-        if self._warm is None and warm_spare_wanted():
+        if self._warm is None and warm_spare_wanted(bool(self.slots.gpus)):
             self._warm = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
@@ -335,7 +364,7 @@ class JobRegistry:
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
-                env=self._child_env(),
+                env=self._child_env(None),
             )
 
     async def _supervise(self, record: JobRecord) -> None:
@@ -389,7 +418,8 @@ class JobRegistry:
             eventlog.repair_tail(path)
             record.events = eventlog.read_events(path)
             self._append_failure(record, failure(reason, message, checkpoint=record.job().last_checkpoint_uri))
-        log.info("job ended", extra={"job_id": record.job_id, "exit_code": code})
+        gpus = self._free_gpus(record.job_id)
+        log.info("job ended", extra={"job_id": record.job_id, "exit_code": code, "gpus_freed": [g.index for g in gpus]})
         lease.release(record.folder)
         record.process = None
         async with record.changed:

@@ -1,13 +1,17 @@
-"""What the worker can do: device, GPUs, library versions and job capacity (the Health RPC)."""
+"""What the worker can do: device, GPUs, library versions (the Health RPC).
+
+GPUs are read through NVML (devices.py), never torch.cuda: Health runs every few seconds, and torch.cuda would create
+a CUDA context on every GPU of the server process, memory the jobs that own those GPUs then lack. This module does
+not import torch at all (tests/test_devices.py checks it).
+"""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
 
-import torch
-
 from vlmflow.v1 import worker_pb2
+from vlmflow_worker import devices
 
 _LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "av", "grpcio")
 
@@ -19,28 +23,19 @@ def library_versions() -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue  # optional (bitsandbytes is CUDA-only)
-    if torch.cuda.is_available() and torch.version.cuda:
-        versions["cuda"] = torch.version.cuda
-    return versions
+    return versions | devices.driver_versions()
 
 
-def gpus() -> list[worker_pb2.GpuInfo]:
-    if not torch.cuda.is_available():
-        return []
-    found = []
-    for index in range(torch.cuda.device_count()):
-        free, total = torch.cuda.mem_get_info(index)
-        found.append(
-            worker_pb2.GpuInfo(
-                index=index,
-                name=torch.cuda.get_device_name(index),
-                total_memory_bytes=total,
-                free_memory_bytes=free,
-            )
+def gpus(slots: devices.GpuSlots) -> list[worker_pb2.GpuInfo]:
+    """The worker's GPUs (inference's included) with their memory now, read through NVML."""
+    mine = {g.uuid for g in slots.gpus}
+    return [
+        worker_pb2.GpuInfo(
+            index=gpu.index,
+            name=gpu.name,
+            total_memory_bytes=gpu.total_memory_bytes,
+            free_memory_bytes=gpu.free_memory_bytes,
         )
-    return found
-
-
-def default_capacity() -> int:
-    """One job per GPU: two trainings never share a card. On CPU, one job at a time."""
-    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+        for gpu in devices.read_gpus()
+        if gpu.uuid in mine
+    ]

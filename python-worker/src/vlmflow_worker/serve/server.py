@@ -14,6 +14,7 @@ import socket
 import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
+from vlmflow_worker import devices
 from vlmflow_worker.serve import health, security
 from vlmflow_worker.serve.rpc_generate import GenerateRpcs
 from vlmflow_worker.serve.rpc_jobs import JobRpcs
@@ -27,9 +28,24 @@ class WorkerService(GenerateRpcs, JobRpcs, worker_pb2_grpc.WorkerServiceServicer
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
-        self.capacity = settings.job_capacity or health.default_capacity()
+        self.slots = devices.plan(settings)  # the GPUs, read once through NVML; raises ValueError naming a setting
+        self.capacity = self.slots.capacity
+        devices.use_for_inference(self.slots)
         self.setup_generate()
         self.setup_jobs()
+        self.registry.slots = self.slots  # setup_jobs builds the registry from the capacity alone
+        inference = self.slots.inference
+        log.info(
+            "devices",
+            extra={
+                "gpus": [g.index for g in self.slots.gpus],
+                "job_gpus": [g.index for g in self.slots.job_gpus],
+                "gpus_per_job": self.slots.gpus_per_job,
+                "job_capacity": self.capacity,
+                "inference_gpu": inference.index if inference else "cpu",
+                "inference_shares_a_job_gpu": self.slots.inference_shared,
+            },
+        )
 
     async def close(self) -> None:
         await self.close_jobs()
@@ -41,9 +57,10 @@ class WorkerService(GenerateRpcs, JobRpcs, worker_pb2_grpc.WorkerServiceServicer
         return f"{socket.gethostname()}:{self.settings.port}:{os.getpid()}"
 
     async def Health(self, request: worker_pb2.HealthRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+        gpus = health.gpus(self.slots)
         return worker_pb2.HealthResponse(
-            device="cuda" if health.gpus() else "cpu",
-            gpus=health.gpus(),
+            device="cuda" if gpus else "cpu",
+            gpus=gpus,
             versions=health.library_versions(),
             job_capacity=self.capacity,
             jobs_running=self.jobs_running(),

@@ -21,6 +21,10 @@ def _number_env(name: str, default: str, kind: type[int] | type[float]) -> int |
         raise ValueError(f"{name}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
+def _optional_int_env(name: str) -> int | None:
+    return int(_number_env(name, "", int)) if os.environ.get(name, "").strip() else None
+
+
 def _path_env(name: str) -> Path | None:
     value = os.environ.get(name)
     return Path(value) if value else None
@@ -76,6 +80,32 @@ def _validate_security(settings: WorkerSettings) -> None:
         )
 
 
+def check_gpu_settings(
+    gpus: list[int], gpus_per_job: int, inference_gpu: int | None, job_capacity: int, capacity: int
+) -> None:
+    """Checks the device settings against the GPUs found (`gpus`: their indices) when the server starts; raises
+    ValueError naming the setting and the fix. Settings alone are checked in WorkerSettings.__post_init__."""
+    if inference_gpu is not None and inference_gpu not in gpus:
+        found = f"GPUs {', '.join(map(str, gpus))}" if gpus else "no GPU (NVML found none)"
+        raise ValueError(
+            f"VLMFLOW_INFERENCE_GPU={inference_gpu}: this worker has {found}; name one of them or unset it"
+        )
+    if not gpus:
+        return  # CPU: jobs run one per slot of job_capacity, nothing to divide
+    job_gpus = len(gpus) - (inference_gpu is not None)
+    if job_gpus < gpus_per_job:
+        raise ValueError(
+            f"VLMFLOW_GPUS_PER_JOB={gpus_per_job}: this worker has {job_gpus} GPU(s) for jobs"
+            + (f" (GPU {inference_gpu} is inference's, VLMFLOW_INFERENCE_GPU)" if inference_gpu is not None else "")
+            + "; lower it"
+        )
+    if job_capacity > capacity:
+        raise ValueError(
+            f"VLMFLOW_JOB_CAPACITY={job_capacity}: this worker has {capacity} job slot(s) ({job_gpus} GPU(s) for "
+            f"jobs, {gpus_per_job} per job), and two jobs never share a GPU; lower it, or set 0 for one per slot"
+        )
+
+
 @dataclass
 class WorkerSettings:
     host: str = field(
@@ -96,7 +126,21 @@ class WorkerSettings:
     )
     job_capacity: int = field(
         default_factory=lambda: int(_number_env("VLMFLOW_JOB_CAPACITY", "0", int)),
-        metadata={"help": "Jobs run at once; 0 means one per GPU, or one on CPU."},
+        metadata={"help": "Jobs run at once; 0 means one per job slot (GPUs / gpus_per_job), or one on CPU."},
+    )
+    gpus_per_job: int = field(
+        default_factory=lambda: int(_number_env("VLMFLOW_GPUS_PER_JOB", "1", int)),
+        metadata={
+            "help": "GPUs each job slot owns (its child sees only them, through CUDA_VISIBLE_DEVICES); capacity is "
+            "the job GPUs / this. A training with training.num_processes > 1 takes one GPU per process."
+        },
+    )
+    inference_gpu: int | None = field(
+        default_factory=lambda: _optional_int_env("VLMFLOW_INFERENCE_GPU"),
+        metadata={
+            "help": "GPU index (as nvidia-smi numbers them) Generate's model cache owns, taken out of the job slots. "
+            "Unset: inference shares the job GPU lent last, emptying its cache while a job holds it."
+        },
     )
     job_stuck_after_s: float = field(
         default_factory=lambda: _number_env("VLMFLOW_JOB_STUCK_SECONDS", "1800", float),
@@ -170,6 +214,12 @@ class WorkerSettings:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.job_capacity < 0:
             raise ValueError(f"job_capacity must be >= 0, got {self.job_capacity}")
+        if self.gpus_per_job < 1:
+            raise ValueError(f"gpus_per_job (VLMFLOW_GPUS_PER_JOB) must be >= 1, got {self.gpus_per_job}")
+        if self.inference_gpu is not None and self.inference_gpu < 0:
+            raise ValueError(
+                f"inference_gpu (VLMFLOW_INFERENCE_GPU) must be a GPU index >= 0, got {self.inference_gpu}"
+            )
         if self.job_stuck_after_s < 0:
             raise ValueError(f"job_stuck_after_s must be >= 0 (0 = never), got {self.job_stuck_after_s}")
         if self.job_lease_s <= 0:
