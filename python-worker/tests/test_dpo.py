@@ -75,8 +75,12 @@ def test_config_from_request():
     config = dpo.DPOTrainConfig.from_request(request, "d", "o", adapter_dir="a")
     assert config.loss_type == ["sigmoid", "sft"] and config.beta == 0.1 and config.adapter_dir == "a"
     assert (config.lora_r, config.learning_rate, config.max_steps) == (16, 2e-3, 24)
-    request.training.learning_rate = 0
+    request.training.ClearField("learning_rate")
     assert dpo.DPOTrainConfig.from_request(request, "d", "o").learning_rate == 5e-5  # DPO's default, not SFT's
+    request.training.learning_rate = 0  # a zero that is sent is a value: refused, never read as "the default"
+    with pytest.raises(InvalidArgument, match="training.learning_rate must be > 0"):
+        dpo.DPOTrainConfig.from_request(request, "d", "o")
+    request.training.learning_rate = 2e-3
     request.dpo.loss_type = "dpo"
     with pytest.raises(InvalidArgument, match="dpo.loss_type 'dpo'"):
         dpo.DPOTrainConfig.from_request(request, "d", "o")
