@@ -2,8 +2,16 @@
 
 Steps: (1) check the generation settings, (2) load each item's images or video frames and build its conversation
 from the task preset, (3) render it with the processor's chat template and encode it, (4) generate in batches
-(left padded, items of similar length together), (5) decode answers with token counts and timings.
+(left padded, items of similar length together) cut by a budget, (5) decode answers with token counts and timings.
 Every input problem is raised before any model work, as a WorkerError naming the item ("items[3].images[1]: ...").
+
+Batches: with batch_size 0 a generate() call holds as many items as the worker's budget allows: rows × (longest
+prompt + max_new_tokens) tokens (what the KV cache holds) and the items' image pixels (what the vision tower sees);
+an explicit batch_size is the caller's choice and is used as given. The server merges concurrent requests into
+shared calls with the same budget (batch_queue.py); `run_generate` here is the one-request path (CLI, benchmarks).
+
+Tokenizer work (encode and decode) and model work are separate functions because the server runs them on different
+threads: transformers' fast tokenizers are not safe to call from two threads at once (transformers#47085).
 """
 
 from __future__ import annotations
@@ -36,14 +44,84 @@ class PreparedItem:
     frame_timestamps: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How much one generate() call may hold. `rows` > 0 (an explicit batch_size) is used as given, without the
+    token and pixel limits: the caller chose it (a benchmark at batch 32, a GPU they know)."""
+
+    tokens: int
+    pixels: int
+    rows: int = 0
+
+    @classmethod
+    def for_request(cls, settings: WorkerSettings, batch_size: int) -> Budget:
+        return cls(settings.generate_batch_tokens, settings.generate_batch_pixels, batch_size)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one encoded item adds to a call: its prompt length and its real image pixels (tiles × height × width)."""
+
+    tokens: int
+    pixels: int
+
+    @classmethod
+    def of(cls, encoding: dict[str, Any]) -> Cost:
+        pixels = 0
+        if "pixel_values" in encoding:
+            _, tiles, _, height, width = encoding["pixel_values"].shape
+            pixels = tiles * height * width
+        return cls(int(encoding["input_ids"].shape[1]), pixels)
+
+
+class BatchFill:
+    """One generate() call being filled. The first item always fits (an item cannot be split, so one larger than
+    the budget runs alone); after it, an item fits while the padded rows, the KV cache and the pixels stay within the
+    budget."""
+
+    def __init__(self, budget: Budget, new_tokens: int) -> None:
+        self.budget = budget
+        self.new_tokens = new_tokens
+        self.rows = 0
+        self.longest = 0
+        self.pixels = 0
+
+    def fits(self, cost: Cost) -> bool:
+        if self.rows == 0:
+            return True
+        if self.budget.rows:
+            return self.rows < self.budget.rows
+        tokens = (self.rows + 1) * (max(self.longest, cost.tokens) + self.new_tokens)
+        return tokens <= self.budget.tokens and self.pixels + cost.pixels <= self.budget.pixels
+
+    def add(self, cost: Cost) -> None:
+        self.rows += 1
+        self.longest = max(self.longest, cost.tokens)
+        self.pixels += cost.pixels
+
+
+def plan_batches(costs: list[Cost], budget: Budget, new_tokens: int) -> list[list[int]]:
+    """Item indices per generate() call: shortest prompts first (similar lengths together pad less), each call filled
+    up to the budget."""
+    batches: list[list[int]] = []
+    fill: BatchFill | None = None
+    for i in sorted(range(len(costs)), key=lambda i: costs[i].tokens):
+        if fill is None or not fill.fits(costs[i]):
+            fill = BatchFill(budget, new_tokens)
+            batches.append([])
+        fill.add(costs[i])
+        batches[-1].append(i)
+    return batches
+
+
 @dataclass
-class Answer:
-    id: str
-    text: str
+class Generated:
+    """One row of a generate() call, before decoding: the answer's token ids (cut at the first EOS, padding
+    dropped), the prompt's real length and the seconds from the call's start to the row's EOS (or the end)."""
+
+    tokens: list[int]
     prompt_tokens: int
-    answer_tokens: int
-    generate_seconds: float
-    frame_timestamps: list[float]
+    seconds: float
 
 
 def generation_kwargs(config: Any) -> dict[str, Any]:
@@ -159,6 +237,11 @@ def eos_token_ids(model, processor) -> list[int]:
     return sorted(ids)
 
 
+def pad_token_id(processor) -> int:
+    tokenizer = processor.tokenizer
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def _finish_timer(eos_ids: list[int], batch_size: int, started: float):
     """A stopping criterion that never stops anything and records when each row emits its first EOS."""
     import torch
@@ -180,16 +263,13 @@ def _finish_timer(eos_ids: list[int], batch_size: int, started: float):
     return FinishTimes()
 
 
-def generate_batch(
-    model, processor, encodings: list[dict[str, Any]], kwargs: dict[str, Any]
-) -> list[tuple[str, int, int, float]]:
-    """Generates for one batch; returns (text, prompt_tokens, answer_tokens, seconds to last token) per row."""
+def generate_tokens(
+    model, encodings: list[dict[str, Any]], kwargs: dict[str, Any], eos_ids: list[int], pad_id: int
+) -> list[Generated]:
+    """One generate() call over `encodings`, left padded. Touches the model only, never the tokenizer."""
     import torch
     from transformers import StoppingCriteriaList
 
-    tokenizer = processor.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos_ids = eos_token_ids(model, processor)
     batch = collate(encodings, pad_id)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -206,15 +286,77 @@ def generate_batch(
             stopping_criteria=StoppingCriteriaList([timer]),
         )
     total = time.perf_counter() - started
-    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     rows = []
-    for row, tokens in enumerate(new_tokens):
+    for row, tokens in enumerate(output[:, batch["input_ids"].shape[1] :].tolist()):
         end = next((i for i, t in enumerate(tokens) if t in eos_ids), len(tokens))
-        answer = [t for t in tokens[:end] if t != pad_id]
-        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
         seconds = timer.times[row] if timer.times[row] is not None else total
-        rows.append((text, int(encodings[row]["attention_mask"].sum()), len(answer), seconds))
+        answer = [t for t in tokens[:end] if t != pad_id]
+        rows.append(Generated(answer, int(encodings[row]["attention_mask"].sum()), seconds))
     return rows
+
+
+def decode(processor, generated: Generated) -> str:
+    return processor.tokenizer.decode(generated.tokens, skip_special_tokens=True).strip()
+
+
+def generate_batch(
+    model, processor, encodings: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> list[tuple[str, int, int, float]]:
+    """Generates for one batch; returns (text, prompt_tokens, answer_tokens, seconds to last token) per row."""
+    rows = generate_tokens(model, encodings, kwargs, eos_token_ids(model, processor), pad_token_id(processor))
+    return [(decode(processor, g), g.prompt_tokens, len(g.tokens), g.seconds) for g in rows]
+
+
+def out_of_memory(rows: int, err: Exception) -> OutOfMemory:
+    return OutOfMemory(
+        f"out of device memory generating a batch of {rows} items; lower batch_size or max_new_tokens "
+        "(with batch_size 0, the worker's generate_batch_tokens / generate_batch_pixels)",
+        detail=str(err),
+    )
+
+
+def seed_call(seed: int, call: int) -> None:
+    """Seeded sampling: each call of a request starts from (seed, call number), so a request's answers depend on
+    its own items only, whatever else the model thread ran in between."""
+    import torch
+
+    torch.manual_seed(seed + call)
+
+
+def check_request(request: worker_pb2.GenerateRequest) -> dict[str, Any]:
+    """The request's shape and generation settings; returns the `model.generate` arguments."""
+    if not request.HasField("model") or not request.model.model_id:
+        raise InvalidArgument("model.model_id is empty; give a hub id or a local model folder")
+    if not request.items:
+        raise InvalidArgument("items is empty; give at least one item")
+    if len(request.items) > MAX_ITEMS:
+        raise InvalidArgument(f"items has {len(request.items)} entries; at most {MAX_ITEMS} per request")
+    if request.batch_size < 0:
+        raise InvalidArgument(f"batch_size must be >= 0 (0 = by the worker's budget), got {request.batch_size}")
+    return generation_kwargs(request.generation)
+
+
+def build_response(
+    prepared: list[PreparedItem],
+    texts: list[str],
+    generated: list[Generated],
+    timings: generate_pb2.GenerateTimings,
+) -> worker_pb2.GenerateResponse:
+    """Results in request order (`texts` and `generated` are in request order too)."""
+    return worker_pb2.GenerateResponse(
+        results=[
+            generate_pb2.GenerateResult(
+                id=item.id,
+                text=text,
+                prompt_tokens=g.prompt_tokens,
+                answer_tokens=len(g.tokens),
+                generate_seconds=g.seconds,
+                frame_timestamps=item.frame_timestamps,
+            )
+            for item, text, g in zip(prepared, texts, generated, strict=True)
+        ],
+        timings=timings,
+    )
 
 
 def run_generate(
@@ -224,20 +366,12 @@ def run_generate(
     *,
     extra_generate_kwargs: dict[str, Any] | None = None,
 ) -> worker_pb2.GenerateResponse:
-    """The Generate RPC's work, synchronous (the server runs it on its model thread)."""
+    """One request on the calling thread (the CLI and benchmarks; the server merges requests in batch_queue.py)."""
     import torch
 
     started = time.perf_counter()
     # 1. Settings and inputs, checked before any model work.
-    if not request.HasField("model") or not request.model.model_id:
-        raise InvalidArgument("model.model_id is empty; give a hub id or a local model folder")
-    if not request.items:
-        raise InvalidArgument("items is empty; give at least one item")
-    if len(request.items) > MAX_ITEMS:
-        raise InvalidArgument(f"items has {len(request.items)} entries; at most {MAX_ITEMS} per request")
-    if request.batch_size < 0:
-        raise InvalidArgument(f"batch_size must be >= 0, got {request.batch_size}")
-    kwargs = generation_kwargs(request.generation) | (extra_generate_kwargs or {})
+    kwargs = check_request(request) | (extra_generate_kwargs or {})
     prepared = [prepare_item(item, i, settings) for i, item in enumerate(request.items)]
     media_seconds = time.perf_counter() - started
 
@@ -250,43 +384,28 @@ def run_generate(
     encodings = [encode(entry.processor, item) for item in prepared]
     preprocess_seconds = media_seconds + time.perf_counter() - encode_started
 
-    # 4. Batches of similar length (less padding), generated in turn; answers back in request order.
-    batch_size = request.batch_size or len(prepared)
-    order = sorted(range(len(prepared)), key=lambda i: encodings[i]["input_ids"].shape[1])
-    if request.generation.seed:
-        torch.manual_seed(request.generation.seed)
-    answers: dict[int, Answer] = {}
+    # 4. Calls cut by the budget, generated in turn; answers back in request order.
+    eos_ids, pad_id = eos_token_ids(entry.model, entry.processor), pad_token_id(entry.processor)
+    budget = Budget.for_request(settings, request.batch_size)
+    batches = plan_batches([Cost.of(e) for e in encodings], budget, kwargs["max_new_tokens"])
+    generated: dict[int, Generated] = {}
     generate_started = time.perf_counter()
-    for first in range(0, len(order), batch_size):
-        rows = order[first : first + batch_size]
+    for call, rows in enumerate(batches):
+        if request.generation.seed and request.generation.do_sample:
+            seed_call(request.generation.seed, call)
         try:
-            outputs = generate_batch(entry.model, entry.processor, [encodings[i] for i in rows], kwargs)
+            outputs = generate_tokens(entry.model, [encodings[i] for i in rows], kwargs, eos_ids, pad_id)
         except torch.OutOfMemoryError as err:
-            raise OutOfMemory(
-                f"out of device memory generating a batch of {len(rows)} items; lower batch_size or max_new_tokens",
-                detail=str(err),
-            ) from err
-        for i, (text, prompt_tokens, answer_tokens, seconds) in zip(rows, outputs, strict=True):
-            item = prepared[i]
-            answers[i] = Answer(item.id, text, prompt_tokens, answer_tokens, seconds, item.frame_timestamps)
+            raise out_of_memory(len(rows), err) from err
+        generated.update(zip(rows, outputs, strict=True))
     generate_seconds = time.perf_counter() - generate_started
 
-    return worker_pb2.GenerateResponse(
-        results=[
-            generate_pb2.GenerateResult(
-                id=a.id,
-                text=a.text,
-                prompt_tokens=a.prompt_tokens,
-                answer_tokens=a.answer_tokens,
-                generate_seconds=a.generate_seconds,
-                frame_timestamps=a.frame_timestamps,
-            )
-            for a in (answers[i] for i in range(len(prepared)))
-        ],
-        timings=generate_pb2.GenerateTimings(
-            load_seconds=load_seconds,
-            preprocess_seconds=preprocess_seconds,
-            generate_seconds=generate_seconds,
-            total_seconds=time.perf_counter() - started,
-        ),
+    ordered = [generated[i] for i in range(len(prepared))]
+    texts = [decode(entry.processor, g) for g in ordered]
+    timings = generate_pb2.GenerateTimings(
+        load_seconds=load_seconds,
+        preprocess_seconds=preprocess_seconds,
+        generate_seconds=generate_seconds,
+        total_seconds=time.perf_counter() - started,
     )
+    return build_response(prepared, texts, ordered, timings)
