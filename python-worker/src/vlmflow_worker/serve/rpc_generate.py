@@ -1,57 +1,91 @@
-"""The Generate RPC: batched inference in the server process, with loaded models cached.
+"""The Generate RPC: inference in the server process, loaded models cached, concurrent requests batched together.
 
-Model work runs on one dedicated thread (one model on the device at a time, requests served in turn), so the
-event loop keeps answering Health, job RPCs and other calls while a batch generates. A bad request ends with
-INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION naming the item; the server keeps serving.
+Each request goes through two threads, so the event loop keeps answering Health, job RPCs and other calls:
+- the processor thread reads its media, encodes its prompts and decodes its answers: all tokenizer work, on one
+  thread because fast tokenizers are not thread-safe;
+- the model thread (infer/batch_queue.py) loads models and runs generate() calls, merging the items of concurrent
+  requests for the same model and settings into shared calls cut by the worker's budget.
+A bad request ends with INVALID_ARGUMENT / NOT_FOUND / FAILED_PRECONDITION naming the item, before it reaches the
+model thread, so requests it would have shared a call with never see it; the server keeps serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from vlmflow.v1 import worker_pb2
+from vlmflow.v1 import generate_pb2, worker_pb2
 from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import WorkerError, abort_with
 from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.generate")
 
+# Imported through the server's one import lock (heavy_imports.py) before the two threads use them: transformers'
+# lazy modules must not be first imported by the processor thread and the model thread at once.
+_HEAVY_MODULES = (
+    "vlmflow_worker.faults",
+    "vlmflow_worker.models",
+    "vlmflow_worker.infer.generate",
+    "vlmflow_worker.infer.batch_queue",
+    "transformers.generation.utils",
+    "transformers.models.idefics3.modeling_idefics3",
+    "transformers.models.idefics3.processing_idefics3",
+)
+
+
+@dataclass
+class _Processor:
+    """A loaded model's processor and the token ids generation needs; used on the processor thread only."""
+
+    processor: Any
+    eos_ids: list[int]
+    pad_id: int
+
+
+@dataclass
+class _Prepared:
+    kwargs: dict[str, Any]
+    spec: Any  # ModelSpec
+    items: list[Any]  # PreparedItem
+    seconds: float
+
 
 class GenerateRpcs:
     settings: WorkerSettings
 
     def setup_generate(self) -> None:
-        """Called once when the server is built: the model thread and the model cache (filled on first use)."""
-        self._generate_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
-        self._model_cache = None
+        """Called once when the server is built: the processor thread; the model thread and the model cache are made
+        on first use (their modules take seconds to import, and Health must answer before that)."""
+        self._processor_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate-processor")
+        self._queue: Any = None  # BatchQueue
+        self._model_cache: Any = None  # ModelCache
+        self._processors: dict[Any, _Processor] = {}  # by ModelSpec, while the model cache holds the model
+        # Modules imported on first use, through the import lock (see _HEAVY_MODULES).
+        self._faults: Any = None
+        self._generate_module: Any = None
+        self._batch_queue_module: Any = None
+        self._as_spec: Any = None
 
     async def close_generate(self) -> None:
         """Called once when the server stops."""
-        self._generate_executor.shutdown(wait=False, cancel_futures=True)
+        self._processor_executor.shutdown(wait=False, cancel_futures=True)
+        if self._queue is not None:
+            self._queue.close()
         self._model_cache = None
-
-    def _run_generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
-        # Imported here: torch and transformers take seconds to import, and Health must answer before that. Through
-        # the server's one import lock: a job request or the job warm-up may be importing transformers right now.
-        faults = heavy_imports.import_module("vlmflow_worker.faults")
-        run_generate = heavy_imports.import_module("vlmflow_worker.infer.generate").run_generate
-        ModelCache = heavy_imports.import_module("vlmflow_worker.models").ModelCache  # noqa: N806
-
-        if self._model_cache is None:
-            self._model_cache = ModelCache(settings=self.settings)
-        faults.slow_generate()  # test hook (issue 7), inert unless its variable is set
-        return run_generate(request, self.settings, self._model_cache)
 
     async def Generate(  # noqa: N802
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.GenerateResponse:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._generate_executor, self._run_generate, request)
+            return await self._generate(request)
         except WorkerError as err:
             log.warning("generate refused", extra={"status": err.status.name, "error": err.message})
             await abort_with(context, err)
@@ -59,3 +93,100 @@ class GenerateRpcs:
             log.exception("generate failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"Generate failed: {type(err).__name__}: {err}")
         raise AssertionError("unreachable")
+
+    async def _generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+
+        def on_processor_thread(fn, *args):
+            return loop.run_in_executor(self._processor_executor, fn, *args)
+
+        if self._queue is None:
+            await on_processor_thread(self._start)
+        queue, generate = self._queue, self._generate_module
+        with queue.preparing():
+            # 1. Checks and media (processor thread): a bad item fails this request only, naming the item.
+            prepared: _Prepared = await on_processor_thread(self._prepare, request)
+            # 2. The model, loaded on the model thread the first time (or again after the cache evicted it).
+            load_seconds = 0.0
+            encoded = await on_processor_thread(self._encode, prepared)
+            if encoded is None:
+                entry, loaded_now = await asyncio.wrap_future(queue.call(lambda: self._model_cache.get(prepared.spec)))
+                load_seconds = entry.load_seconds if loaded_now else 0.0
+                encoded = await on_processor_thread(self._encode, prepared, entry)
+            known, encodings, encode_seconds = encoded
+            if self._faults.GENERATE_SECONDS in os.environ:  # test hook (issue 7): a slower device, per request
+                await asyncio.wrap_future(queue.call(self._faults.slow_generate))
+            # 3. Queued shortest first, so that a request's own items share calls with similar lengths.
+            costs = [generate.Cost.of(e) for e in encodings]
+            order = sorted(range(len(encodings)), key=lambda i: costs[i].tokens)
+            do_sample = request.generation.do_sample
+            job = self._batch_queue_module.Submission(
+                spec=prepared.spec,
+                encodings=[encodings[i] for i in order],
+                costs=[costs[i] for i in order],
+                kwargs=prepared.kwargs,
+                budget=generate.Budget.for_request(self.settings, request.batch_size),
+                eos_ids=known.eos_ids,
+                pad_id=known.pad_id,
+                seed=request.generation.seed if do_sample else 0,
+            )
+            future = queue.submit(job)
+        # Cancelling this await (the caller went away) cancels the future: its items not yet in a call are dropped.
+        outcome = await asyncio.wrap_future(future)
+        generated: list[Any] = [None] * len(order)
+        for position, i in enumerate(order):
+            generated[i] = outcome.generated[position]
+        texts = await on_processor_thread(lambda: [generate.decode(known.processor, g) for g in generated])
+        timings = generate_pb2.GenerateTimings(
+            load_seconds=load_seconds,
+            preprocess_seconds=prepared.seconds + encode_seconds,
+            generate_seconds=outcome.generate_seconds,
+            total_seconds=time.perf_counter() - started,
+        )
+        return generate.build_response(prepared.items, texts, generated, timings)
+
+    # ---- on the processor thread -------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._queue is not None:
+            return
+        for name in _HEAVY_MODULES:
+            heavy_imports.import_module(name)
+        self._faults = heavy_imports.import_module("vlmflow_worker.faults")
+        self._generate_module = heavy_imports.import_module("vlmflow_worker.infer.generate")
+        self._batch_queue_module = heavy_imports.import_module("vlmflow_worker.infer.batch_queue")
+        models = heavy_imports.import_module("vlmflow_worker.models")
+        self._as_spec = models.as_spec
+        self._model_cache = models.ModelCache(settings=self.settings)
+        self._queue = self._batch_queue_module.BatchQueue(
+            self._model_cache, wait_s=self.settings.generate_batch_wait_ms / 1000
+        )
+
+    def _prepare(self, request: worker_pb2.GenerateRequest) -> _Prepared:
+        started = time.perf_counter()
+        generate = self._generate_module
+        kwargs = generate.check_request(request)
+        spec = self._as_spec(request.model, self.settings)
+        items = [generate.prepare_item(item, i, self.settings) for i, item in enumerate(request.items)]
+        return _Prepared(kwargs, spec, items, time.perf_counter() - started)
+
+    def _encode(self, prepared: _Prepared, entry: Any = None) -> tuple[_Processor, list[dict], float] | None:
+        """Encodes with the model's processor; None when the model is not loaded (then `entry`, once loaded)."""
+        generate = self._generate_module
+        if entry is not None:
+            known = _Processor(
+                entry.processor,
+                generate.eos_token_ids(entry.model, entry.processor),
+                generate.pad_token_id(entry.processor),
+            )
+            self._processors[prepared.spec] = known
+            for spec in [s for s in self._processors if s not in self._model_cache]:
+                del self._processors[spec]  # evicted: its next request loads it (and its processor) again
+        elif prepared.spec in self._model_cache and prepared.spec in self._processors:
+            known = self._processors[prepared.spec]
+        else:
+            return None
+        started = time.perf_counter()
+        encodings = [generate.encode(known.processor, item) for item in prepared.items]
+        return known, encodings, time.perf_counter() - started

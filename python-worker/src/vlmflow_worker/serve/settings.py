@@ -179,8 +179,9 @@ class WorkerSettings:
     generate_batch_wait_ms: float = field(
         default_factory=lambda: _number_env("VLMFLOW_GENERATE_BATCH_WAIT_MS", "20", float),
         metadata={
-            "help": "How long a Generate request waits for concurrent requests still being prepared, to share "
-            "generate() calls with them; a request alone, or one that fills the budget, never waits."
+            "help": "Generate: while concurrent requests are still being prepared (media read, prompts encoded), a "
+            "generate() call waits for them to share it as long as they arrive less than this apart (10x this in all); "
+            "a request alone, or a call the budget fills, starts at once. 0 never waits."
         },
     )
     tls_cert: Path | None = field(
