@@ -14,12 +14,12 @@ thread: fast tokenizers are not thread-safe).
 Batches. Requests merge when their key matches: the model, the generation settings and the budget (an explicit
 batch_size is part of it). A call takes items first-in first-out across requests, each request's items in the
 order given (the server gives them shortest first), until the next item would pass the budget
-(generate.BatchFill). While other requests are still being prepared (media read, prompts encoded), the call
-waits for them as long as they keep arriving less than `wait_s` apart (at most MAX_WAITS × wait_s in all):
-synchronous callers answered by one call come back together and their next requests trickle in one preparation
-apart, and starting with the first few would split them into small calls for good. Alone, or full, a call starts
-at once. Seeded sampling requests never merge: their answers must not depend
-on what else was asked.
+(generate.BatchFill). A call that is not full waits for more requests while some are still being prepared (media
+read, prompts encoded) or fewer are queued than the last call answered, as long as they keep arriving less than
+`wait_s` apart (at most MAX_WAITS × wait_s in all). Why: synchronous callers answered by one call come back one
+network round trip and one preparation apart; starting with the first few would split them into small calls for
+good. A lone caller never waits (its last call answered one request). Seeded sampling requests never merge: their
+answers must not depend on what else was asked.
 
 Errors and cancellation. A call that fails while holding items of several requests is run again request by
 request, so the error reaches only the request it belongs to. A cancelled request's items not yet in a call are
@@ -102,6 +102,7 @@ class BatchQueue:
         self._calls: deque[_Call] = deque()
         self._preparing = 0
         self._last_arrival = 0.0  # when the newest request was submitted
+        self._last_answered = 0  # requests the last call finished: callers that may come straight back
         self._closed = False
         self.generate_calls = 0  # for tests, benchmarks and logs
         self._thread = threading.Thread(target=self._run, name="generate-model", daemon=True)
@@ -190,7 +191,8 @@ class BatchQueue:
             slices, full = self._fill(head.key, head.job)
             now = time.monotonic()
             wait = min(self._last_arrival + self._wait_s, head.submitted + MAX_WAITS * self._wait_s) - now
-            if full or self._preparing == 0 or wait <= 0:
+            expecting = self._preparing > 0 or len(self._pending) < self._last_answered
+            if full or not expecting or wait <= 0:
                 for pending, _, stop in slices:
                     pending.taken = stop
                 self._pending = [p for p in self._pending if p.taken < len(p.job.encodings)]
@@ -235,10 +237,12 @@ class BatchQueue:
             for i in range(start, stop):
                 pending.results[i] = next(outputs)
             pending.done += stop - start
+        self._last_answered = 0
         for pending in requests:
             pending.generate_seconds += seconds
             pending.calls += 1
             if pending.done == len(pending.job.encodings):
+                self._last_answered += 1
                 generated = [g for g in pending.results if g is not None]
                 _settle(pending.future, Outcome(generated, pending.generate_seconds, pending.calls))
 
