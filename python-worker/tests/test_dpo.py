@@ -7,17 +7,24 @@ The proof uses a single-tile copy of the tiny model (`do_image_splitting` off: 1
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from safetensors import safe_open
 
 from tests.test_evaluate import prepared_dataset
 from tests.test_export import make_adapter
 from vlmflow.v1 import common_pb2, jobs_pb2
-from vlmflow_worker.errors import Cancelled, InvalidArgument
+from vlmflow_worker import faults
+from vlmflow_worker.errors import Cancelled, InvalidArgument, NotFound
 from vlmflow_worker.evaluate import job as evaluate
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.context import JobContext
@@ -179,6 +186,129 @@ def test_train_dpo_from_an_sft_adapter_through_the_worker(worker, tiny_model_pat
     with pytest.raises(grpc.RpcError) as info:
         list(worker.stub().Train(bad, timeout=30))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "preference rows" in info.value.details()
+
+
+# A DPO job in its own process, as the worker runs one, so that the test can SIGKILL it.
+RUN_DPO_JOB = """
+import sys
+from pathlib import Path
+from vlmflow.v1 import jobs_pb2
+from vlmflow_worker.jobs.context import JobContext
+from vlmflow_worker.serve.settings import WorkerSettings
+from vlmflow_worker.train import dpo
+request = jobs_pb2.TrainRequest.FromString(Path(sys.argv[1]).read_bytes())
+job = Path(sys.argv[2])
+job.mkdir(exist_ok=True)
+dpo.run(request, JobContext("dpo", job, WorkerSettings(port=0, artifact_root=Path(sys.argv[3]))))
+"""
+
+
+def _dpo_process(request: jobs_pb2.TrainRequest, root: Path, name: str, env: dict[str, str] | None = None):
+    (root / f"{name}.bin").write_bytes(request.SerializeToString())
+    argv = [sys.executable, "-c", RUN_DPO_JOB, str(root / f"{name}.bin"), str(root / f"{name}-job"), str(root)]
+    return subprocess.Popen(argv, env={**os.environ, **(env or {})})
+
+
+def _losses(output: Path) -> dict[int, float]:
+    """Step -> loss, the last line of each step winning (a resumed run logs the steps after its checkpoint again)."""
+    lines = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    return {entry["step"]: entry["loss"] for entry in lines if "loss" in entry}
+
+
+def test_dpo_from_sft_killed_mid_training_resumes_with_the_policy_it_had(single_tile_model, tmp_path):
+    """SIGKILL a DPO run that continues an SFT adapter after checkpoint-4, resume it: every step's loss and the final
+    adapter equal an uninterrupted run's. (transformers alone would reload only TRL's frozen "ref" adapter from the
+    checkpoint and restart the policy from its SFT weights.)"""
+    dataset = preference_dataset(tmp_path, rows=40, held_out=4)
+    sft = make_adapter(single_tile_model, tmp_path / "sft" / "adapter")
+
+    def request(output: str) -> jobs_pb2.TrainRequest:
+        r = train_request(
+            single_tile_model, dataset, tmp_path / output, max_steps=8, save_steps=2, logging_steps=1,
+            micro_batch_size=4, eval_steps=0,
+        )  # fmt: skip
+        r.model.adapter_uri = str(sft)
+        return r
+
+    whole = _dpo_process(request("whole"), tmp_path, "whole")
+    assert whole.wait(timeout=600) == 0
+
+    killed = _dpo_process(request("killed"), tmp_path, "killed", {faults.HANG_AT_STEP: "5"})
+    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-4"
+    deadline = time.monotonic() + 600
+    while not checkpoint.is_dir() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.is_dir() and (checkpoint / "ref" / "adapter_model.safetensors").is_file()  # the two adapters
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    assert not (tmp_path / "killed" / "adapter").exists()
+    resumed = _dpo_process(request("killed"), tmp_path, "killed")
+    assert resumed.wait(timeout=600) == 0
+
+    logs = (tmp_path / "killed-job" / eventlog.EVENTS).read_bytes()
+    assert b"resuming from" in logs and b"checkpoint-4" in logs
+    expected, got = _losses(tmp_path / "whole"), _losses(tmp_path / "killed")
+    assert sorted(expected) == sorted(got) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-5), (step, expected, got)
+    with (
+        safe_open(tmp_path / "whole" / "adapter" / "adapter_model.safetensors", "pt") as a,
+        safe_open(tmp_path / "killed" / "adapter" / "adapter_model.safetensors", "pt") as b,
+    ):
+        assert sorted(a.keys()) == sorted(b.keys())
+        for name in a.keys():
+            assert torch.allclose(a.get_tensor(name), b.get_tensor(name), rtol=1e-4, atol=1e-6), name
+        sft_weights = safe_open(sft / "adapter_model.safetensors", "pt")
+        moved = [n for n in sft_weights.keys() if not torch.equal(sft_weights.get_tensor(n), b.get_tensor(n))]
+        assert moved  # DPO changed the SFT adapter: the comparison is not between two untouched copies
+
+    # Evaluate measures each variant's implicit reward against what it trained with: the DPO adapter against its
+    # SFT adapter (beta 0.1, as trained), the SFT adapter against the base.
+    settings = WorkerSettings(port=0, artifact_root=tmp_path)
+    (tmp_path / "eval-job").mkdir()
+    variants = [
+        jobs_pb2.EvalVariant(name="sft", adapter_uri=str(sft)),
+        jobs_pb2.EvalVariant(name="dpo", adapter_uri=str(tmp_path / "killed" / "adapter")),
+    ]
+    evaluate.run(
+        jobs_pb2.EvaluateRequest(
+            job_id="eval", model=common_pb2.ModelRef(model_id=str(single_tile_model)), variants=variants,
+            dataset_uri=str(dataset), max_samples=4, bootstrap_samples=10, output_uri=str(tmp_path / "report"),
+        ),
+        JobContext("eval", tmp_path / "eval-job", settings),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert summary["preference_reference"] == {
+        "sft": {"reference": "base model", "beta": 0.1},
+        "dpo": {"reference": str(sft), "beta": 0.1},
+    }
+
+
+def test_preference_metrics_use_the_reference_and_beta_each_variant_trained_with(tmp_path):
+    def adapter(name: str, **trained) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "training_config.json").write_text(json.dumps(trained))
+        return str(folder)
+
+    sft = adapter("sft", learning_rate=1e-4)
+    other = adapter("other-sft", learning_rate=1e-4)
+    variants = [jobs_pb2.EvalVariant(name=n) for n in ("base", "sft", "dpo", "dpo-base", "dpo-other")]
+    adapters = {
+        "sft": sft,
+        "dpo": adapter("dpo", beta=0.3, adapter_dir=sft),
+        "dpo-base": adapter("dpo-base", beta=0.5, adapter_dir=""),
+        "dpo-other": adapter("dpo-other", beta=0.2, adapter_dir=other),
+    }
+    refs = evaluate.references(variants, adapters)
+    assert refs["sft"] == evaluate.Reference("base", evaluate.IMPLICIT_REWARD_BETA, "")
+    assert refs["dpo"] == evaluate.Reference("sft", 0.3, sft)  # the SFT variant's log-probs, not the base's
+    assert refs["dpo-base"] == evaluate.Reference("base", 0.5, "")
+    assert refs["dpo-other"] == evaluate.Reference(evaluate.REFERENCE_PREFIX + other, 0.2, other)  # loaded for it
+    shutil.rmtree(other)
+    with pytest.raises(NotFound, match="DPO-trained against the adapter .*other-sft"):
+        evaluate.references(variants, adapters)
 
 
 def test_dora_on_text_and_vision_gets_gradients_under_checkpointing(single_tile_model, tmp_path):

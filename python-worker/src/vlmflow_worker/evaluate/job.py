@@ -32,7 +32,7 @@ from vlmflow_worker.storage import resolve_uri
 BASE = "base"
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_BATCH = 8
-IMPLICIT_REWARD_BETA = 0.1  # scales reward_margin only; accuracy does not depend on it
+IMPLICIT_REWARD_BETA = 0.1  # for variants that were not DPO-trained; scales reward_margin only, never accuracy
 SHORT_ANSWER_WORDS = 4
 
 
@@ -240,6 +240,46 @@ def _variants(request: jobs_pb2.EvaluateRequest) -> list[jobs_pb2.EvalVariant]:
     return [base, *tuned]
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """What a variant's implicit reward is measured against, as it trained: beta * (log p_variant - log p_ref)."""
+
+    model: str  # the variant whose log-probabilities are the reference, or a REFERENCE_PREFIX name loaded for it
+    beta: float
+    adapter: str  # the reference adapter's folder; empty for the base model
+
+
+REFERENCE_PREFIX = "reference:"
+
+
+def references(variants: list[jobs_pb2.EvalVariant], adapters: dict[str, str]) -> dict[str, Reference]:
+    """Per tuned variant, the reference and beta its DPO run trained with (its adapter's training_config.json:
+    `adapter_dir`, the SFT adapter it continued, whose frozen copy was the reference; `beta`). A variant that is
+    not a DPO adapter is measured against the base with IMPLICIT_REWARD_BETA. A reference adapter that is not one
+    of the variants gets a name of its own (REFERENCE_PREFIX) and is loaded beside them."""
+    base = variants[0].name
+    by_folder = {str(Path(folder).resolve()): name for name, folder in adapters.items()}
+    found: dict[str, Reference] = {}
+    for variant in variants[1:]:
+        settings_file = Path(adapters[variant.name]) / "training_config.json"
+        trained = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+        if "beta" not in trained:
+            found[variant.name] = Reference(base, IMPLICIT_REWARD_BETA, "")
+            continue
+        folder = str(trained.get("adapter_dir") or "")
+        if not folder:
+            found[variant.name] = Reference(base, float(trained["beta"]), "")
+            continue
+        if not (Path(folder) / "adapter_config.json").is_file():
+            raise NotFound(
+                f"variant {variant.name!r} was DPO-trained against the adapter {folder}, which is no longer there; "
+                "its preference metrics need that reference"
+            )
+        model = by_folder.get(str(Path(folder).resolve()), REFERENCE_PREFIX + folder)
+        found[variant.name] = Reference(model, float(trained["beta"]), folder)
+    return found
+
+
 def _max_new_tokens(processor, rows: list[EvalRow], requested: int) -> int:
     """Requested, else twice the longest reference in tokens plus 8 (at most 128): enough for the answers this
     split expects, without paying for 128 tokens of rambling per row."""
@@ -272,7 +312,9 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
     ctx.progress("loading model", step=0, total_steps=len(variants))
     model, processor = load_model(ModelSpec.from_proto(request.model, settings))
     adapters = {v.name: str(resolve_uri(v.adapter_uri, settings, "adapter_uri")) for v in variants[1:]}
-    models = Variants(model, adapters)
+    refs = references(variants, adapters) if kind == "preference" else {}
+    extra = {r.model: r.adapter for r in refs.values() if r.model.startswith(REFERENCE_PREFIX)}
+    models = Variants(model, adapters | extra)
     kwargs = generation_kwargs(request.generation)
     kwargs["max_new_tokens"] = _max_new_tokens(processor, rows, request.generation.max_new_tokens)
 
@@ -302,10 +344,25 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
             ) from err
         timings[variant.name] = time.perf_counter() - started
 
+    for name in extra:  # references that are not variants: their log-probabilities only
+        ctx.raise_if_cancelled()
+        with models.active(name) as active:
+            logps[name] = {
+                which: answer_logps(active, processor, rows, dataset_dir, which, batch_size)
+                for which in ("chosen", "rejected")
+            }
+
     ctx.progress("scoring", step=len(variants), total_steps=len(variants))
-    scores = {v.name: _score(names, predictions[v.name], rows, logps, v.name, base_name) for v in variants}
+    base_ref = Reference(base_name, IMPLICIT_REWARD_BETA, "")
+    scores = {
+        v.name: _score(names, predictions[v.name], rows, logps, v.name, refs.get(v.name, base_ref)) for v in variants
+    }
     samples = settings_of(request)["bootstrap_samples"]
     summary = _summary(request, meta, rows, variants, scores, samples, kwargs)
+    if refs:  # what each variant's implicit reward was measured against
+        summary["preference_reference"] = {
+            v: {"reference": r.adapter or "base model", "beta": r.beta} for v, r in refs.items()
+        }
     per_sample = _samples(rows, variants, predictions, scores)
     curves = _curves(variants, settings)
     paths = write_report(out_dir, summary, per_sample, curves, image_root=dataset_dir)
@@ -323,14 +380,13 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
     return JobResult(artifacts={k: str(v) for k, v in paths.items()}, metrics=result_metrics)
 
 
-def _score(names, predictions, rows, logps, variant, base_name) -> dict[str, M.Scores]:
+def _score(names, predictions, rows, logps, variant, reference: Reference) -> dict[str, M.Scores]:
     out: dict[str, M.Scores] = {}
     for name in names:
         if name in M.PREFERENCE_METRICS:
-            chosen = M.implicit_rewards(logps[variant]["chosen"], logps[base_name]["chosen"], IMPLICIT_REWARD_BETA)
-            rejected = M.implicit_rewards(
-                logps[variant]["rejected"], logps[base_name]["rejected"], IMPLICIT_REWARD_BETA
-            )
+            ref = logps[reference.model]
+            chosen = M.implicit_rewards(logps[variant]["chosen"], ref["chosen"], reference.beta)
+            rejected = M.implicit_rewards(logps[variant]["rejected"], ref["rejected"], reference.beta)
             fn = M.preference_accuracy if name == "preference_accuracy" else M.reward_margin
             out[name] = fn(chosen, rejected)
         elif name == "chosen_pick_rate":

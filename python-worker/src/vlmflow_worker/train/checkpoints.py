@@ -60,6 +60,20 @@ class AtomicCheckpointTrainer(Trainer):
     def _get_output_dir(self, trial) -> str:
         return self._staging or super()._get_output_dir(trial)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Also the policy adapter. PEFT saves the "default" adapter at the checkpoint's root and any other adapter
+        in a subfolder (TRL's frozen "ref" copy, when DPO continues an SFT adapter); transformers, seeing such a
+        subfolder, loads only the subfolders, so the policy would restart from its SFT weights while the optimizer
+        and step count continue. Loading the root adapter into the active one resumes the policy as it was."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        root = Path(resume_from_checkpoint)
+        subfolders = [p for p in root.iterdir() if (p / "adapter_model.safetensors").is_file()]
+        if subfolders and (root / "adapter_model.safetensors").is_file() and hasattr(model, "load_adapter"):
+            active = model.active_adapters[0]
+            model.load_adapter(str(root), active, is_trainable=True)
+            model.set_adapter(active)
+
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(self.args.output_dir)
         step = self.state.global_step

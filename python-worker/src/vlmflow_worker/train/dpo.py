@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from vlmflow.v1 import jobs_pb2
+from vlmflow_worker import faults
 from vlmflow_worker.errors import BadData, FailedPrecondition, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
@@ -232,7 +233,7 @@ def make_trainer(config: DPOTrainConfig, model, processor, peft_config, args, tr
         processing_class=processor,
         data_collator=collator,
         peft_config=peft_config,
-        callbacks=[events],
+        callbacks=[events, *faults.armed_callbacks(config.micro_batch_size)],  # test hooks, inert unless set
     )
 
 
