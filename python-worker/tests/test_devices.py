@@ -187,6 +187,9 @@ def test_health_reads_gpus_through_nvml_and_never_torch_cuda(monkeypatch: pytest
         (0, "NVIDIA A100-SXM4-80GB", 70 << 30),
         (1, "NVIDIA A100-SXM4-80GB", 69 << 30),
     ]
+    assert [(g.job_id, g.inference) for g in reply] == [("", True), ("", False)]  # shared inference GPU: GPU 0
+    slots.assign("sft-1", 1)  # the GPU that is not inference's goes first
+    assert [(g.job_id, g.inference) for g in health.gpus(slots)] == [("", True), ("sft-1", False)]
     versions = health.library_versions()
     assert (versions["nvidia_driver"], versions["cuda_driver"]) == ("550.54.15", "12.4")
 

@@ -27,7 +27,7 @@ from vlmflow.v1 import generate_pb2 as vlmflow_dot_v1_dot_generate__pb2
 from vlmflow.v1 import jobs_pb2 as vlmflow_dot_v1_dot_jobs__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vlmflow/v1/worker.proto\x12\nvlmflow.v1\x1a\x17vlmflow/v1/common.proto\x1a\x19vlmflow/v1/generate.proto\x1a\x15vlmflow/v1/jobs.proto\"\x0f\n\rHealthRequest\"]\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12total_memory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11\x66ree_memory_bytes\x18\x04 \x01(\x03\"\x86\x02\n\x0eHealthResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.vlmflow.v1.GpuInfo\x12:\n\x08versions\x18\x03 \x03(\x0b\x32(.vlmflow.v1.HealthResponse.VersionsEntry\x12\x14\n\x0cjob_capacity\x18\x04 \x01(\x05\x12\x14\n\x0cjobs_running\x18\x05 \x01(\x05\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x15\n\rartifact_root\x18\x07 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.vlmflow.v1.JobEvent\"Q\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07watcher\x18\x04 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.vlmflow.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.vlmflow.v1.Job\"Y\n\x0fListJobsRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.vlmflow.v1.JobState\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.vlmflow.v1.JobKind\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.vlmflow.v1.Job\"\xa5\x01\n\x0fGenerateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.vlmflow.v1.ModelRef\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.vlmflow.v1.GenerateItem\x12\x30\n\ngeneration\x18\x03 \x01(\x0b\x32\x1c.vlmflow.v1.GenerationConfig\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"m\n\x10GenerateResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.vlmflow.v1.GenerateResult\x12,\n\x07timings\x18\x02 \x01(\x0b\x32\x1b.vlmflow.v1.GenerateTimings2\xd9\x05\n\rWorkerService\x12?\n\x06Health\x12\x19.vlmflow.v1.HealthRequest\x1a\x1a.vlmflow.v1.HealthResponse\x12Y\n\x0ePrepareDataset\x12!.vlmflow.v1.PrepareDatasetRequest\x1a\".vlmflow.v1.PrepareDatasetResponse0\x01\x12>\n\x05Train\x12\x18.vlmflow.v1.TrainRequest\x1a\x19.vlmflow.v1.TrainResponse0\x01\x12G\n\x08\x45valuate\x12\x1b.vlmflow.v1.EvaluateRequest\x1a\x1c.vlmflow.v1.EvaluateResponse0\x01\x12\x41\n\x06\x45xport\x12\x19.vlmflow.v1.ExportRequest\x1a\x1a.vlmflow.v1.ExportResponse0\x01\x12G\n\x08WatchJob\x12\x1b.vlmflow.v1.WatchJobRequest\x1a\x1c.vlmflow.v1.WatchJobResponse0\x01\x12H\n\tCancelJob\x12\x1c.vlmflow.v1.CancelJobRequest\x1a\x1d.vlmflow.v1.CancelJobResponse\x12?\n\x06GetJob\x12\x19.vlmflow.v1.GetJobRequest\x1a\x1a.vlmflow.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.vlmflow.v1.ListJobsRequest\x1a\x1c.vlmflow.v1.ListJobsResponse\x12\x45\n\x08Generate\x12\x1b.vlmflow.v1.GenerateRequest\x1a\x1c.vlmflow.v1.GenerateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vlmflow/v1/worker.proto\x12\nvlmflow.v1\x1a\x17vlmflow/v1/common.proto\x1a\x19vlmflow/v1/generate.proto\x1a\x15vlmflow/v1/jobs.proto\"\x0f\n\rHealthRequest\"\x80\x01\n\x07GpuInfo\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1a\n\x12total_memory_bytes\x18\x03 \x01(\x03\x12\x19\n\x11\x66ree_memory_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06job_id\x18\x05 \x01(\t\x12\x11\n\tinference\x18\x06 \x01(\x08\"\x86\x02\n\x0eHealthResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.vlmflow.v1.GpuInfo\x12:\n\x08versions\x18\x03 \x03(\x0b\x32(.vlmflow.v1.HealthResponse.VersionsEntry\x12\x14\n\x0cjob_capacity\x18\x04 \x01(\x05\x12\x14\n\x0cjobs_running\x18\x05 \x01(\x05\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x15\n\rartifact_root\x18\x07 \x01(\t\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x10WatchJobResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.vlmflow.v1.JobEvent\"Q\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07watcher\x18\x04 \x01(\t\"1\n\x11\x43\x61ncelJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.vlmflow.v1.Job\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\".\n\x0eGetJobResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.vlmflow.v1.Job\"Y\n\x0fListJobsRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.vlmflow.v1.JobState\x12!\n\x04kind\x18\x02 \x01(\x0e\x32\x13.vlmflow.v1.JobKind\"1\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.vlmflow.v1.Job\"\xa5\x01\n\x0fGenerateRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.vlmflow.v1.ModelRef\x12\'\n\x05items\x18\x02 \x03(\x0b\x32\x18.vlmflow.v1.GenerateItem\x12\x30\n\ngeneration\x18\x03 \x01(\x0b\x32\x1c.vlmflow.v1.GenerationConfig\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"m\n\x10GenerateResponse\x12+\n\x07results\x18\x01 \x03(\x0b\x32\x1a.vlmflow.v1.GenerateResult\x12,\n\x07timings\x18\x02 \x01(\x0b\x32\x1b.vlmflow.v1.GenerateTimings2\xd9\x05\n\rWorkerService\x12?\n\x06Health\x12\x19.vlmflow.v1.HealthRequest\x1a\x1a.vlmflow.v1.HealthResponse\x12Y\n\x0ePrepareDataset\x12!.vlmflow.v1.PrepareDatasetRequest\x1a\".vlmflow.v1.PrepareDatasetResponse0\x01\x12>\n\x05Train\x12\x18.vlmflow.v1.TrainRequest\x1a\x19.vlmflow.v1.TrainResponse0\x01\x12G\n\x08\x45valuate\x12\x1b.vlmflow.v1.EvaluateRequest\x1a\x1c.vlmflow.v1.EvaluateResponse0\x01\x12\x41\n\x06\x45xport\x12\x19.vlmflow.v1.ExportRequest\x1a\x1a.vlmflow.v1.ExportResponse0\x01\x12G\n\x08WatchJob\x12\x1b.vlmflow.v1.WatchJobRequest\x1a\x1c.vlmflow.v1.WatchJobResponse0\x01\x12H\n\tCancelJob\x12\x1c.vlmflow.v1.CancelJobRequest\x1a\x1d.vlmflow.v1.CancelJobResponse\x12?\n\x06GetJob\x12\x19.vlmflow.v1.GetJobRequest\x1a\x1a.vlmflow.v1.GetJobResponse\x12\x45\n\x08ListJobs\x12\x1b.vlmflow.v1.ListJobsRequest\x1a\x1c.vlmflow.v1.ListJobsResponse\x12\x45\n\x08Generate\x12\x1b.vlmflow.v1.GenerateRequest\x1a\x1c.vlmflow.v1.GenerateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,32 +38,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHRESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_HEALTHREQUEST']._serialized_start=114
   _globals['_HEALTHREQUEST']._serialized_end=129
-  _globals['_GPUINFO']._serialized_start=131
-  _globals['_GPUINFO']._serialized_end=224
-  _globals['_HEALTHRESPONSE']._serialized_start=227
-  _globals['_HEALTHRESPONSE']._serialized_end=489
-  _globals['_HEALTHRESPONSE_VERSIONSENTRY']._serialized_start=442
-  _globals['_HEALTHRESPONSE_VERSIONSENTRY']._serialized_end=489
-  _globals['_WATCHJOBREQUEST']._serialized_start=491
-  _globals['_WATCHJOBREQUEST']._serialized_end=524
-  _globals['_WATCHJOBRESPONSE']._serialized_start=526
-  _globals['_WATCHJOBRESPONSE']._serialized_end=581
-  _globals['_CANCELJOBREQUEST']._serialized_start=583
-  _globals['_CANCELJOBREQUEST']._serialized_end=664
-  _globals['_CANCELJOBRESPONSE']._serialized_start=666
-  _globals['_CANCELJOBRESPONSE']._serialized_end=715
-  _globals['_GETJOBREQUEST']._serialized_start=717
-  _globals['_GETJOBREQUEST']._serialized_end=748
-  _globals['_GETJOBRESPONSE']._serialized_start=750
-  _globals['_GETJOBRESPONSE']._serialized_end=796
-  _globals['_LISTJOBSREQUEST']._serialized_start=798
-  _globals['_LISTJOBSREQUEST']._serialized_end=887
-  _globals['_LISTJOBSRESPONSE']._serialized_start=889
-  _globals['_LISTJOBSRESPONSE']._serialized_end=938
-  _globals['_GENERATEREQUEST']._serialized_start=941
-  _globals['_GENERATEREQUEST']._serialized_end=1106
-  _globals['_GENERATERESPONSE']._serialized_start=1108
-  _globals['_GENERATERESPONSE']._serialized_end=1217
-  _globals['_WORKERSERVICE']._serialized_start=1220
-  _globals['_WORKERSERVICE']._serialized_end=1949
+  _globals['_GPUINFO']._serialized_start=132
+  _globals['_GPUINFO']._serialized_end=260
+  _globals['_HEALTHRESPONSE']._serialized_start=263
+  _globals['_HEALTHRESPONSE']._serialized_end=525
+  _globals['_HEALTHRESPONSE_VERSIONSENTRY']._serialized_start=478
+  _globals['_HEALTHRESPONSE_VERSIONSENTRY']._serialized_end=525
+  _globals['_WATCHJOBREQUEST']._serialized_start=527
+  _globals['_WATCHJOBREQUEST']._serialized_end=560
+  _globals['_WATCHJOBRESPONSE']._serialized_start=562
+  _globals['_WATCHJOBRESPONSE']._serialized_end=617
+  _globals['_CANCELJOBREQUEST']._serialized_start=619
+  _globals['_CANCELJOBREQUEST']._serialized_end=700
+  _globals['_CANCELJOBRESPONSE']._serialized_start=702
+  _globals['_CANCELJOBRESPONSE']._serialized_end=751
+  _globals['_GETJOBREQUEST']._serialized_start=753
+  _globals['_GETJOBREQUEST']._serialized_end=784
+  _globals['_GETJOBRESPONSE']._serialized_start=786
+  _globals['_GETJOBRESPONSE']._serialized_end=832
+  _globals['_LISTJOBSREQUEST']._serialized_start=834
+  _globals['_LISTJOBSREQUEST']._serialized_end=923
+  _globals['_LISTJOBSRESPONSE']._serialized_start=925
+  _globals['_LISTJOBSRESPONSE']._serialized_end=974
+  _globals['_GENERATEREQUEST']._serialized_start=977
+  _globals['_GENERATEREQUEST']._serialized_end=1142
+  _globals['_GENERATERESPONSE']._serialized_start=1144
+  _globals['_GENERATERESPONSE']._serialized_end=1253
+  _globals['_WORKERSERVICE']._serialized_start=1256
+  _globals['_WORKERSERVICE']._serialized_end=1985
 # @@protoc_insertion_point(module_scope)

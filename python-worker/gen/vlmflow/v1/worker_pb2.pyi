@@ -14,16 +14,20 @@ class HealthRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GpuInfo(_message.Message):
-    __slots__ = ("index", "name", "total_memory_bytes", "free_memory_bytes")
+    __slots__ = ("index", "name", "total_memory_bytes", "free_memory_bytes", "job_id", "inference")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     FREE_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_FIELD_NUMBER: _ClassVar[int]
     index: int
     name: str
     total_memory_bytes: int
     free_memory_bytes: int
-    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., total_memory_bytes: _Optional[int] = ..., free_memory_bytes: _Optional[int] = ...) -> None: ...
+    job_id: str
+    inference: bool
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., total_memory_bytes: _Optional[int] = ..., free_memory_bytes: _Optional[int] = ..., job_id: _Optional[str] = ..., inference: _Optional[bool] = ...) -> None: ...
 
 class HealthResponse(_message.Message):
     __slots__ = ("device", "gpus", "versions", "job_capacity", "jobs_running", "worker_id", "artifact_root")

@@ -28,13 +28,16 @@ def library_versions() -> dict[str, str]:
 
 def gpus(slots: devices.GpuSlots) -> list[worker_pb2.GpuInfo]:
     """The worker's GPUs (inference's included) with their memory now, read through NVML."""
-    mine = {g.uuid for g in slots.gpus}
+    mine = {g.uuid: g for g in slots.gpus}
+    inference = slots.inference
     return [
         worker_pb2.GpuInfo(
             index=gpu.index,
             name=gpu.name,
             total_memory_bytes=gpu.total_memory_bytes,
             free_memory_bytes=gpu.free_memory_bytes,
+            job_id=slots.holder(mine[gpu.uuid]) or "",
+            inference=inference is not None and gpu.uuid == inference.uuid,
         )
         for gpu in devices.read_gpus()
         if gpu.uuid in mine

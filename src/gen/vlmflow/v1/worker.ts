@@ -53,6 +53,13 @@ export interface GpuInfo {
   name: string;
   totalMemoryBytes: number;
   freeMemoryBytes: number;
+  /** The job that holds this GPU now (its CUDA_VISIBLE_DEVICES names it); empty when free. */
+  jobId: string;
+  /**
+   * The GPU the worker's Generate model cache uses: its own (VLMFLOW_INFERENCE_GPU) or shared with jobs, lent
+   * last and emptied before a job starts on it.
+   */
+  inference: boolean;
 }
 
 export interface HealthResponse {
@@ -61,7 +68,7 @@ export interface HealthResponse {
   gpus: GpuInfo[];
   /** Library name to version: python, torch, transformers, trl, peft, vlmflow-worker, ... */
   versions: { [key: string]: string };
-  /** How many jobs run at once (one per GPU; one on CPU). */
+  /** How many jobs run at once: the job GPUs / VLMFLOW_GPUS_PER_JOB (inference's own GPU excluded); one on CPU. */
   jobCapacity: number;
   jobsRunning: number;
   /** Stable id of this worker process (host:port:pid). */
@@ -184,7 +191,7 @@ export const HealthRequest: MessageFns<HealthRequest> = {
 };
 
 function createBaseGpuInfo(): GpuInfo {
-  return { index: 0, name: "", totalMemoryBytes: 0, freeMemoryBytes: 0 };
+  return { index: 0, name: "", totalMemoryBytes: 0, freeMemoryBytes: 0, jobId: "", inference: false };
 }
 
 export const GpuInfo: MessageFns<GpuInfo> = {
@@ -200,6 +207,12 @@ export const GpuInfo: MessageFns<GpuInfo> = {
     }
     if (message.freeMemoryBytes !== 0) {
       writer.uint32(32).int64(message.freeMemoryBytes);
+    }
+    if (message.jobId !== "") {
+      writer.uint32(42).string(message.jobId);
+    }
+    if (message.inference !== false) {
+      writer.uint32(48).bool(message.inference);
     }
     return writer;
   },
@@ -249,6 +262,22 @@ export const GpuInfo: MessageFns<GpuInfo> = {
             message.freeMemoryBytes = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.inference = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -275,6 +304,12 @@ export const GpuInfo: MessageFns<GpuInfo> = {
         : isSet(object.free_memory_bytes)
         ? globalThis.Number(object.free_memory_bytes)
         : 0,
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      inference: isSet(object.inference) ? globalThis.Boolean(object.inference) : false,
     };
   },
 
@@ -292,6 +327,12 @@ export const GpuInfo: MessageFns<GpuInfo> = {
     if (message.freeMemoryBytes !== 0) {
       obj.freeMemoryBytes = Math.round(message.freeMemoryBytes);
     }
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.inference !== false) {
+      obj.inference = message.inference;
+    }
     return obj;
   },
 
@@ -304,6 +345,8 @@ export const GpuInfo: MessageFns<GpuInfo> = {
     message.name = object.name ?? "";
     message.totalMemoryBytes = object.totalMemoryBytes ?? 0;
     message.freeMemoryBytes = object.freeMemoryBytes ?? 0;
+    message.jobId = object.jobId ?? "";
+    message.inference = object.inference ?? false;
     return message;
   },
 };
