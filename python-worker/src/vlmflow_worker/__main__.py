@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--artifact-root", type=Path, help=help_["artifact_root"])
     serve.add_argument("--data-root", type=Path, action="append", dest="data_roots", help=help_["data_roots"])
     serve.add_argument("--job-capacity", type=int, help=help_["job_capacity"])
+    serve.add_argument("--gpus-per-job", type=int, help=help_["gpus_per_job"])
+    serve.add_argument("--inference-gpu", type=int, help=help_["inference_gpu"])
     serve.add_argument("--tls-cert", type=Path, help=help_["tls_cert"])
     serve.add_argument("--tls-key", type=Path, help=help_["tls_key"])
     serve.add_argument("--tls-client-ca", type=Path, help=help_["tls_client_ca"])
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         try:
             asyncio.run(serve(settings))
+        except ValueError as err:  # settings that only the GPUs found at start can refute (devices.plan)
+            print(f"vlmflow-worker: {err}", file=sys.stderr)
+            return 2
         except OSError as err:
             print(f"vlmflow-worker: {err}", file=sys.stderr)
             return 1
