@@ -14,6 +14,7 @@ from PIL import Image
 
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
 from vlmflow_worker.fixtures.synthetic import generate
+from vlmflow_worker.media import DEFAULT_NUM_FRAMES
 
 from .conftest import REPO_ROOT, WorkerProcess, start_worker
 
@@ -73,7 +74,7 @@ def test_reads_the_llamafactory_demo_as_is(prep_worker: WorkerProcess, tiny_mode
     assert len(first["images"]) == 2 and first["images"][0] == first["images"][1]  # stored once
     assert (folder / first["images"][0]).is_file()
     video_row = next(r for r in rows if "baby" in json.dumps(r))
-    assert len(video_row["images"]) == 4  # a video becomes sampled frames
+    assert len(video_row["images"]) == DEFAULT_NUM_FRAMES  # a video becomes the frames Generate samples
 
     again = end(prepare(prep_worker, "demo-again", sources, str(tiny_model_path), max_length=4096))
     assert again.cached and again.fingerprint == completed.fingerprint

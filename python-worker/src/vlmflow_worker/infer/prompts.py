@@ -6,6 +6,8 @@ SmolVLM's chat template (and TRL's datasets) use. `<image>` markers in chat text
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlmflow.v1 import generate_pb2
 from vlmflow_worker.errors import InvalidArgument
 
@@ -48,8 +50,16 @@ def _format_time(seconds: float) -> str:
     return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
 
 
-def video_conversation(prompt: str, timestamps: list[float], duration: float) -> list[dict]:
-    """Frames in temporal order, each introduced by its time (as SmolVLM2's video prompts do)."""
+def frame_image_kwargs(frames: bool) -> dict[str, Any]:
+    """The processor settings for one item's images. Video frames are shown whole, one tile each (as SmolVLM does:
+    many frames already cost many tokens); photos keep the processor's tiling. Generate, prep's token counts and the
+    training collator all encode frames with this, so the model trains on the frames it is served."""
+    return {"do_image_splitting": False} if frames else {}
+
+
+def video_parts(timestamps: list[float], duration: float) -> list[dict]:
+    """A video's content parts: frames in temporal order, each introduced by its time (as SmolVLM2's video prompts
+    do). Prep puts these where a row's `<video>` marker was, so training sees a video as Generate shows it."""
     content: list[dict] = [
         {"type": "text", "text": f"You are provided the following series of {len(timestamps)} frames "}
     ]
@@ -57,6 +67,12 @@ def video_conversation(prompt: str, timestamps: list[float], duration: float) ->
     for t in timestamps:
         content.append({"type": "text", "text": f"\nFrame from {_format_time(t)}:"})
         content.append({"type": "image"})
+    return content
+
+
+def video_conversation(prompt: str, timestamps: list[float], duration: float) -> list[dict]:
+    """The video task's conversation: the frames (video_parts), then the prompt."""
+    content = video_parts(timestamps, duration)
     content.append({"type": "text", "text": f"\n\n{prompt}"})
     return [{"role": "user", "content": content}]
 

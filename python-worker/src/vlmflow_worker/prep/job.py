@@ -37,8 +37,9 @@ from vlmflow_worker.prep.rows import Normalizer, Row
 from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
+from vlmflow_worker.train.collator import encode_row
 
-PREP_VERSION = 1  # bump when the output format or checks change: old fingerprints stop matching
+PREP_VERSION = 2  # bump when the output format or checks change: old fingerprints stop matching
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_EVAL_FRACTION = 0.1
 DEFAULT_MAX_DROP_FRACTION = 0.1
@@ -99,11 +100,10 @@ class TokenCounter:
                 self.processor.apply_chat_template(row.data["prompt"] + row.data[key], tokenize=False)
                 for key in ("chosen", "rejected")
             ]
-        lengths = []
-        for text in texts:
-            encoded = self.processor(text=[text], images=[row.images] if row.images else None)
-            lengths.append(len(encoded["input_ids"][0]))
-        return max(lengths)
+        # The training collator's own encoding (video frames one tile each, as Generate shows them).
+        return max(
+            int(encode_row(self.processor, text, row.images, row.frames)["input_ids"].shape[1]) for text in texts
+        )
 
 
 def load_processor(model: jobs_pb2.ModelRef, settings: WorkerSettings):

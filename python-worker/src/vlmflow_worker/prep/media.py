@@ -5,17 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from vlmflow_worker.errors import PathOutsideRoots, WorkerError
-from vlmflow_worker.media import open_image
+from vlmflow_worker.media import open_image, sample_video
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
-VIDEO_FRAMES = 4  # Idefics3 has no video input: a video becomes this many frames, each an image
+
+@dataclass
+class StoredVideo:
+    """A video's sampled frames as stored images (relative path, image), with their times for the prompt."""
+
+    frames: list[tuple[str, Image.Image]]
+    timestamps: list[float]
+    duration: float
 
 
 class Drop(Exception):
@@ -71,26 +79,23 @@ class MediaStore:
             raise Drop("corrupt_image", err.message) from err
         return self._store(data, suffix), image
 
-    def add_video(self, ref: str, base: Path | None) -> list[tuple[str, Image.Image]]:
-        """Samples VIDEO_FRAMES frames uniformly and stores each as a PNG image."""
+    def add_video(self, ref: str, base: Path | None) -> StoredVideo:
+        """Samples the frames Generate would show for this video (media.sample_video with its defaults: the same
+        frame count, times and downscaling) and stores each as a PNG image. The sampler decodes up to the last
+        sampled frame and keeps only the sampled ones, so prep never holds a whole video in memory."""
         path = self._path(ref, base)
         try:
-            import av
-
-            with av.open(str(path)) as container:
-                # A container without a video stream has no frames (not a decoder crash: issue 7's corpus).
-                frames = [f.to_image() for f in container.decode(video=0)] if container.streams.video else []
-        except Exception as err:
+            video = sample_video(path, what=f"video {ref!r}")
+        except WorkerError as err:
+            raise Drop("corrupt_image", err.message) from err
+        except Exception as err:  # whatever else a damaged file makes FFmpeg raise drops the row, never the job
             raise Drop("corrupt_image", f"video {ref!r} cannot be decoded ({type(err).__name__}: {err})") from err
-        if not frames:
-            raise Drop("corrupt_image", f"video {ref!r} has no frames")
-        picks = [frames[round(i * (len(frames) - 1) / max(1, VIDEO_FRAMES - 1))] for i in range(VIDEO_FRAMES)]
         stored = []
-        for frame in picks:
+        for frame in video.frames:
             buffer = io.BytesIO()
-            frame.convert("RGB").save(buffer, format="PNG")
-            stored.append((self._store(buffer.getvalue(), ".png"), frame.convert("RGB")))
-        return stored
+            frame.save(buffer, format="PNG")
+            stored.append((self._store(buffer.getvalue(), ".png"), frame))
+        return StoredVideo(stored, video.timestamps, video.duration)
 
     def _store(self, data: bytes, suffix: str) -> str:
         suffix = suffix if suffix in {".png", ".jpg", ".jpeg", ".webp"} else ".png"

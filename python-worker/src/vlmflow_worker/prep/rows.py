@@ -2,7 +2,8 @@
 
 Normalized rows use TRL's conversational layout, with media paths relative to the dataset folder:
 - SFT rows: {"messages": [{"role", "content": [{"type": "image"} | {"type": "text", "text"}]}], "images": [...]}
-  plus "answers" (all reference answers) for VQA rows;
+  plus "answers" (all reference answers) for VQA rows, and "video_frames" (the indices into "images" of video
+  frames, each one tile as Generate shows it) for rows with a video;
 - preference rows: {"prompt": [messages], "chosen": [assistant message], "rejected": [...], "images": [...]}.
 """
 
@@ -16,7 +17,8 @@ from typing import Any
 from PIL import Image
 
 from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.prep.media import VIDEO_FRAMES, Drop, MediaStore
+from vlmflow_worker.infer.prompts import video_parts
+from vlmflow_worker.prep.media import Drop, MediaStore
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant"}
 ROLES["system"] = "system"
@@ -28,6 +30,7 @@ class Row:
     kind: str  # "sft" or "preference"
     data: dict[str, Any]
     images: list[Image.Image] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)  # which of `images` are video frames (one tile each)
 
 
 def detect_layout(record: dict[str, Any]) -> int:
@@ -94,7 +97,9 @@ class Normalizer:
                 f"{markers.count('image')} image and {markers.count('video')} video markers for "
                 f"{len(images)} images and {len(videos)} videos",
             )
-        stored, loaded = [], []
+        stored: list[str] = []
+        loaded: list[Image.Image] = []
+        frames: list[int] = []  # indices into `stored` of the images that are video frames
         image_iter, video_iter = iter(images), iter(videos)
         for role, parts in parts_by_turn:
             content = []
@@ -103,19 +108,27 @@ class Normalizer:
                     if part["text"]:
                         content.append(part)
                     continue
-                media = (
-                    [self.media.add_image(next(image_iter), base)]
-                    if part["type"] == "image"
-                    else self.media.add_video(next(video_iter), base)
-                )
-                for path, image in media:
+                if part["type"] == "image":
+                    path, image = self.media.add_image(next(image_iter), base)
                     content.append({"type": "image"})
+                    stored.append(path)
+                    loaded.append(image)
+                    continue
+                # A video is shown as Generate shows it: its sampled frames, each introduced by its time, one tile
+                # per frame; `video_frames` marks which images are frames so the collator encodes them that way.
+                video = self.media.add_video(next(video_iter), base)
+                content.extend(video_parts(video.timestamps, video.duration))
+                for path, image in video.frames:
+                    frames.append(len(stored))
                     stored.append(path)
                     loaded.append(image)
             messages.append({"role": role, "content": content})
         if not any(m["role"] == "assistant" and _has_text(m) for m in messages):
             raise Drop("no_assistant_turn", "the conversation has no assistant answer to learn from")
-        return Row("sft", {"messages": messages, "images": stored}, loaded)
+        data: dict[str, Any] = {"messages": messages, "images": stored}
+        if frames:
+            data["video_frames"] = frames
+        return Row("sft", data, loaded, frames)
 
     def _vqa(self, record: dict[str, Any], base: Path | None) -> Row:
         question = record.get("question") or record.get("query")
@@ -204,4 +217,4 @@ def _answer_text(value: Any) -> str:
     return ""
 
 
-__all__ = ["Drop", "Normalizer", "Row", "VIDEO_FRAMES", "detect_layout"]
+__all__ = ["Drop", "Normalizer", "Row", "detect_layout"]

@@ -5,6 +5,7 @@ SmolVLM's chat template renders
 Labels are -100 everywhere except, for each assistant turn, the tokens after its `Assistant:` header up to and
 including the `<end_of_utterance>` that closes it. So the system and user turns, the headers, the image, grid and
 row tokens and the padding carry no loss. A row longer than max_length is an error, never cut: prep drops such rows.
+Video frames (the row's `video_frames`, from prep) are encoded as Generate encodes them, one tile each.
 
 With `packing`, a micro-batch is one padding-free row: the rows' real tokens back to back, `position_ids` restarting
 at 0 for each, no attention mask. transformers then attends within each row only (a block-diagonal causal mask with
@@ -15,6 +16,7 @@ as training has it. The images keep their order; Idefics3 drops the all-zero pad
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from PIL import Image
 
 from vlmflow_worker.errors import BadData
+from vlmflow_worker.infer.prompts import frame_image_kwargs
 
 IGNORE = -100
 
@@ -42,7 +45,15 @@ class AnswerOnlyCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(row["messages"], tokenize=False) for row in rows]
         images = [[self._image(path) for path in row.get("images", [])] for row in rows]
-        batch = self.processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt")
+        if any(row.get("video_frames") for row in rows):
+            # The processor takes one tiling setting per call and frames are not tiled: each row on its own.
+            frames = [row.get("video_frames", []) for row in rows]
+            encoded = [encode_row(self.processor, *row) for row in zip(texts, images, frames, strict=True)]
+            batch = pad_rows(encoded, self.processor.tokenizer)
+        else:
+            batch = self.processor(
+                text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
+            )
         lengths = batch["attention_mask"].sum(dim=1)
         if int(lengths.max()) > self.max_length:
             longest = int(lengths.argmax())
@@ -72,6 +83,12 @@ class AnswerOnlyCollator:
 
     def _image(self, path: str) -> Image.Image:
         return Image.open(self.dataset_dir / path).convert("RGB")
+
+    def count(self, row: dict[str, Any]) -> int:
+        """The row's length in tokens (images included) as this collator encodes it."""
+        text = self.processor.apply_chat_template(row["messages"], tokenize=False)
+        images = [self._image(path) for path in row.get("images", [])]
+        return int(encode_row(self.processor, text, images, row.get("video_frames", []))["input_ids"].shape[1])
 
     def answer_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Labels for one sequence: the ids inside assistant answers (with their end-of-utterance), else -100."""
@@ -106,3 +123,59 @@ def _find(ids: list[int], pattern: list[int], start: int) -> int:
         if ids[i] == first and ids[i : i + n] == pattern:
             return i
     return -1
+
+
+def encode_row(processor, text: str, images: list[Image.Image], frames: Collection[int]) -> dict[str, torch.Tensor]:
+    """One rendered row's tensors ([1, ...]), its images encoded as Generate encodes them: the images at indices
+    `frames` are video frames, one tile each (infer.prompts.frame_image_kwargs), the others photos, tiled. Prep counts
+    tokens with this too, so its counts are the training lengths."""
+    if not images:
+        return dict(processor(text=[text], return_tensors="pt"))
+    kinds = {i in frames for i in range(len(images))}
+    if len(kinds) == 1:
+        return dict(processor(text=[text], images=[images], return_tensors="pt", **frame_image_kwargs(kinds.pop())))
+    return encode_by_image(processor, text, images, frames)
+
+
+def encode_by_image(
+    processor, text: str, images: list[Image.Image], frames: Collection[int]
+) -> dict[str, torch.Tensor]:
+    """A row with photos and frames: the processor takes one tiling setting per call, so each image is tiled on its
+    own and the text expanded as the processor expands it (Idefics3Processor.replace_image_token)."""
+    pieces = text.split(processor.image_token)
+    if len(pieces) != len(images) + 1:
+        raise BadData(f"the row has {len(pieces) - 1} image markers for {len(images)} images")
+    tiles, masks, expanded = [], [], pieces[0]
+    for i, (image, piece) in enumerate(zip(images, pieces[1:], strict=True)):
+        kwargs = frame_image_kwargs(i in frames)
+        out = processor.image_processor([[image]], return_row_col_info=True, return_tensors="pt", **kwargs)
+        tiles.append(out["pixel_values"][0])
+        masks.append(out["pixel_attention_mask"][0])
+        expanded += processor.replace_image_token(out, 0) + piece
+    encoded = processor.tokenizer([expanded], return_tensors="pt")
+    return {**encoded, "pixel_values": torch.cat(tiles)[None], "pixel_attention_mask": torch.cat(masks)[None]}
+
+
+def pad_rows(encoded: list[dict[str, torch.Tensor]], tokenizer) -> dict[str, torch.Tensor]:
+    """Rows encoded one by one, as one batch padded the way the processor pads: token ids on the tokenizer's padding
+    side, image stacks with all-zero tiles (which Idefics3 drops)."""
+    batch = dict(
+        tokenizer.pad(
+            {key: [e[key][0].tolist() for e in encoded] for key in ("input_ids", "attention_mask")},
+            padding=True,
+            return_tensors="pt",
+        )
+    )
+    with_images = [e["pixel_values"] for e in encoded if "pixel_values" in e]
+    if with_images:
+        _, _, channels, height, width = with_images[0].shape
+        num = max(p.shape[1] for p in with_images)
+        pixels = torch.zeros((len(encoded), num, channels, height, width), dtype=with_images[0].dtype)
+        mask = torch.zeros((len(encoded), num, height, width), dtype=torch.long)
+        for row, e in enumerate(encoded):
+            if "pixel_values" in e:
+                n = e["pixel_values"].shape[1]
+                pixels[row, :n] = e["pixel_values"][0]
+                mask[row, :n] = e["pixel_attention_mask"][0]
+        batch |= {"pixel_values": pixels, "pixel_attention_mask": mask}
+    return batch
