@@ -21,8 +21,11 @@ export const batchInferenceSchema = z
     shardSize: z.number().int().positive().max(10_000).default(64),
     /** Shards running at once (bounded by the GPU workers' capacity anyway). */
     parallelism: z.number().int().positive().max(64).default(2),
-    /** Items per forward pass. */
-    batchSize: z.number().int().positive().default(8),
+    /**
+     * Items per generate() call; 0 = as many as the worker's token and pixel budget allows
+     * (VLMFLOW_GENERATE_BATCH_TOKENS / _PIXELS), merged with concurrent shards' items.
+     */
+    batchSize: z.number().int().nonnegative().default(0),
     generation: generationSchema.default(generationSchema.parse({})),
   })
   .strict();

@@ -129,7 +129,10 @@ export interface GenerateRequest {
   generation:
     | GenerationConfig
     | undefined;
-  /** Items per forward pass; 0 means all at once. */
+  /**
+   * Items per generate() call, exactly; 0 means as many as the worker's token and pixel budget allows
+   * (generate_batch_tokens, generate_batch_pixels), shared with concurrent requests for the same model.
+   */
   batchSize: number;
 }
 
