@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from vlmflow.v1 import common_pb2
+from vlmflow_worker import models
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, PathOutsideRoots
-from vlmflow_worker.models import ModelCache, ModelSpec, load_model, memory_footprint
+from vlmflow_worker.models import ModelCache, ModelSpec, load_model, memory_footprint, weights_on_disk
 from vlmflow_worker.serve.settings import WorkerSettings
 
 
@@ -117,7 +118,9 @@ def test_missing_folders_and_unknown_hub_ids_are_not_found(tmp_path: Path) -> No
     assert time.perf_counter() - started < 15, "the offline check must not wait for the hub's retries"
 
 
-def test_cache_reuses_models_and_evicts_the_least_recently_used(tiny_model_path: Path, adapter_dir: Path) -> None:
+def test_cache_reuses_models_and_evicts_the_least_recently_used(
+    tiny_model_path: Path, adapter_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     base = ModelSpec(str(tiny_model_path))
     tuned = ModelSpec(str(tiny_model_path), adapter=str(adapter_dir))
     one = memory_footprint(load_model(base)[0])
@@ -126,6 +129,17 @@ def test_cache_reuses_models_and_evicts_the_least_recently_used(tiny_model_path:
     assert loaded and first.bytes == one
     again, loaded = cache.get(str(tiny_model_path))
     assert not loaded and again is first
-    # Room for one model only: loading the tuned variant evicts the base.
+    # Room for one model only: loading the tuned variant evicts the base, before the load (on a GPU the two would
+    # not fit side by side).
+    in_cache_at_load: list[int] = []
+    real_load = models.load_model
+
+    def watched_load(*args, **kwargs):
+        in_cache_at_load.append(len(cache))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", watched_load)
     _, loaded = cache.get(tuned)
     assert loaded and tuned in cache and base not in cache and len(cache) == 1
+    assert in_cache_at_load == [0]
+    assert weights_on_disk(base) > 0 and weights_on_disk(ModelSpec("vlmflow-tests/not-cached")) == 0

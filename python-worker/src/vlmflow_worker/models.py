@@ -299,6 +299,22 @@ def load_model(
     return model, processor
 
 
+def weights_on_disk(spec: ModelSpec) -> int:
+    """The weight files' bytes of a model folder (local, or the hub's cache when the model is there): what loading
+    it will take, near enough for a cache to make room before the load (0 when unknown). Adapters are small."""
+    folder = Path(spec.model_id)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(spec.model_id, revision=spec.revision or None, local_files_only=True)
+            )  # no network: only what is cached
+        except Exception:  # not cached (or not a hub id): the load will say why, if it fails
+            return 0
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
 def memory_footprint(model) -> int:
     """Bytes held by the model's parameters and buffers."""
     total = 0
@@ -372,6 +388,8 @@ class ModelCache:
             if spec in self._entries:
                 self._entries.move_to_end(spec)
                 return self._entries[spec], False
+            # Room first: on a GPU the old models and the new one would not fit side by side.
+            self._evict_for(weights_on_disk(spec))
             started = time.perf_counter()
             model, processor = load_model(spec, settings=self.settings, device=self.device)
             entry = LoadedModel(
