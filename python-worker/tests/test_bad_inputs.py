@@ -273,7 +273,7 @@ PREP_ROW_CASES = {
     "missing image": ["missing_image", "missing.png", "does not exist"],
     "dot-dot image path": ["image_outside_roots", "outside the allowed roots"],
     "absolute image path outside": ["image_outside_roots", "outside the allowed roots"],
-    "video without frames": ["corrupt_image", "no_frames.mp4", "has no frames"],
+    "video without frames": ["corrupt_image", "no_frames.mp4", "has no video stream"],  # the sampler's words
     "video with an unknown codec": ["corrupt_image", "unknown_codec.avi"],
     "preference with empty rejected": ["no_assistant_turn", "no rejected answer"],
     "conversation without an answer": ["no_assistant_turn", "no assistant answer"],
