@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,14 +42,38 @@ def validate(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> None:
     meta_path = Path(config.dataset_dir) / "dataset.json"
     if not meta_path.is_file():
         raise NotFound(f"dataset_uri {request.dataset_uri!r} is not a prepared dataset (no dataset.json)")
-    kind = json.loads(meta_path.read_text()).get("kind")
-    if kind != "sft":
-        raise InvalidArgument(f"dataset_uri {request.dataset_uri!r} holds {kind} rows; SFT needs conversation rows")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("kind") != "sft":
+        raise InvalidArgument(
+            f"dataset_uri {request.dataset_uri!r} holds {meta.get('kind')} rows; SFT needs conversation rows"
+        )
+    # Prep recorded each row's length (images included) with the collator's encoding: refuse here, before GPU time,
+    # rather than when the collator reaches the row mid-training. Rows without a count (older prep output, or a
+    # prep without a model) are counted in the job process before the first step (sft.refuse_long_rows).
+    for row_id, tokens in counted_lengths(Path(config.dataset_dir), meta):
+        if tokens > config.max_length:
+            raise InvalidArgument(
+                f"training.max_length {config.max_length} is below row {row_id}'s length ({tokens} tokens, images "
+                "included); raise training.max_length, or prepare the dataset with this max_length so longer rows "
+                "are dropped (they are never cut)"
+            )
     if config.quantization != "none" and not torch.cuda.is_available():
         raise FailedPrecondition(
             f"model.quantization {config.quantization} (QLoRA) needs a CUDA GPU with bitsandbytes and this worker "
             "has none; set model.quantization to QUANTIZATION_NONE here, or send the job to a GPU worker"
         )
+
+
+def counted_lengths(dataset_dir: Path, meta: dict[str, Any]) -> Iterator[tuple[str, int]]:
+    """(row id, tokens) for every train and eval row prep counted."""
+    for split in ("train", "eval"):
+        path = dataset_dir / meta.get(split, f"{split}.jsonl")
+        if not path.is_file():
+            continue
+        with path.open() as lines:
+            for number, line in enumerate(lines):
+                if line.strip() and (row := json.loads(line)).get("num_tokens"):
+                    yield str(row.get("id", f"{split}[{number}]")), int(row["num_tokens"])
 
 
 def resume_point(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> tuple[int, str]:

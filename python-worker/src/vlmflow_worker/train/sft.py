@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmflow_worker import faults
-from vlmflow_worker.errors import BadData, Cancelled, OutOfMemory
+from vlmflow_worker.errors import BadData, Cancelled, InvalidArgument, OutOfMemory
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
 from vlmflow_worker.precision import Precision, for_device
@@ -34,6 +34,8 @@ from vlmflow_worker.train.checkpoints import (
 )
 from vlmflow_worker.train.collator import AnswerOnlyCollator
 from vlmflow_worker.train.config import TEXT_TARGETS, VISION_TARGETS, SFTConfig
+
+DATALOADER_WORKERS_ENV = "VLMFLOW_DATALOADER_WORKERS"
 
 
 class Rows(Dataset):
@@ -102,7 +104,11 @@ def load_for_training(config: SFTConfig, settings: WorkerSettings | None):
     return add_adapters(model, config), processor
 
 
-def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, precision: Precision) -> TrainingArguments:
+def training_arguments(
+    config: SFTConfig, output_dir: Path, has_eval: bool, precision: Precision, workers: int = 0
+) -> TrainingArguments:
+    """`workers`: data-loader processes (dataloader_workers()); 0 collates in this process, as DPO needs: its
+    collator counts the tokens for tokens/s."""
     on_cpu = not torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -128,13 +134,62 @@ def training_arguments(config: SFTConfig, output_dir: Path, has_eval: bool, prec
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit or None,
         remove_unused_columns=False,  # rows go to our collator as they are
-        dataloader_num_workers=0,  # the collator counts tokens in this process
+        # Decoding and tiling in worker processes, a batch or two ahead of the step that needs it; the order of rows
+        # is the sampler's, in this process, so a resume still skips to the same rows (tests/test_data_workers.py).
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=2 if workers > 0 else None,
         report_to="none",
         disable_tqdm=True,
         use_cpu=on_cpu,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
         ddp_backend="gloo" if on_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
+
+
+def dataloader_workers() -> int:
+    """Data-loader worker processes: VLMFLOW_DATALOADER_WORKERS, else min(2, cores). Two keep a GPU fed with tiled
+    images on any box; on a CPU-only box they take cores from the matmuls, so set 0 there if steps get slower."""
+    value = os.environ.get(DATALOADER_WORKERS_ENV, "").strip()
+    if not value:
+        return min(2, os.cpu_count() or 1)
+    if not value.isdigit():
+        raise InvalidArgument(f"{DATALOADER_WORKERS_ENV} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+class SeenTokens:
+    """Real (unpadded) tokens trained on so far, for tokens/s."""
+
+    tokens_seen = 0
+
+
+class CountingTrainer(AtomicCheckpointTrainer):
+    """Counts each training batch's real tokens here, in the training process: the collator that could count them
+    runs in the data-loader workers. Padded batches count their attention mask; a packed batch is all real tokens."""
+
+    def __init__(self, *args, seen: SeenTokens, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen = seen
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        mask = inputs.get("attention_mask")
+        self.seen.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+        return super().training_step(model, inputs, *args, **kwargs)
+
+
+def refuse_long_rows(rows: list[dict[str, Any]], collator: AnswerOnlyCollator, max_length: int) -> None:
+    """Before the first step, not when the collator reaches the row: every row within max_length. Rows prep
+    counted are compared by their count (the job's validate already did, in the server); rows without one (older
+    prep output, or a prep without a model) are counted here with the collator's own encoding."""
+    for number, row in enumerate(rows):
+        tokens = int(row.get("num_tokens") or 0) or collator.count(row)
+        if tokens > max_length:
+            raise BadData(
+                f"row {row.get('id', number)} is {tokens} tokens (images included), over training.max_length "
+                f"{max_length}; raise training.max_length, or prepare the dataset with this max_length so such rows "
+                "are dropped (they are never cut)"
+            )
 
 
 def peak_memory_bytes() -> int:
@@ -146,9 +201,9 @@ def peak_memory_bytes() -> int:
 class JobEvents(TrainerCallback):
     """Trainer hooks -> job events; cancellation -> checkpoint and stop at the end of the current step."""
 
-    def __init__(self, ctx: JobContext | None, collator: AnswerOnlyCollator, config: SFTConfig, log: Path) -> None:
+    def __init__(self, ctx: JobContext | None, seen: SeenTokens, config: SFTConfig, log: Path) -> None:
         self.ctx = ctx
-        self.collator = collator
+        self.seen = seen  # SFT: the trainer's count; DPO: its collator's (it collates in this process)
         self.config = config
         self.log = log
         self.cancelled = False
@@ -157,7 +212,7 @@ class JobEvents(TrainerCallback):
         self._mark = (time.perf_counter(), 0, 0)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._mark = (time.perf_counter(), state.global_step, self.collator.tokens_seen)
+        self._mark = (time.perf_counter(), state.global_step, self.seen.tokens_seen)
         if self.ctx:
             self.ctx.progress("training", step=state.global_step, total_steps=state.max_steps)
 
@@ -183,7 +238,7 @@ class JobEvents(TrainerCallback):
         logs = logs or {}
         entry = {"step": state.global_step, "epoch": state.epoch, **logs}
         if "loss" in logs:
-            now, step, tokens = time.perf_counter(), state.global_step, self.collator.tokens_seen
+            now, step, tokens = time.perf_counter(), state.global_step, self.seen.tokens_seen
             then, step0, tokens0 = self._mark
             elapsed = max(now - then, 1e-9)
             samples = (step - step0) * args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -236,7 +291,7 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     checkpoints = output / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
 
-    # 1. Data: the prepared splits; rows are checked again by length in the collator (never cut).
+    # 1. Data: the prepared splits; every row's length is checked before the first step (never cut).
     dataset_dir = Path(config.dataset_dir)
     train_rows, eval_rows = read_split(dataset_dir, "train"), read_split(dataset_dir, "eval")
     if not train_rows:
@@ -250,11 +305,13 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         ctx.progress("loading the model")
     model, processor = load_for_training(config, settings)
     collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
+    refuse_long_rows(train_rows + (eval_rows if has_eval else []), collator, config.max_length)
 
     # 4. Trainer, with our events and atomic checkpoints.
-    args = training_arguments(config, checkpoints, has_eval, precision)
-    events = JobEvents(ctx, collator, config, output / "training_log.jsonl")
-    trainer = AtomicCheckpointTrainer(
+    args = training_arguments(config, checkpoints, has_eval, precision, dataloader_workers())
+    seen = SeenTokens()
+    events = JobEvents(ctx, seen, config, output / "training_log.jsonl")
+    trainer = CountingTrainer(
         model=model,
         args=args,
         train_dataset=Rows(train_rows),
@@ -262,6 +319,7 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
         data_collator=collator,
         # Fault hooks for the durability tests (issue 7): none unless their variables are set.
         callbacks=[events, *faults.armed_callbacks(config.micro_batch_size)],
+        seen=seen,
     )
     trainer.job = ctx
 
