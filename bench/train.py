@@ -68,7 +68,7 @@ def model_folder(device: str) -> Path:
     return folder
 
 
-def prepared_dataset(model: Path, rows: int, work: Path) -> Path:
+def prepared_dataset(model: Path, rows: int, work: Path, image_side: int = 0) -> Path:
     """Synthetic shape-colour rows of varied aspect ratios, prepared by the project's PrepareDataset job (the same
     split for every variant)."""
     from vlmflow.v1 import common_pb2, jobs_pb2
@@ -79,7 +79,7 @@ def prepared_dataset(model: Path, rows: int, work: Path) -> Path:
 
     settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=work, data_roots=[model.parent], job_capacity=1)
     data = generate("shape_colour", rows, 0, work / "data")
-    vary_aspect_ratios(data)
+    vary_aspect_ratios(data, image_side)
     request = jobs_pb2.PrepareDatasetRequest(
         job_id="bench-prep",
         sources=[jobs_pb2.DatasetSource(uri=str(data), layout=jobs_pb2.DATASET_LAYOUT_MESSAGES)],
@@ -93,9 +93,10 @@ def prepared_dataset(model: Path, rows: int, work: Path) -> Path:
     return Path(result.artifacts["dataset"])
 
 
-def vary_aspect_ratios(data: Path) -> None:
+def vary_aspect_ratios(data: Path, image_side: int = 0) -> None:
     """Real VLM data mixes shapes: images stretched to aspect ratios from 1:3 to 3:1 (seeded) give rows of different
-    tile counts, so the image-token count varies per row, as padding and packing meet it in practice."""
+    tile counts, so the image-token count varies per row, as padding and packing meet it in practice. `image_side`
+    (when set) is the longest side: photo-sized images make decoding and resizing cost what they cost on real data."""
     import random
 
     from PIL import Image
@@ -106,7 +107,7 @@ def vary_aspect_ratios(data: Path) -> None:
             path = data.parent / name
             image = Image.open(path)
             ratio = rng.choice([1 / 3, 1 / 2, 1, 1, 2, 3])
-            side = max(image.size)
+            side = image_side or max(image.size)
             image.resize((max(16, round(side * min(1, ratio))), max(16, round(side * min(1, 1 / ratio))))).save(path)
 
 
@@ -199,18 +200,18 @@ def run_project(args, dataset: Path, model: Path, meter: Meter, output: Path) ->
     from vlmflow_worker.train import sft
     from vlmflow_worker.train.config import SFTConfig
 
-    class CountingCollator(sft.AnswerOnlyCollator):
-        def __call__(self, rows):
-            batch = super().__call__(rows)
-            meter.count(batch)
-            return batch
+    class MeteredTrainer(sft.CountingTrainer):
+        """Counts each batch as the step takes it: the collator may run in data-loader worker processes."""
 
-    class MeteredTrainer(sft.AtomicCheckpointTrainer):
         def __init__(self, *a, **kw):
             kw["callbacks"] = [*kw.get("callbacks", []), meter.callback()]
             super().__init__(*a, **kw)
 
-    sft.AnswerOnlyCollator, sft.AtomicCheckpointTrainer = CountingCollator, MeteredTrainer  # bench-only hooks
+        def training_step(self, model, inputs, *a, **kw):
+            meter.count(inputs)
+            return super().training_step(model, inputs, *a, **kw)
+
+    sft.CountingTrainer = MeteredTrainer  # bench-only hook
     config = SFTConfig(
         model_id=str(model),
         dataset_dir=str(dataset),
@@ -359,6 +360,16 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="torch CPU threads per run (0: torch's default). 1 on a small shared CPU: more threads only spin.",
     )
+    parser.add_argument(
+        "--data-workers",
+        default="",
+        help="Data-loader worker processes for the project's variants (VLMFLOW_DATALOADER_WORKERS); comma-separated "
+        "values run each project variant once per value (0,2: what decoding ahead of the step gains); default: the "
+        "project's default.",
+    )
+    parser.add_argument(
+        "--image-side", type=int, default=0, help="Longest image side in pixels (default: the synthetic size)."
+    )
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -374,29 +385,36 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work) / args.device
     model = model_folder(args.device)
-    dataset = prepared_dataset(model, args.rows, work)
+    dataset = prepared_dataset(model, args.rows, work / f"side-{args.image_side}", args.image_side)
     if args.threads and args.device == "cpu":
         torch.set_num_threads(args.threads)  # the rate of what one run may use
     rate = matmul_rate(args.device)
     variants = args.variants.split(",") if args.variants else (VARIANTS_CPU if args.device == "cpu" else VARIANTS_CUDA)
     rows = []
+    workers = args.data_workers.split(",") if args.data_workers else [""]
+    runs = [(v, w) for v in variants for w in (workers if v.startswith("project") else [""])]
     for repeat in range(args.repeats):
-        for variant in variants:
+        for variant, worker_count in runs:
+            env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+            if worker_count:
+                env["VLMFLOW_DATALOADER_WORKERS"] = worker_count
             command = [sys.executable, __file__, "--variant", variant, "--dataset", str(dataset), "--model", str(model)]
             command += ["--device", args.device, "--steps", str(args.steps), "--warmup", str(args.warmup)]
             command += ["--micro-batch", str(args.micro_batch), "--work", str(work / f"run{repeat}")]
             command += ["--threads", str(args.threads)]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            done = subprocess.run(command, capture_output=True, text=True, env=env)
             line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
             if done.returncode != 0 or line is None:
                 print(done.stdout[-3000:], done.stderr[-5000:], file=sys.stderr)
                 raise SystemExit(f"{variant} failed (exit {done.returncode})")
             row = json.loads(line[len("RESULT ") :]) | {"repeat": repeat, "load_average_1m": os.getloadavg()[0]}
+            if worker_count:
+                row["variant"] = f"{variant}-w{worker_count}"  # its own line in the summary
             row["mfu"] = round(row["achieved_flops_per_second"] / rate, 5)
             rows.append(row)
             print(
-                f"{variant:>14} #{repeat}: {row['samples_per_second']:8.2f} samples/s {row['tokens_per_second']:9.0f}"
-                f" tok/s  peak {row['peak_memory_gib']:.2f} GiB  MFU {row['mfu']:.1%}",
+                f"{row['variant']:>14} #{repeat}: {row['samples_per_second']:8.2f} samples/s "
+                f"{row['tokens_per_second']:9.0f} tok/s  peak {row['peak_memory_gib']:.2f} GiB  MFU {row['mfu']:.1%}",
                 flush=True,
             )
 
@@ -406,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'variant':>14} | {'samples/s':>16} | {'tokens/s':>10} | {'pad':>5} | {'peak GiB':>8} | {'MFU':>6} | x TRL")
     summary = {}
-    for variant in variants:
+    for variant in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == variant]
         sps = [r["samples_per_second"] for r in mine]
         summary[variant] = {
@@ -435,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_steps": args.warmup,
         "matmul_tflops": round(rate / 1e12, 4),
         "torch_threads": args.threads or torch.get_num_threads(),
+        "data_workers": args.data_workers or "default",
         "summary": summary,
         "rows": rows,
     }

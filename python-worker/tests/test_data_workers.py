@@ -82,3 +82,17 @@ def test_workers_train_the_same_curve_and_resume_to_the_same_adapter(
     assert first.keys() == second.keys()
     for key in first:
         torch.testing.assert_close(second[key], first[key], rtol=1e-5, atol=1e-6)
+
+
+def test_the_worker_count_is_a_setting_with_a_default_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlmflow_worker.errors import InvalidArgument
+    from vlmflow_worker.train.sft import dataloader_workers
+
+    monkeypatch.delenv("VLMFLOW_DATALOADER_WORKERS", raising=False)
+    expected = min(2, os.cpu_count() or 1) if torch.cuda.is_available() else 0  # CPU-only: the matmuls use every core
+    assert dataloader_workers() == expected
+    monkeypatch.setenv("VLMFLOW_DATALOADER_WORKERS", "3")
+    assert dataloader_workers() == 3
+    monkeypatch.setenv("VLMFLOW_DATALOADER_WORKERS", "two")
+    with pytest.raises(InvalidArgument, match="VLMFLOW_DATALOADER_WORKERS must be a whole number"):
+        dataloader_workers()
