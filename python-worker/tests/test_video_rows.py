@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 
 from vlmflow_worker import media
+from vlmflow_worker.encoding import encode_by_image, encode_row
 from vlmflow_worker.infer import prompts
 from vlmflow_worker.infer.generate import PreparedItem, encode
 from vlmflow_worker.prep import media as prep_media
 from vlmflow_worker.prep.media import MediaStore
 from vlmflow_worker.prep.rows import Normalizer
 from vlmflow_worker.serve.settings import WorkerSettings
-from vlmflow_worker.train.collator import AnswerOnlyCollator, encode_by_image, encode_row
+from vlmflow_worker.train.collator import AnswerOnlyCollator
 
 VIDEOS = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"
 
@@ -81,11 +82,16 @@ def test_a_video_row_trains_on_the_tiles_and_tokens_generate_shows(
     frames = len(row.images)
     batch = AnswerOnlyCollator(processor, tmp_path, max_length=4096)([row.data])
 
-    # Generate's encoding of the same frames (its own path: split_images False for a video item).
+    # Generate's encoding of the same frames (a video item: every image a frame).
     sampled = media.sample_video(VIDEOS / "1.mp4")
     served = encode(
         processor,
-        PreparedItem("v", prompts.video_conversation("What happens?", sampled.timestamps, 0), sampled.frames, False),
+        PreparedItem(
+            "v",
+            prompts.video_conversation("What happens?", sampled.timestamps, 0),
+            sampled.frames,
+            list(range(len(sampled.frames))),
+        ),
     )
     image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
     assert batch["pixel_values"].shape[1] == served["pixel_values"].shape[1] == frames  # one tile per frame

@@ -49,6 +49,7 @@ class EvalRow:
     question: str
     chosen: list[dict[str, Any]] | None = None  # preference rows: the assistant messages
     rejected: list[dict[str, Any]] | None = None
+    frames: list[int] = dataclasses.field(default_factory=list)  # which images are video frames (prep's video_frames)
 
 
 def _text(messages: list[dict[str, Any]]) -> str:
@@ -60,7 +61,10 @@ def to_eval_row(row: dict[str, Any], index: int) -> EvalRow:
     if "chosen" in row:
         prompt = row["prompt"]
         chosen, rejected = row["chosen"], row["rejected"]
-        return EvalRow(str(row.get("id", index)), prompt, images, [_text(chosen)], _text(prompt[-1:]), chosen, rejected)
+        frames = list(row.get("video_frames") or [])
+        return EvalRow(
+            str(row.get("id", index)), prompt, images, [_text(chosen)], _text(prompt[-1:]), chosen, rejected, frames
+        )
     messages = row["messages"]
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=-1)
     if last < 1:
@@ -70,7 +74,8 @@ def to_eval_row(row: dict[str, Any], index: int) -> EvalRow:
     question = _text([m for m in prompt if m["role"] == "user"][-1:])
     # The prompt keeps only the image markers of its own turns; the images list follows them in order.
     markers = sum(p.get("type") == "image" for m in prompt for p in m["content"])
-    return EvalRow(str(row.get("id", index)), prompt, images[:markers], references, question)
+    frames = [i for i in row.get("video_frames") or [] if i < markers]
+    return EvalRow(str(row.get("id", index)), prompt, images[:markers], references, question, frames=frames)
 
 
 def load_eval_rows(dataset_dir: Path, max_samples: int) -> tuple[dict[str, Any], list[EvalRow]]:
@@ -138,7 +143,7 @@ def generate_answers(
     encodings = []
     for row in rows:
         images = [Image.open(dataset_dir / p).convert("RGB") for p in row.images]
-        encodings.append(encode(processor, PreparedItem(row.id, row.prompt, images)))
+        encodings.append(encode(processor, PreparedItem(row.id, row.prompt, images, row.frames)))
     order = sorted(range(len(rows)), key=lambda i: encodings[i]["input_ids"].shape[1])
     answers: dict[int, str] = {}
     for first in range(0, len(order), batch_size):
@@ -162,7 +167,9 @@ def answer_logps(model, processor, rows: list[EvalRow], dataset_dir: Path, which
     out: list[float] = []
     for first in range(0, len(rows), batch_size):
         chunk = rows[first : first + batch_size]
-        batch = collator([{"messages": r.prompt + getattr(r, which), "images": r.images} for r in chunk])
+        batch = collator(
+            [{"messages": r.prompt + getattr(r, which), "images": r.images, "video_frames": r.frames} for r in chunk]
+        )
         labels = batch.pop("labels").to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
         if "pixel_values" in batch:

@@ -39,8 +39,8 @@ class PreparedItem:
     id: str
     conversation: list[dict]
     images: list[Image.Image]
-    # Video frames are shown whole (one tile each), as SmolVLM does; photos are split into tiles.
-    split_images: bool = True
+    # Indices of `images` that are video frames: encoded whole, one tile each (encoding.py), as in training.
+    frames: list[int] = field(default_factory=list)
     frame_timestamps: list[float] = field(default_factory=list)
 
 
@@ -177,7 +177,7 @@ def prepare_item(item: generate_pb2.GenerateItem, index: int, settings: WorkerSe
         conversation = prompts.video_conversation(
             item.prompt.strip() or prompts.VIDEO_PROMPT, sampled.timestamps, sampled.duration
         )
-        return PreparedItem(item.id, conversation, sampled.frames, False, sampled.timestamps)
+        return PreparedItem(item.id, conversation, sampled.frames, list(range(len(sampled.frames))), sampled.timestamps)
     if item.HasField("video") and item.video.uri:
         raise InvalidArgument(
             f"{what}.video is set but the task is {prompts.TASK_NAMES.get(task, task)}; use TASK_VIDEO"
@@ -188,11 +188,9 @@ def prepare_item(item: generate_pb2.GenerateItem, index: int, settings: WorkerSe
 def encode(processor, item: PreparedItem) -> dict[str, Any]:
     """One item's tensors: input_ids and attention_mask [1, L]; pixel_values [1, N, 3, H, W] when it has images."""
     text = processor.apply_chat_template(item.conversation, add_generation_prompt=True)
-    if item.images:
-        return processor(
-            text=[text], images=[item.images], do_image_splitting=item.split_images, return_tensors="pt"
-        ).data
-    return processor(text=[text], return_tensors="pt").data
+    from vlmflow_worker.encoding import encode_row  # torch: imported when the first item is encoded
+
+    return encode_row(processor, text, item.images, item.frames)
 
 
 def collate(encodings: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:

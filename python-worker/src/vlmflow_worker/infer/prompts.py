@@ -6,8 +6,6 @@ SmolVLM's chat template (and TRL's datasets) use. `<image>` markers in chat text
 
 from __future__ import annotations
 
-from typing import Any
-
 from vlmflow.v1 import generate_pb2
 from vlmflow_worker.errors import InvalidArgument
 
@@ -48,13 +46,6 @@ def _user(num_images: int, text: str) -> list[dict]:
 
 def _format_time(seconds: float) -> str:
     return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
-
-
-def frame_image_kwargs(frames: bool) -> dict[str, Any]:
-    """The processor settings for one item's images. Video frames are shown whole, one tile each (as SmolVLM does:
-    many frames already cost many tokens); photos keep the processor's tiling. Generate, prep's token counts and the
-    training collator all encode frames with this, so the model trains on the frames it is served."""
-    return {"do_image_splitting": False} if frames else {}
 
 
 def video_parts(timestamps: list[float], duration: float) -> list[dict]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmflow.v1 import common_pb2, jobs_pb2
+from vlmflow_worker.encoding import encode_row
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
@@ -37,7 +38,6 @@ from vlmflow_worker.prep.rows import Normalizer, Row
 from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
-from vlmflow_worker.train.collator import encode_row
 
 PREP_VERSION = 2  # bump when the output format or checks change: old fingerprints stop matching
 DEFAULT_MAX_LENGTH = 2048
