@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results"
+# VLMFLOW_BENCH_RESULTS: where a driver (bench/gpu_check.py) collects the parts it runs, away from the record.
+RESULTS = Path(os.environ.get("VLMFLOW_BENCH_RESULTS") or REPO / "bench" / "results")
 
 
 def _git(*args: str) -> str:

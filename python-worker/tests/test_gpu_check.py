@@ -1,0 +1,40 @@
+"""The GPU check's CPU smoke mode (bench/gpu-check.sh --smoke): every part runs on the tiny model and lands in the
+JSON and the markdown table, so the check a GPU machine runs cannot rot between the times a GPU is lent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_gpu_check_runs_every_part_in_smoke_mode(tmp_path: Path) -> None:
+    command = ["bash", str(REPO / "bench" / "gpu-check.sh"), "--smoke", "--out", str(tmp_path), "--work"]
+    done = subprocess.run([*command, str(tmp_path / "work")], capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+
+    result = json.loads((tmp_path / "gpu-check-cpu-latest.json").read_text())
+    sft = result["sft"]["summary"]
+    assert set(sft) == {"project-lora", "project-lora-packed", "trl-lora"}
+    assert all(s["samples_per_second_min"] > 0 and s["peak_memory_gib_max"] > 0 for s in sft.values())
+    assert set(result["dpo"]["summary"]) == {"project", "trl"}
+    resume = result["dpo_resume"]
+    # Deterministic on CPU: the resumed DPO-from-SFT run is the uninterrupted one, step for step.
+    assert resume["killed_after_checkpoint"] == 2 and resume["steps_compared"] == [1, 2, 3, 4]
+    assert resume["max_loss_difference"] < 1e-4 and resume["max_adapter_weight_difference"] < 1e-5
+    assert [r["batch_size"] for r in result["generate"]["rows"]] == [1, 8]
+    assert all(r["items_per_second"] > 0 for r in result["generate"]["rows"])
+    assert result["export"]["parameters"] > 0 and result["export"]["weights_gib"] > 0
+    assert [g["met"] for g in result["goals"]] == [None, None, None]  # goals are for the GPU, not claimed here
+    table = (tmp_path / "gpu-check-cpu-latest.md").read_text()
+    for heading in (
+        "| goal |",
+        "| SFT variant |",
+        "| DPO variant |",
+        "| DPO from SFT",
+        "| Generate batch |",
+        "Export:",
+    ):
+        assert heading in table
