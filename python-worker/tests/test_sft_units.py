@@ -56,6 +56,43 @@ def test_vision_lora_gets_gradients_under_non_reentrant_checkpointing(
         assert any("lora_magnitude_vector" in n for n in trainable)
 
 
+def test_text_only_lora_does_not_backpropagate_through_the_frozen_vision_tower(
+    tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """Checkpointing hooks the vision embeddings to require grad; with no vision adapter that only costs a backward
+    through the whole tower. Without the hook: the vision tower's output needs no grad, the text LoRA gets the very
+    same gradients."""
+    from vlmflow_worker.models import ModelSpec, load_model
+    from vlmflow_worker.train.sft import add_adapters, frozen_vision_out_of_backward
+
+    Image.new("RGB", (64, 64), "blue").save(tmp_path / "b.png")
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "blue"}]},
+        ],
+        "images": ["b.png"],
+    }
+    grads, vision_needs_grad = [], []
+    for remove in (False, True):
+        torch.manual_seed(0)
+        model, processor = load_model(ModelSpec(str(tiny_model_path)), device="cpu")
+        model = add_adapters(model, SFTConfig(model_id=str(tiny_model_path), lora_dropout=0.0))
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # as PEFT and the Trainer do
+        model.train()
+        if remove:
+            assert frozen_vision_out_of_backward(model) >= 1
+        vision = next(m for n, m in model.named_modules() if n.endswith("vision_model"))
+        vision.register_forward_hook(
+            lambda module, a, out: vision_needs_grad.append(out.last_hidden_state.requires_grad)
+        )
+        model(**AnswerOnlyCollator(processor, tmp_path, 1024)([row])).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert vision_needs_grad == [True, False]
+    assert grads[0].keys() == grads[1].keys() and all(torch.allclose(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 def test_config_maps_the_request_unset_means_default_and_zero_means_zero() -> None:
     request = jobs_pb2.TrainRequest(
         lora=jobs_pb2.LoraConfig(r=8, tune_vision=True, dropout=0.0),
