@@ -42,14 +42,9 @@ def model_folder(device: str) -> Path:
         from vlmflow_worker.fixtures import tiny_model
 
         return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
-    folder = STATE / "models" / "smolvlm-instruct-arch-random"
-    if not (folder / "config.json").is_file():
-        from inference import smolvlm_instruct_model
+    from inference import smolvlm_instruct_folder
 
-        model, processor = smolvlm_instruct_model("cuda")
-        model.save_pretrained(folder, safe_serialization=True)
-        processor.save_pretrained(folder)
-    return folder
+    return smolvlm_instruct_folder()
 
 
 def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:

@@ -6,9 +6,9 @@ python-worker/.venv/bin/python bench/inference.py --smolvlm-arch        # SmolVL
 
 Every item is one photo (the demo photos when ../shared/data is there, else synthetic ones) with the caption
 preset; each answer is exactly --new-tokens long (EOS ignored), so batch sizes compare like for like. A warm-up
-batch runs first. --smolvlm-arch builds random weights with SmolVLM-Instruct's real shapes (SigLIP so400m/14 at
-384 px, 27 layers; SmolLM2-1.7B text: hidden 2048, 24 layers, 32 heads; scale factor 3, 81 tokens per tile) and
-the real image processor sizes (longest edge 1536, 384 px tiles). Prints a table; writes JSON under bench/results/.
+batch runs first. --smolvlm-arch uses random weights with SmolVLM-Instruct's published config and processor
+(fixtures/architectures.py: SigLIP so400m/14 at 384 px, SmolLM2-1.7B text, scale factor 3, 81 tokens per tile,
+longest edge 1536). Prints a table; writes JSON under bench/results/.
 """
 
 from __future__ import annotations
@@ -32,50 +32,12 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_PHOTOS = REPO.parent / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"
 
 
-def smolvlm_instruct_model(device: str):
-    """Random weights, SmolVLM-Instruct's architecture (config of HuggingFaceTB/SmolVLM-Instruct)."""
-    from transformers import Idefics3Config, Idefics3ForConditionalGeneration
+def smolvlm_instruct_folder() -> Path:
+    """SmolVLM-Instruct's architecture and processor with random weights (fixtures/architectures.py, the published
+    configs), built once into .state/models/ as the tests build it."""
+    from vlmflow_worker.fixtures.architectures import build_architecture
 
-    processor = tiny_model.build_processor(tile_size=384, longest_edge=4 * 384, image_seq_len=81)
-    tok = processor.tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in (tiny_model.BOS, tiny_model.PAD, tiny_model.END_OF_UTTERANCE)}
-    config = Idefics3Config(
-        vision_config={
-            "hidden_size": 1152,
-            "intermediate_size": 4304,
-            "num_hidden_layers": 27,
-            "num_attention_heads": 16,
-            "image_size": 384,
-            "patch_size": 14,
-        },
-        text_config={
-            "model_type": "llama",
-            "vocab_size": 49280,
-            "hidden_size": 2048,
-            "intermediate_size": 8192,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 32,
-            "max_position_embeddings": 16384,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 273768.0},
-            "rms_norm_eps": 1e-5,
-            "tie_word_embeddings": False,
-            "bos_token_id": ids[tiny_model.BOS],
-            "eos_token_id": ids[tiny_model.END_OF_UTTERANCE],
-            "pad_token_id": ids[tiny_model.PAD],
-        },
-        scale_factor=3,
-        image_token_id=tok.convert_tokens_to_ids(tiny_model.IMAGE),
-        pad_token_id=ids[tiny_model.PAD],
-        tie_word_embeddings=False,
-    )
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    torch.manual_seed(0)
-    with torch.device(device):  # weights made on the device directly: seconds, not a 9 GB host copy
-        model = Idefics3ForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype).eval()
-    model.generation_config.eos_token_id = ids[tiny_model.END_OF_UTTERANCE]
-    model.generation_config.pad_token_id = ids[tiny_model.PAD]
-    return model, processor
+    return build_architecture("smolvlm-2.2b", REPO / ".state" / "models" / "smolvlm-2.2b-random")
 
 
 def photos(count: int) -> list[bytes]:
@@ -128,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = WorkerSettings(artifact_root=REPO / ".state" / "artifacts")
     cache = ModelCache(settings=settings, device=args.device)
     if args.smolvlm_arch:
-        model_id = "random-weights/SmolVLM-Instruct-architecture"
-        model, processor = smolvlm_instruct_model(args.device)
-        cache.put(ModelSpec(model_id), model, processor)
+        model_id = str(smolvlm_instruct_folder())
         name = "smolvlm-instruct-arch"
     else:
         model_id = str(tiny_model.build_tiny_model(REPO / ".state" / "models" / "tiny-idefics3"))

@@ -5,7 +5,7 @@ python-worker/.venv/bin/python bench/prep_sft.py --device cuda    # + SmolVLM-In
 
 Throughput is measured after the first logging window (warm-up excluded). CPU: synthetic rows/s, prep rows/s (images checked and stored, token lengths counted with the tiny model's
 processor, split, stats) for 2,000 rows, then the tiny model's SFT steps/s, samples/s, tokens/s and peak RSS.
-CUDA: the model has SmolVLM-Instruct's shapes (bench/inference.py's smolvlm_instruct_model) and its processor's real
+CUDA: the model has SmolVLM-Instruct's published config (fixtures/architectures.py) and its processor's real
 sizes (longest edge 1536, 384 px tiles, 81 tokens per tile): every synthetic image is 16 tiles + the global one,
 1,377 image tokens. Micro-batch 4, gradient checkpointing, bf16 LoRA and QLoRA NF4 through train/sft.py, each beside
 a plain TRL `SFTTrainer` (TRL's own collator, loss on every token) on the same rows, each variant in its own process.
@@ -228,14 +228,9 @@ def run_trl(
 
 def cuda_model() -> Path:
     """SmolVLM-Instruct's architecture with random weights, saved once as a local model folder."""
-    folder = STATE / "models" / "smolvlm-instruct-arch-random"
-    if not (folder / "config.json").is_file():
-        from inference import smolvlm_instruct_model
+    from inference import smolvlm_instruct_folder
 
-        model, processor = smolvlm_instruct_model("cuda")
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    return folder
+    return smolvlm_instruct_folder()
 
 
 def in_subprocess(

@@ -6,8 +6,8 @@ python-worker/.venv/bin/python bench/train.py                     # tiny model, 
 python-worker/.venv/bin/python bench/train.py --device cuda       # SmolVLM-Instruct architecture, random weights:
                                                                   # bf16 LoRA and QLoRA NF4, full image splitting
 
-On CUDA the model has SmolVLM-Instruct's exact shapes (bench/inference.py's smolvlm_instruct_model), saved once under
-.state/models/, and the processor its real sizes (longest edge 1536, 384 px tiles, 81 tokens per tile), so every
+On CUDA the model has SmolVLM-Instruct's published config (fixtures/architectures.py), random weights saved once
+under .state/models/, and the processor its real sizes (longest edge 1536, 384 px tiles, 81 tokens per tile), so every
 synthetic image becomes 16 tiles + the global one = 17 tiles, 1,377 image tokens. Micro-batch 4.
 
 Reported per variant, over the steps after --warmup: samples/s, tokens/s (real, unpadded), padding share, peak
@@ -56,16 +56,9 @@ def model_folder(device: str) -> Path:
         from vlmflow_worker.fixtures import tiny_model
 
         return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
-    folder = STATE / "models" / "smolvlm-instruct-arch-random"
-    if not (folder / "config.json").is_file():
-        from inference import smolvlm_instruct_model
+    from inference import smolvlm_instruct_folder
 
-        model, processor = smolvlm_instruct_model("cuda")
-        model.save_pretrained(folder, safe_serialization=True)
-        processor.save_pretrained(folder)
-        del model
-        torch.cuda.empty_cache()
-    return folder
+    return smolvlm_instruct_folder()
 
 
 def prepared_dataset(model: Path, rows: int, work: Path, image_side: int = 0) -> Path:
