@@ -73,3 +73,13 @@ def tiny_model_path() -> Path:
 
     default = REPO_ROOT / ".state" / "models" / "tiny-idefics3"
     return build_tiny_model(Path(os.environ.get("VLMFLOW_TINY_MODEL", default)))
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm2_path() -> Path:
+    """The tiny random-weight SmolVLM2 model (real image and video processors), built once at
+    <repo>/.state/models/tiny-smolvlm2 (or $VLMFLOW_TINY_SMOLVLM2) and reused across runs."""
+    from vlmflow_worker.fixtures.tiny_smolvlm2 import build_tiny_smolvlm2
+
+    default = REPO_ROOT / ".state" / "models" / "tiny-smolvlm2"
+    return build_tiny_smolvlm2(Path(os.environ.get("VLMFLOW_TINY_SMOLVLM2", default)))

@@ -1,0 +1,136 @@
+"""The per-family tiny fixtures load like hub models, render their family's chat template, expand images and videos
+by their family's arithmetic, and generate on an image and on a video."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers.video_utils import VideoMetadata
+
+from vlmflow_worker.fixtures import tiny_smolvlm2
+
+# A two-turn conversation with an image, the shape of every SFT row.
+CONVERSATION = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the circle?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "Red."}]},
+    {"role": "user", "content": [{"type": "text", "text": "And the square?"}]},
+]
+
+
+def _load(path: Path):
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+    return model, processor
+
+
+def _video(seconds: int, fps: int = 4, size: tuple[int, int] = (64, 48)) -> tuple[np.ndarray, VideoMetadata]:
+    """Decoded frames (T, H, W, 3) whose colour changes, and the metadata a decoder reports for them (the worker
+    decodes with PyAV; the processors sample frames from the metadata's fps and duration)."""
+    frames = np.stack(
+        [np.full((size[1], size[0], 3), (40 * i % 256, 90, 200 - 10 * i % 200), np.uint8) for i in range(seconds * fps)]
+    )
+    metadata = VideoMetadata(
+        total_num_frames=len(frames), fps=fps, width=size[0], height=size[1], duration=seconds, video_backend="pyav"
+    )
+    return frames, metadata
+
+
+def _generate(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :]
+    assert 0 < len(new) <= 3
+    return new
+
+
+# --- SmolVLM2 -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smolvlm2(tiny_smolvlm2_path: Path):
+    return _load(tiny_smolvlm2_path)
+
+
+def test_smolvlm2_builds_in_seconds_and_is_kept(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    folder = tiny_smolvlm2.build_tiny_smolvlm2(tmp_path / "tiny-smolvlm2")
+    assert time.perf_counter() - start < 30
+    stamp = (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns
+    assert tiny_smolvlm2.build_tiny_smolvlm2(folder) == folder
+    assert (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns == stamp  # same fingerprint: not rebuilt
+
+
+def test_smolvlm2_config_is_the_real_model_type_with_pad_inside_the_vocabulary(smolvlm2) -> None:
+    model, processor = smolvlm2
+    config = json.loads((Path(model.name_or_path) / "config.json").read_text())
+    assert config["model_type"] == "smolvlm"
+    assert config["architectures"] == ["SmolVLMForConditionalGeneration"]
+    assert type(processor).__name__ == "SmolVLMProcessor"
+    assert type(processor.video_processor).__name__ == "SmolVLMVideoProcessor"
+    tokenizer = processor.tokenizer
+    vocab = model.config.text_config.vocab_size
+    assert model.config.pad_token_id == model.config.text_config.pad_token_id == tokenizer.pad_token_id
+    assert 0 <= tokenizer.pad_token_id < vocab and tokenizer.pad_token_id != tokenizer.eos_token_id
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>") < vocab
+    assert tokenizer.eos_token == "<end_of_utterance>"
+
+
+def test_smolvlm2_chat_template_renders_as_the_real_one(smolvlm2) -> None:
+    _, processor = smolvlm2
+    rendered = processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>User:<image>What colour is the circle?<end_of_utterance>\n"
+        "Assistant: Red.<end_of_utterance>\n"
+        "User: And the square?<end_of_utterance>\n"
+        "Assistant:"
+    )
+    video = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    assert processor.apply_chat_template(video, add_generation_prompt=True) == (
+        "<|im_start|>User: <video>What happens?<end_of_utterance>\nAssistant:"
+    )
+
+
+@pytest.mark.parametrize(("size", "tiles"), [((96, 48), 3), ((64, 64), 5), ((20, 120), 3)])
+def test_smolvlm2_expands_an_image_into_its_tiles(smolvlm2, size: tuple[int, int], tiles: int) -> None:
+    _, processor = smolvlm2
+    # Idefics3 arithmetic: resize to a longest edge of 128, cut into ceil(h/64) x ceil(w/64) tiles of 64, plus the
+    # global tile (none when the image is one tile already); 16 <image> tokens per tile.
+    w, h = size
+    scale = tiny_smolvlm2.LONGEST_EDGE / max(w, h)
+    rows, cols = math.ceil(round(h * scale) / 64), math.ceil(round(w * scale) / 64)
+    assert rows * cols + (1 if rows * cols > 1 else 0) == tiles
+    inputs = processor(text="<image>Hi", images=[[Image.new("RGB", size, (9, 99, 199))]])
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert inputs["input_ids"][0].count(image_id) == tiles * tiny_smolvlm2.IMAGE_SEQ_LEN
+
+
+def test_smolvlm2_generates_on_an_image(smolvlm2) -> None:
+    model, processor = smolvlm2
+    prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
+    inputs = processor(text=prompt, images=[[Image.new("RGB", (80, 60), (200, 30, 30))]], return_tensors="pt")
+    _generate(model, inputs)
+
+
+def test_smolvlm2_samples_a_video_by_fps_and_generates_on_it(smolvlm2) -> None:
+    model, processor = smolvlm2
+    frames, metadata = _video(seconds=3)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    # SmolVLM wants media nested per sample.
+    inputs = processor(text=prompt, videos=[[frames]], video_metadata=[metadata], return_tensors="pt")
+    # 3 s at the fixture's 1 fps: 3 of the 12 frames (under its 4-frame cap), each one 64 px tile of 16 <image> tokens.
+    sampled = 3
+    assert inputs["pixel_values"].shape[:2] == (1, sampled)
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((inputs["input_ids"] == image_id).sum()) == sampled * tiny_smolvlm2.IMAGE_SEQ_LEN
+    text = processor.tokenizer.decode(inputs["input_ids"][0])
+    assert "You are provided the following series of three frames from a 0:00:03 [H:MM:SS] video." in text
+    _generate(model, inputs)
