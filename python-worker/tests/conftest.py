@@ -83,3 +83,13 @@ def tiny_smolvlm2_path() -> Path:
 
     default = REPO_ROOT / ".state" / "models" / "tiny-smolvlm2"
     return build_tiny_smolvlm2(Path(os.environ.get("VLMFLOW_TINY_SMOLVLM2", default)))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_path() -> Path:
+    """The tiny random-weight Qwen2.5-VL model (real image and video processors), built once at
+    <repo>/.state/models/tiny-qwen2_5_vl (or $VLMFLOW_TINY_QWEN2_5_VL) and reused across runs."""
+    from vlmflow_worker.fixtures.tiny_qwen2_5_vl import build_tiny_qwen2_5_vl
+
+    default = REPO_ROOT / ".state" / "models" / "tiny-qwen2_5_vl"
+    return build_tiny_qwen2_5_vl(Path(os.environ.get("VLMFLOW_TINY_QWEN2_5_VL", default)))

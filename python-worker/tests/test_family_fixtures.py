@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.video_utils import VideoMetadata
 
-from vlmflow_worker.fixtures import tiny_smolvlm2
+from vlmflow_worker.fixtures import tiny_qwen2_5_vl, tiny_smolvlm2
 
 # A two-turn conversation with an image, the shape of every SFT row.
 CONVERSATION = [
@@ -43,6 +43,19 @@ def _video(seconds: int, fps: int = 4, size: tuple[int, int] = (64, 48)) -> tupl
     return frames, metadata
 
 
+def _smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 28) -> tuple[int, int]:
+    """Qwen-VL's resize rule, written out from its published definition (qwen-vl-utils): round each side to a
+    multiple of `factor`, then scale down (or up) keeping the aspect ratio until the area is within the bounds."""
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
 def _generate(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -51,21 +64,29 @@ def _generate(model, inputs) -> torch.Tensor:
     return new
 
 
+BUILDERS = {
+    "smolvlm2": tiny_smolvlm2.build_tiny_smolvlm2,
+    "qwen2_5_vl": tiny_qwen2_5_vl.build_tiny_qwen2_5_vl,
+}
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_builds_offline_in_seconds_and_is_kept_while_its_fingerprint_matches(family: str, tmp_path: Path) -> None:
+    build = BUILDERS[family]
+    start = time.perf_counter()
+    folder = build(tmp_path / family)
+    assert time.perf_counter() - start < 30
+    stamp = (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns
+    assert build(folder) == folder
+    assert (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns == stamp  # same fingerprint: not rebuilt
+
+
 # --- SmolVLM2 -------------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def smolvlm2(tiny_smolvlm2_path: Path):
     return _load(tiny_smolvlm2_path)
-
-
-def test_smolvlm2_builds_in_seconds_and_is_kept(tmp_path: Path) -> None:
-    start = time.perf_counter()
-    folder = tiny_smolvlm2.build_tiny_smolvlm2(tmp_path / "tiny-smolvlm2")
-    assert time.perf_counter() - start < 30
-    stamp = (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns
-    assert tiny_smolvlm2.build_tiny_smolvlm2(folder) == folder
-    assert (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns == stamp  # same fingerprint: not rebuilt
 
 
 def test_smolvlm2_config_is_the_real_model_type_with_pad_inside_the_vocabulary(smolvlm2) -> None:
@@ -133,4 +154,82 @@ def test_smolvlm2_samples_a_video_by_fps_and_generates_on_it(smolvlm2) -> None:
     assert int((inputs["input_ids"] == image_id).sum()) == sampled * tiny_smolvlm2.IMAGE_SEQ_LEN
     text = processor.tokenizer.decode(inputs["input_ids"][0])
     assert "You are provided the following series of three frames from a 0:00:03 [H:MM:SS] video." in text
+    _generate(model, inputs)
+
+
+# --- Qwen2.5-VL -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen2_5_vl(tiny_qwen2_5_vl_path: Path):
+    return _load(tiny_qwen2_5_vl_path)
+
+
+def test_qwen2_5_vl_config_and_tokens_are_the_real_layout(qwen2_5_vl) -> None:
+    model, processor = qwen2_5_vl
+    config = json.loads((Path(model.name_or_path) / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_vl"
+    assert config["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
+    assert type(processor.video_processor).__name__ == "Qwen2VLVideoProcessor"
+    assert type(processor.tokenizer).__name__ == "Qwen2Tokenizer"
+    tokenizer = processor.tokenizer
+    vocab = model.config.text_config.vocab_size
+    ids = [tokenizer.convert_tokens_to_ids(token) for token, _ in tiny_qwen2_5_vl.ADDED_TOKENS]
+    # Consecutive, in the real order, each one token, all inside the vocabulary.
+    assert ids == list(range(ids[0], ids[0] + len(ids))) and ids[-1] < vocab
+    for token, _ in tiny_qwen2_5_vl.ADDED_TOKENS:
+        assert tokenizer.tokenize(token) == [token]
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.bos_token is None
+    assert model.config.text_config.pad_token_id == tokenizer.pad_token_id == model.generation_config.pad_token_id
+    assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert model.config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert model.config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    text_config = model.config.text_config
+    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    assert sum(text_config.rope_parameters["mrope_section"]) == head_dim // 2
+    text = "Naïve café: 3 red circles, 日本."
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+def test_qwen2_5_vl_chat_template_renders_as_the_real_one(qwen2_5_vl) -> None:
+    _, processor = qwen2_5_vl
+    rendered = processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour is the circle?<|im_end|>\n"
+        "<|im_start|>assistant\nRed.<|im_end|>\n"
+        "<|im_start|>user\nAnd the square?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+@pytest.mark.parametrize(("size", "tokens"), [((64, 48), 4), ((200, 100), 10), ((20, 300), 11)])
+def test_qwen2_5_vl_expands_an_image_by_smart_resize(qwen2_5_vl, size: tuple[int, int], tokens: int) -> None:
+    _, processor = qwen2_5_vl
+    w, h = size
+    rh, rw = _smart_resize(h, w, tiny_qwen2_5_vl.MIN_PIXELS, tiny_qwen2_5_vl.MAX_PIXELS)
+    assert (rh // 14 // 2) * (rw // 14 // 2) == tokens
+    inputs = processor(text="<|vision_start|><|image_pad|><|vision_end|>Hi", images=[Image.new("RGB", size)])
+    assert inputs["image_grid_thw"].tolist() == [[1, rh // 14, rw // 14]]
+    assert inputs["input_ids"][0].count(processor.image_token_id) == tokens
+
+
+def test_qwen2_5_vl_generates_on_an_image(qwen2_5_vl) -> None:
+    model, processor = qwen2_5_vl
+    prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
+    inputs = processor(text=prompt, images=[Image.new("RGB", (80, 60), (200, 30, 30))], return_tensors="pt")
+    _generate(model, inputs)
+
+
+def test_qwen2_5_vl_samples_a_video_by_fps_and_generates_on_it(qwen2_5_vl) -> None:
+    model, processor = qwen2_5_vl
+    frames, metadata = _video(seconds=3)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=prompt, videos=[frames], video_metadata=[metadata], return_tensors="pt")
+    # 3 s at 2 fps: 6 of the 12 frames, 3 temporal patches of 2; 64x48 frames resize to 56x56: 2x2 tokens each.
+    assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    assert int((inputs["input_ids"] == processor.video_token_id).sum()) == 3 * 2 * 2
     _generate(model, inputs)
