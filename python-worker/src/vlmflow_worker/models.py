@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 
 from vlmflow_worker import devices, precision
 from vlmflow_worker.errors import FailedPrecondition, InvalidArgument, NotFound, WorkerError
+from vlmflow_worker.families import family_of_model
 from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.models")
@@ -165,6 +166,14 @@ def _quantization_config(spec: ModelSpec, device: str):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+def _quantization_skip(source: str, common: dict[str, Any]) -> list[str] | None:
+    """The modules the model's family keeps in full precision (families/: its vision tower and projector), or None
+    for transformers' default (the output head). Read from config.json before loading, as bitsandbytes needs it
+    then; a model of another family is refused here, with the list of supported ones."""
+    hub = {key: value for key, value in common.items() if key != "trust_remote_code"}
+    return list(family_of_model(source, **hub).quantization_skip) or None
+
+
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP probe of the hub endpoint (HF_ENDPOINT); False in HF_HUB_OFFLINE mode."""
     from huggingface_hub import constants
@@ -271,6 +280,8 @@ def load_model(
         common["local_files_only"] = True
     started = time.perf_counter()
     try:
+        if quantization_config is not None:
+            quantization_config.llm_int8_skip_modules = _quantization_skip(source, common)
         processor = AutoProcessor.from_pretrained(source, **common)
         model = AutoModelForImageTextToText.from_pretrained(
             source,

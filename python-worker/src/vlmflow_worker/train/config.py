@@ -7,12 +7,13 @@ from typing import Any
 
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import InvalidArgument
+from vlmflow_worker.families import LLAMA_PROJECTIONS
 from vlmflow_worker.models import dtype_from_proto, quantization_from_proto
 from vlmflow_worker.request_fields import set_fields
 
-# Idefics3 module names: `model.text_model.layers.N.self_attn.q_proj`, `model.vision_model.encoder.layers.N.mlp.fc1`.
-TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+# The default LoRA targets: every supported family's text tower has these projections (families/); the towers they
+# are looked for in, and the vision tower's targets, are the family's.
+TEXT_TARGETS = LLAMA_PROJECTIONS
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 
 

@@ -188,7 +188,7 @@ def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=lora_targets(config),
+        target_modules=lora_targets(config, model),
         use_dora=config.use_dora,
         bias="none",
         task_type="CAUSAL_LM",

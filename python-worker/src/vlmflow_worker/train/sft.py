@@ -20,6 +20,7 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from vlmflow_worker import faults
 from vlmflow_worker.errors import BadData, Cancelled, InvalidArgument, OutOfMemory
+from vlmflow_worker.families import family_of
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
 from vlmflow_worker.precision import Precision, for_device
@@ -33,7 +34,7 @@ from vlmflow_worker.train.checkpoints import (
     storage_error,
 )
 from vlmflow_worker.train.collator import AnswerOnlyCollator
-from vlmflow_worker.train.config import TEXT_TARGETS, VISION_TARGETS, SFTConfig
+from vlmflow_worker.train.config import SFTConfig
 
 DATALOADER_WORKERS_ENV = "VLMFLOW_DATALOADER_WORKERS"
 
@@ -63,14 +64,10 @@ def device_for_rank() -> str:
     return "cpu"
 
 
-def lora_targets(config: SFTConfig) -> str:
-    """A regex over module names: the text model's projections, and the vision tower's with tune_vision."""
-    text = config.target_modules
-    towers = [rf".*text_model\..*\.({'|'.join(text)})"]
-    if config.tune_vision:
-        vision = VISION_TARGETS if list(text) == list(TEXT_TARGETS) else text
-        towers.append(rf".*vision_model\..*\.({'|'.join(vision)})")
-    return "|".join(f"({t})" for t in towers)
+def lora_targets(config: SFTConfig, model) -> str:
+    """A regex over module names: the text tower's projections, and the vision tower's with tune_vision, named as
+    the loaded model's family names them (families/)."""
+    return family_of(model.config).lora_targets(config.target_modules, config.tune_vision)
 
 
 def add_adapters(model, config: SFTConfig):
@@ -86,7 +83,7 @@ def add_adapters(model, config: SFTConfig):
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=lora_targets(config),
+        target_modules=lora_targets(config, model),
         use_dora=config.use_dora,
         bias="none",
         task_type="CAUSAL_LM",
