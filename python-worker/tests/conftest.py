@@ -93,3 +93,13 @@ def tiny_qwen2_5_vl_path() -> Path:
 
     default = REPO_ROOT / ".state" / "models" / "tiny-qwen2_5_vl"
     return build_tiny_qwen2_5_vl(Path(os.environ.get("VLMFLOW_TINY_QWEN2_5_VL", default)))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_path() -> Path:
+    """The tiny random-weight Qwen3-VL model (real image and video processors), built once at
+    <repo>/.state/models/tiny-qwen3_vl (or $VLMFLOW_TINY_QWEN3_VL) and reused across runs."""
+    from vlmflow_worker.fixtures.tiny_qwen3_vl import build_tiny_qwen3_vl
+
+    default = REPO_ROOT / ".state" / "models" / "tiny-qwen3_vl"
+    return build_tiny_qwen3_vl(Path(os.environ.get("VLMFLOW_TINY_QWEN3_VL", default)))

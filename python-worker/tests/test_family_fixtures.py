@@ -3,6 +3,7 @@ by their family's arithmetic, and generate on an image and on a video."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -15,7 +16,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from transformers.video_utils import VideoMetadata
 
-from vlmflow_worker.fixtures import tiny_qwen2_5_vl, tiny_smolvlm2
+from vlmflow_worker.fixtures import tiny_qwen2_5_vl, tiny_qwen3_vl, tiny_smolvlm2
 
 # A two-turn conversation with an image, the shape of every SFT row.
 CONVERSATION = [
@@ -43,9 +44,10 @@ def _video(seconds: int, fps: int = 4, size: tuple[int, int] = (64, 48)) -> tupl
     return frames, metadata
 
 
-def _smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = 28) -> tuple[int, int]:
-    """Qwen-VL's resize rule, written out from its published definition (qwen-vl-utils): round each side to a
-    multiple of `factor`, then scale down (or up) keeping the aspect ratio until the area is within the bounds."""
+def _smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int) -> tuple[int, int]:
+    """Qwen-VL's resize rule (qwen-vl-utils' smart_resize), written out here rather than imported from transformers:
+    round each side to a multiple of `factor`, then scale down (or up) keeping the aspect ratio until the area is
+    within the bounds."""
     h, w = round(height / factor) * factor, round(width / factor) * factor
     if h * w > max_pixels:
         beta = math.sqrt(height * width / max_pixels)
@@ -67,6 +69,7 @@ def _generate(model, inputs) -> torch.Tensor:
 BUILDERS = {
     "smolvlm2": tiny_smolvlm2.build_tiny_smolvlm2,
     "qwen2_5_vl": tiny_qwen2_5_vl.build_tiny_qwen2_5_vl,
+    "qwen3_vl": tiny_qwen3_vl.build_tiny_qwen3_vl,
 }
 
 
@@ -157,28 +160,40 @@ def test_smolvlm2_samples_a_video_by_fps_and_generates_on_it(smolvlm2) -> None:
     _generate(model, inputs)
 
 
-# --- Qwen2.5-VL -----------------------------------------------------------------------------------------------------
+# --- Qwen2.5-VL and Qwen3-VL ---------------------------------------------------------------------------------------
+
+QWEN = ["qwen2_5_vl", "qwen3_vl"]
+QWEN_MODULES = {"qwen2_5_vl": tiny_qwen2_5_vl, "qwen3_vl": tiny_qwen3_vl}
+QWEN_CLASSES = {
+    "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", "Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+}
+# The user's first turn as each template renders it: Qwen2.5-VL's adds a default system prompt, Qwen3-VL's does not.
+QWEN_PREAMBLE = {"qwen2_5_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n", "qwen3_vl": ""}
 
 
-@pytest.fixture(scope="module")
-def qwen2_5_vl(tiny_qwen2_5_vl_path: Path):
-    return _load(tiny_qwen2_5_vl_path)
+@pytest.fixture(scope="module", params=QWEN)
+def qwen(request: pytest.FixtureRequest):
+    family = request.param
+    model, processor = _load(request.getfixturevalue(f"tiny_{family}_path"))
+    return family, model, processor
 
 
-def test_qwen2_5_vl_config_and_tokens_are_the_real_layout(qwen2_5_vl) -> None:
-    model, processor = qwen2_5_vl
+def test_qwen_config_and_tokens_are_the_real_layout(qwen) -> None:
+    family, model, processor = qwen
+    module = QWEN_MODULES[family]
     config = json.loads((Path(model.name_or_path) / "config.json").read_text())
-    assert config["model_type"] == "qwen2_5_vl"
-    assert config["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
-    assert type(processor).__name__ == "Qwen2_5_VLProcessor"
-    assert type(processor.video_processor).__name__ == "Qwen2VLVideoProcessor"
-    assert type(processor.tokenizer).__name__ == "Qwen2Tokenizer"
+    assert config["model_type"] == family
+    assert [config["architectures"][0], type(processor).__name__, type(processor.video_processor).__name__] == list(
+        QWEN_CLASSES[family]
+    )
     tokenizer = processor.tokenizer
+    assert type(tokenizer).__name__ == "Qwen2Tokenizer"
     vocab = model.config.text_config.vocab_size
-    ids = [tokenizer.convert_tokens_to_ids(token) for token, _ in tiny_qwen2_5_vl.ADDED_TOKENS]
+    ids = [tokenizer.convert_tokens_to_ids(token) for token, _ in module.ADDED_TOKENS]
     # Consecutive, in the real order, each one token, all inside the vocabulary.
     assert ids == list(range(ids[0], ids[0] + len(ids))) and ids[-1] < vocab
-    for token, _ in tiny_qwen2_5_vl.ADDED_TOKENS:
+    for token, _ in module.ADDED_TOKENS:
         assert tokenizer.tokenize(token) == [token]
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|endoftext|>"
     assert tokenizer.bos_token is None
@@ -187,17 +202,23 @@ def test_qwen2_5_vl_config_and_tokens_are_the_real_layout(qwen2_5_vl) -> None:
     assert model.config.video_token_id == tokenizer.convert_tokens_to_ids("<|video_pad|>")
     assert model.config.vision_start_token_id == tokenizer.convert_tokens_to_ids("<|vision_start|>")
     text_config = model.config.text_config
-    head_dim = text_config.hidden_size // text_config.num_attention_heads
+    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
     assert sum(text_config.rope_parameters["mrope_section"]) == head_dim // 2
     text = "Naïve café: 3 red circles, 日本."
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
 
 
-def test_qwen2_5_vl_chat_template_renders_as_the_real_one(qwen2_5_vl) -> None:
-    _, processor = qwen2_5_vl
+def test_qwen3_vl_template_is_the_published_one_byte_for_byte(tiny_qwen3_vl_path: Path) -> None:
+    saved = (tiny_qwen3_vl_path / "chat_template.jinja").read_bytes()
+    assert saved == tiny_qwen3_vl.CHAT_TEMPLATE.encode() and len(saved) == 5292
+    digest = "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
+    assert hashlib.sha256(saved).hexdigest() == digest
+
+
+def test_qwen_chat_template_renders_as_the_real_one(qwen) -> None:
+    family, _, processor = qwen
     rendered = processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
-    assert rendered == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert rendered == QWEN_PREAMBLE[family] + (
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What colour is the circle?<|im_end|>\n"
         "<|im_start|>assistant\nRed.<|im_end|>\n"
         "<|im_start|>user\nAnd the square?<|im_end|>\n"
@@ -205,31 +226,45 @@ def test_qwen2_5_vl_chat_template_renders_as_the_real_one(qwen2_5_vl) -> None:
     )
 
 
-@pytest.mark.parametrize(("size", "tokens"), [((64, 48), 4), ((200, 100), 10), ((20, 300), 11)])
-def test_qwen2_5_vl_expands_an_image_by_smart_resize(qwen2_5_vl, size: tuple[int, int], tokens: int) -> None:
-    _, processor = qwen2_5_vl
-    w, h = size
-    rh, rw = _smart_resize(h, w, tiny_qwen2_5_vl.MIN_PIXELS, tiny_qwen2_5_vl.MAX_PIXELS)
-    assert (rh // 14 // 2) * (rw // 14 // 2) == tokens
-    inputs = processor(text="<|vision_start|><|image_pad|><|vision_end|>Hi", images=[Image.new("RGB", size)])
-    assert inputs["image_grid_thw"].tolist() == [[1, rh // 14, rw // 14]]
-    assert inputs["input_ids"][0].count(processor.image_token_id) == tokens
+# Image tokens per (width, height) at each fixture's bounds: Qwen2.5-VL one per 28x28 px, within 56x56..112x112;
+# Qwen3-VL one per 32x32 px, within 64x64..128x128.
+QWEN_IMAGES = {
+    "qwen2_5_vl": [((64, 48), 4), ((200, 100), 10), ((20, 300), 11)],
+    "qwen3_vl": [((64, 48), 4), ((200, 100), 10), ((20, 300), 9)],
+}
 
 
-def test_qwen2_5_vl_generates_on_an_image(qwen2_5_vl) -> None:
-    model, processor = qwen2_5_vl
+def test_qwen_expands_an_image_by_smart_resize(qwen) -> None:
+    family, _, processor = qwen
+    module = QWEN_MODULES[family]
+    for (w, h), tokens in QWEN_IMAGES[family]:
+        rh, rw = _smart_resize(h, w, module.MIN_PIXELS, module.MAX_PIXELS, factor=module.FACTOR)
+        assert (rh // module.FACTOR) * (rw // module.FACTOR) == tokens
+        inputs = processor(text="<|vision_start|><|image_pad|><|vision_end|>Hi", images=[Image.new("RGB", (w, h))])
+        patch = module.PATCH_SIZE
+        assert inputs["image_grid_thw"].tolist() == [[1, rh // patch, rw // patch]]
+        assert inputs["input_ids"][0].count(processor.image_token_id) == tokens
+
+
+def test_qwen_generates_on_an_image(qwen) -> None:
+    _, model, processor = qwen
     prompt = processor.apply_chat_template(CONVERSATION[:1], add_generation_prompt=True)
     inputs = processor(text=prompt, images=[Image.new("RGB", (80, 60), (200, 30, 30))], return_tensors="pt")
     _generate(model, inputs)
 
 
-def test_qwen2_5_vl_samples_a_video_by_fps_and_generates_on_it(qwen2_5_vl) -> None:
-    model, processor = qwen2_5_vl
+def test_qwen_samples_a_video_by_fps_and_generates_on_it(qwen) -> None:
+    family, model, processor = qwen
     frames, metadata = _video(seconds=3)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=prompt, videos=[frames], video_metadata=[metadata], return_tensors="pt")
-    # 3 s at 2 fps: 6 of the 12 frames, 3 temporal patches of 2; 64x48 frames resize to 56x56: 2x2 tokens each.
-    assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    # 3 s at 2 fps: 6 of the 12 frames, 3 temporal patches of 2; 64x48 frames resize to 56x56 (Qwen2.5-VL) or
+    # 64x64 (Qwen3-VL): 2x2 tokens a temporal patch.
+    side = 4
+    assert inputs["video_grid_thw"].tolist() == [[3, side, side]]
     assert int((inputs["input_ids"] == processor.video_token_id).sum()) == 3 * 2 * 2
+    if family == "qwen3_vl":  # Qwen3-VL stamps each temporal patch with its time
+        text = processor.tokenizer.decode(inputs["input_ids"][0])
+        assert text.count(" seconds><|vision_start|>") == 3
     _generate(model, inputs)
