@@ -84,6 +84,24 @@ def test_builds_offline_in_seconds_and_is_kept_while_its_fingerprint_matches(fam
     assert (folder / "vlmflow_tiny_family.json").stat().st_mtime_ns == stamp  # same fingerprint: not rebuilt
 
 
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_a_training_step_has_a_finite_loss_and_reaches_both_towers(family: str, request: pytest.FixtureRequest) -> None:
+    # Loaded fresh: the module-scoped models above stay in eval mode without gradients.
+    model, processor = _load(request.getfixturevalue(f"tiny_{family}_path"))
+    model.train()
+    text = processor.apply_chat_template(CONVERSATION[:2])
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    images = [[image]] if family == "smolvlm2" else [image]
+    inputs = processor(text=text, images=images, return_tensors="pt")
+    loss = model(**inputs, labels=inputs["input_ids"]).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert any("visual" in name or "vision" in name for name, g in grads.items() if g.abs().sum() > 0)
+    assert any("language_model" in name or "text_model" in name for name, g in grads.items() if g.abs().sum() > 0)
+
+
 # --- SmolVLM2 -------------------------------------------------------------------------------------------------------
 
 
