@@ -1,10 +1,20 @@
-"""Idefics3 batches with loss on the assistant answers only.
+"""Batches with loss on the assistant answers only, for every model family (families/) by one mechanism.
 
-SmolVLM's chat template renders
-`<|im_start|>User:<image>...<end_of_utterance>\\nAssistant: answer<end_of_utterance>\\n`.
-Labels are -100 everywhere except, for each assistant turn, the tokens after its `Assistant:` header up to and
-including the `<end_of_utterance>` that closes it. So the system and user turns, the headers, the image, grid and
-row tokens and the padding carry no loss. A row longer than max_length is an error, never cut: prep drops such rows.
+Labels are -100 everywhere except where the model writes an answer. Where that is comes from the chat template, not
+from a search for header tokens, so it holds for any family and any text in the messages:
+1. The conversation is rendered with the processor's chat template: the text the processor tokenizes.
+2. For each assistant message, the messages before it are rendered with the generation prompt. That text must be a
+   prefix of the full rendering (checked: a template that renders earlier turns differently once later ones follow
+   is refused), and the answer starts where it ends, as the model starts writing there at inference. The answer
+   ends with the family's end-of-turn token, which closes it. For SmolVLM,
+   `<|im_start|>User:<image>...<end_of_utterance>\nAssistant: red<end_of_utterance>\n` labels ` red<end_of_utterance>`:
+   the headers, the newline after the end of utterance, the system and user turns (an `Assistant:` typed in one
+   included), the image, grid and row tokens and the padding carry no loss.
+3. The processor expands each image placeholder into many tokens before tokenizing. Its replacement offsets move the
+   answers' character spans onto the expanded text, and the tokenizer's offset mapping on that text picks the tokens
+   inside them; each answer's last token is checked to be the end-of-turn token, so a misplaced span fails loudly.
+   One template render per assistant message beyond the row's own, and per answer one vectorized pass over the row.
+A row longer than max_length is an error, never cut: prep drops such rows.
 Video frames (the row's `video_frames`, from prep) are encoded as Generate encodes them, one tile each.
 
 With `packing`, a micro-batch is one padding-free row: the rows' real tokens back to back, `position_ids` restarting
@@ -23,7 +33,8 @@ import torch
 from PIL import Image
 
 from vlmflow_worker.encoding import encode_row
-from vlmflow_worker.errors import BadData
+from vlmflow_worker.errors import BadData, FailedPrecondition, WorkerError
+from vlmflow_worker.families import family_of_processor
 
 IGNORE = -100
 
@@ -34,11 +45,8 @@ class AnswerOnlyCollator:
         self.packing = packing
         self.dataset_dir = Path(dataset_dir)
         self.max_length = max_length
-        tokenizer = processor.tokenizer
-        self.end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
-        self.newline = tokenizer.encode("\n", add_special_tokens=False)
-        self.header = tokenizer.encode("Assistant:", add_special_tokens=False)
-        self.bos = tokenizer.bos_token_id
+        self.end_of_turn = family_of_processor(processor).end_of_turn
+        self.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         self.tokens_seen = 0  # real (unpadded) tokens collated so far, for tokens/s
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -47,12 +55,25 @@ class AnswerOnlyCollator:
         if any(row.get("video_frames") for row in rows):
             # The processor takes one tiling setting per call and frames are not tiled: each row on its own.
             frames = [row.get("video_frames", []) for row in rows]
-            encoded = [encode_row(self.processor, *row) for row in zip(texts, images, frames, strict=True)]
+            encoded = [
+                encode_row(self.processor, *row, offsets=True) for row in zip(texts, images, frames, strict=True)
+            ]
             batch = pad_rows(encoded, self.processor.tokenizer)
+            where = [(e["input_ids"][0], e["offset_mapping"][0], e["text_replacement_offsets"][0]) for e in encoded]
         else:
-            batch = self.processor(
-                text=texts, images=images if any(images) else None, padding=True, return_tensors="pt"
+            batch = dict(
+                self.processor(
+                    text=texts,
+                    images=images if any(images) else None,
+                    padding=True,
+                    return_tensors="pt",
+                    return_offsets_mapping=True,
+                    return_text_replacement_offsets=True,
+                )
             )
+            offsets = batch.pop("offset_mapping")
+            expansions = batch.pop("text_replacement_offsets", None) or [[] for _ in rows]
+            where = list(zip(batch["input_ids"], offsets, expansions, strict=True))
         lengths = batch["attention_mask"].sum(dim=1)
         if int(lengths.max()) > self.max_length:
             longest = int(lengths.argmax())
@@ -61,8 +82,11 @@ class AnswerOnlyCollator:
                 f"max_length {self.max_length}; prepare the dataset with the same max_length so it is dropped"
             )
         self.tokens_seen += int(lengths.sum())
-        batch["labels"] = torch.stack([self.answer_labels(ids) for ids in batch["input_ids"]])
-        return self.pack(dict(batch), lengths) if self.packing else dict(batch)
+        labels = [
+            self.answer_labels(row["messages"], text, *at) for row, text, at in zip(rows, texts, where, strict=True)
+        ]
+        batch["labels"] = pad_labels(labels, batch["input_ids"], self.processor.tokenizer.padding_side)
+        return self.pack(batch, lengths) if self.packing else batch
 
     @staticmethod
     def pack(batch: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -89,39 +113,89 @@ class AnswerOnlyCollator:
         images = [self._image(path) for path in row.get("images", [])]
         return int(encode_row(self.processor, text, images, row.get("video_frames", []))["input_ids"].shape[1])
 
-    def answer_labels(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Labels for one sequence: the ids inside assistant answers (with their end-of-utterance), else -100."""
-        ids = input_ids.tolist()
-        labels = [IGNORE] * len(ids)
-        n = len(self.header)
-        start = 0
-        while (at := _find(ids, self.header, start)) >= 0:
-            start = at + n
-            if not self._is_turn_start(ids, at):
-                continue  # "Assistant:" inside some text, not a header
-            end = start
-            while end < len(ids) and ids[end] != self.end_of_utterance:
-                end += 1
-            if end == len(ids):
-                raise BadData("an assistant answer has no <end_of_utterance>: was the sequence truncated?")
-            labels[start : end + 1] = ids[start : end + 1]
-            start = end + 1
-        return torch.tensor(labels, dtype=input_ids.dtype)
+    def answer_labels(
+        self,
+        messages: list[dict[str, Any]],
+        text: str,
+        input_ids: torch.Tensor,
+        offsets: torch.Tensor,
+        expansions: list[dict[str, Any]],
+    ) -> torch.Tensor:
+        """Labels for one sequence (the module doc's steps 2 and 3): `input_ids` where an answer is, else -100.
+        `text` is the rendered conversation, `offsets` each token's (start, end) in the text the processor
+        tokenized (padding: (0, 0)), `expansions` where it expanded `text`'s image placeholders."""
+        starts, ends = offsets[:, 0], offsets[:, 1]
+        real = ends > starts  # padding, and special tokens the tokenizer adds, cover no text
+        answer = torch.zeros_like(real)
+        for start, end in self.answer_spans(messages, text):
+            if any(start <= e["span"][0] < end for e in expansions):
+                raise BadData("an assistant message holds an image or video; answers must be text")
+            start, end = expanded_position(start, expansions), expanded_position(end, expansions)
+            inside = real & (ends > start) & (starts < end)
+            last = int(inside.nonzero().max()) if inside.any() else -1
+            if last < 0 or int(input_ids[last]) != self.end_of_turn_id:
+                raise WorkerError(
+                    f"an answer's tokens do not end with {self.end_of_turn}: the tokenizer's offsets disagree with "
+                    "the rendered conversation"
+                )
+            answer |= inside
+        return torch.where(answer, input_ids, IGNORE)
 
-    def _is_turn_start(self, ids: list[int], at: int) -> bool:
-        """A header follows the BOS or `<end_of_utterance>` + newline."""
-        if at > 0 and ids[at - 1] == self.bos:
-            return True
-        k = len(self.newline)
-        return at >= k + 1 and ids[at - k : at] == self.newline and ids[at - k - 1] == self.end_of_utterance
+    def answer_spans(self, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
+        """Each assistant message's answer in the rendered `text` as (start, end) characters: from the end of the
+        generation prompt before it through the end-of-turn token that closes it."""
+        spans = []
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = self.processor.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+            if not text.startswith(prompt):
+                raise FailedPrecondition(
+                    "the model's chat template renders a conversation's earlier turns differently once later turns "
+                    "follow, so the answers cannot be located in it; answer-only training needs a template whose "
+                    "rendering of the first turns is a prefix of the whole conversation's"
+                )
+            start = len(prompt)
+            end = text.find(self.end_of_turn, start)
+            # The end of turn found must be the one closing this message (not a later turn's, nor one typed in
+            # the answer): only whitespace between the message's text and it.
+            if end < 0 or not text[start:end].rstrip().endswith(text_of(message).strip()):
+                raise BadData(
+                    f"an assistant answer is not closed by {self.end_of_turn} in the rendered conversation: "
+                    f"{text[start : start + 80]!r}..."
+                )
+            spans.append((start, end + len(self.end_of_turn)))
+        return spans
 
 
-def _find(ids: list[int], pattern: list[int], start: int) -> int:
-    first, n = pattern[0], len(pattern)
-    for i in range(start, len(ids) - n + 1):
-        if ids[i] == first and ids[i : i + n] == pattern:
-            return i
-    return -1
+def text_of(message: dict[str, Any]) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part["text"] for part in content if part.get("type") == "text")
+
+
+def expanded_position(position: int, expansions: list[dict[str, Any]]) -> int:
+    """A character position of the rendered text in the text the processor tokenized, where each placeholder
+    (`span`) became its expansion (`new_span`)."""
+    shift = 0
+    for e in expansions:
+        (old_start, old_end), (new_start, new_end) = e["span"], e["new_span"]
+        if old_end <= position:
+            shift += (new_end - new_start) - (old_end - old_start)
+    return position + shift
+
+
+def pad_labels(labels: list[torch.Tensor], input_ids: torch.Tensor, side: str) -> torch.Tensor:
+    """Each row's labels padded with -100 to the batch's length, on the side the tokenizer pads the ids."""
+    out = torch.full_like(input_ids, IGNORE)
+    length = input_ids.shape[1]
+    for row, row_labels in enumerate(labels):
+        if side == "left":
+            out[row, length - len(row_labels) :] = row_labels
+        else:
+            out[row, : len(row_labels)] = row_labels
+    return out
 
 
 def pad_rows(encoded: list[dict[str, torch.Tensor]], tokenizer) -> dict[str, torch.Tensor]:
