@@ -466,8 +466,8 @@ function buildVersionB(): { workflows: string; parseInput: string } {
   const schema = path.join(root, 'src', 'config', 'pipeline-config.ts');
   const schemaCode = readFileSync(schema, 'utf8');
   const changed = schemaCode.replace(
-    'bootstrapSamples: z.number().int().nonnegative().default(200)',
-    'bootstrapSamples: z.number().int().nonnegative().default(7)',
+    'bootstrapSamples: positiveInt.default(200)',
+    'bootstrapSamples: positiveInt.default(7)',
   );
   if (changed === schemaCode) throw new Error('version B: the schema edit did not apply');
   writeFileSync(schema, changed);
