@@ -109,3 +109,32 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(processor, images: Pa
     collator.processor = Rewriting()
     with pytest.raises(FailedPrecondition, match="prefix"):
         collator.answer_spans(CONVERSATION, Rewriting().apply_chat_template(CONVERSATION, tokenize=False))
+
+
+# Each new family's tiny fixture (real processor and chat template): the loss tokens of the same multi-turn,
+# multi-image row are exactly each answer followed by that family's end-of-turn token.
+FAMILY_END_OF_TURN = {
+    "tiny_smolvlm2_path": "<end_of_utterance>",
+    "tiny_qwen2_5_vl_path": "<|im_end|>",
+    "tiny_qwen3_vl_path": "<|im_end|>",
+}
+
+
+@pytest.mark.parametrize("fixture", list(FAMILY_END_OF_TURN))
+def test_every_family_labels_exactly_its_answers_and_end_of_turn(
+    fixture: str, images: Path, request: pytest.FixtureRequest
+) -> None:
+    from transformers import AutoProcessor
+
+    family_processor = AutoProcessor.from_pretrained(request.getfixturevalue(fixture))
+    batch = AnswerOnlyCollator(family_processor, images, max_length=1 << 16)(
+        [{"messages": CONVERSATION, "images": ["a.png", "b.png"]}]
+    )
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    found = runs(labels)
+    assert len(found) == len(ANSWERS)
+    end = FAMILY_END_OF_TURN[fixture]
+    for (start, stop), answer in zip(found, ANSWERS, strict=True):
+        decoded = family_processor.tokenizer.decode(ids[start:stop].tolist())
+        assert decoded.strip() == f"{answer}{end}", decoded
+        assert family_processor.tokenizer.decode(ids[stop - 1 : stop]) == end
