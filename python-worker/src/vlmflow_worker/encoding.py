@@ -1,30 +1,42 @@
 """How a row's text and images become the model's inputs, one way for Generate, prep's token counts and the
 training collator, so the model trains on exactly what it is served: video frames are shown whole, one tile each;
-photos keep the processor's tiling."""
+photos keep the processor's tiling. Tiling is Idefics3's and SmolVLM's (`do_image_splitting`); Qwen-VL resizes each
+image whole, so there frames and photos are encoded alike. A video a family takes natively goes in whole through the
+processor's video input (encode_video)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from vlmflow_worker.errors import BadData
 
+if TYPE_CHECKING:
+    from vlmflow_worker.media import VideoFrames
 
-def frame_image_kwargs(frames: bool) -> dict[str, Any]:
+
+def tiles_images(processor) -> bool:
+    """Whether the processor cuts photos into tiles (Idefics3, SmolVLM). Qwen-VL's image processor has no such
+    setting: handed `do_image_splitting` it only warns that it ignores it, so it is never handed one."""
+    return hasattr(processor.image_processor, "do_image_splitting")
+
+
+def frame_image_kwargs(processor, frames: bool) -> dict[str, Any]:
     """The processor settings for one item's images. Video frames are shown whole, one tile each (as SmolVLM does:
     many frames already cost many tokens); photos keep the processor's tiling. Generate, prep's token counts and the
     training collator all encode frames with this, so the model trains on the frames it is served."""
-    return {"do_image_splitting": False} if frames else {}
+    return {"do_image_splitting": False} if frames and tiles_images(processor) else {}
 
 
 def encode_row(
     processor, text: str, images: list[Image.Image], frames: Collection[int], *, offsets: bool = False
 ) -> dict[str, Any]:
     """One rendered row's tensors ([1, ...]), its images encoded as Generate encodes them: the images at indices
-    `frames` are video frames, one tile each (infer.prompts.frame_image_kwargs), the others photos, tiled. Prep counts
+    `frames` are video frames, one tile each (frame_image_kwargs), the others photos, tiled. Prep counts
     tokens with this too, so its counts are the training lengths.
 
     With `offsets`, also where each token lies in the text the processor tokenized (`offset_mapping`, [1, n, 2]) and
@@ -34,9 +46,10 @@ def encode_row(
     extra = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if offsets else {}
     if not images:
         return dict(processor(text=[text], return_tensors="pt", **extra))
-    kinds = {i in frames for i in range(len(images))}
+    # Without tiling a frame is encoded as a photo is, so any mix of them goes in one call.
+    kinds = {i in frames for i in range(len(images))} if tiles_images(processor) else {False}
     if len(kinds) == 1:
-        kwargs = frame_image_kwargs(kinds.pop())
+        kwargs = frame_image_kwargs(processor, kinds.pop())
         return dict(processor(text=[text], images=[images], return_tensors="pt", **kwargs, **extra))
     return encode_by_image(processor, text, images, frames, offsets=offsets)
 
@@ -54,7 +67,7 @@ def encode_by_image(
     tiles, masks, expanded, replacements = [], [], pieces[0], []
     at = len(pieces[0])  # where the next placeholder starts in `text`
     for i, (image, piece) in enumerate(zip(images, pieces[1:], strict=True)):
-        kwargs = frame_image_kwargs(i in frames)
+        kwargs = frame_image_kwargs(processor, i in frames)
         out = processor.image_processor([[image]], return_row_col_info=True, return_tensors="pt", **kwargs)
         tiles.append(out["pixel_values"][0])
         masks.append(out["pixel_attention_mask"][0])
@@ -68,3 +81,48 @@ def encode_by_image(
     if offsets:
         encoded["text_replacement_offsets"] = [replacements]
     return {**encoded, "pixel_values": torch.cat(tiles)[None], "pixel_attention_mask": torch.cat(masks)[None]}
+
+
+def encode_video(processor, text: str, video: VideoFrames) -> dict[str, Any]:
+    """One rendered row with one video placeholder (the chat template's rendering of a {"type": "video"} part) and
+    its frames, sampled already (media.sample_video): the processor's video input builds the family's own video
+    tokens (Qwen-VL's <|video_pad|> with its frame times, SmolVLM2's timestamped frames). The processor is told not to
+    sample again; the metadata (video_metadata) gives it the frames' real times."""
+    frames, times = list(video.frames), list(video.timestamps)
+    # Qwen-VL's vision tower takes frames in pairs (temporal_patch_size) and Qwen3-VL refuses a shorter video:
+    # a clip of one frame shows that frame twice, as qwen-vl-utils pads frame counts.
+    while len(frames) < getattr(processor.video_processor, "temporal_patch_size", 1):
+        frames.append(frames[-1])
+        times.append(times[-1])
+    array = np.stack([np.asarray(frame) for frame in frames])  # (T, H, W, 3): one stream, one frame size
+    return dict(
+        processor(
+            text=[text],
+            # Nested per row: SmolVLM counts a row's videos as the length of its list (Qwen-VL flattens either way).
+            videos=[[array]],
+            video_metadata=[video_metadata(times, video.duration, width=array.shape[2], height=array.shape[1])],
+            do_sample_frames=False,
+            return_tensors="pt",
+        )
+    )
+
+
+def video_metadata(times: list[float], duration: float, *, width: int, height: int) -> Any:
+    """Sampled frames described as a video of their own, so each processor reads their real times: frame i at
+    `frames_indices[i] / fps` seconds (Qwen3-VL's time stamps, SmolVLM2's "Frame from mm:ss"), and `fps` the rate
+    of the frames handed over (Qwen2.5-VL's seconds per temporal patch, its rotary time axis). The indices are
+    fractional: the frames sit at their decoded times, not on a grid of this rate."""
+    from transformers.video_utils import VideoMetadata
+
+    span = times[-1] - times[0]
+    # One frame, or frames at one instant: no rate to read, and none needed (nothing to space apart in time).
+    fps = (len(times) - 1) / span if span > 0 else 1.0
+    return VideoMetadata(
+        total_num_frames=len(times),
+        fps=fps,
+        width=width,
+        height=height,
+        duration=duration or times[-1],
+        video_backend="pyav",
+        frames_indices=[t * fps for t in times],
+    )
