@@ -1,7 +1,8 @@
 """Batched generation: GenerateRequest → GenerateResponse, shared by the gRPC handler, the CLI and the benchmark.
 
 Steps: (1) check the generation settings, (2) load each item's images or video frames and build its conversation
-from the task preset, (3) render it with the processor's chat template and encode it, (4) generate in batches
+from the task preset, (3) render it with the processor's chat template and encode it as the model's family takes
+it (a video natively where the processor takes videos, else its frames as images), (4) generate in batches
 (left padded, items of similar length together) cut by a budget, (5) decode answers with token counts and timings.
 Every input problem is raised before any model work, as a WorkerError naming the item ("items[3].images[1]: ...").
 
@@ -24,7 +25,8 @@ from PIL import Image
 
 from vlmflow.v1 import generate_pb2, worker_pb2
 from vlmflow_worker import media
-from vlmflow_worker.errors import InvalidArgument, OutOfMemory
+from vlmflow_worker.errors import BadData, InvalidArgument, OutOfMemory
+from vlmflow_worker.families import family_of, family_of_processor
 from vlmflow_worker.infer import prompts
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
@@ -42,6 +44,11 @@ class PreparedItem:
     # Indices of `images` that are video frames: encoded whole, one tile each (encoding.py), as in training.
     frames: list[int] = field(default_factory=list)
     frame_timestamps: list[float] = field(default_factory=list)
+    # A video item's sampled frames and its prompt, for a family whose processor takes videos itself (encode picks:
+    # such a family gets the video whole, the others the conversation above, frames as images).
+    video: media.VideoFrames | None = None
+    prompt: str = ""
+    what: str = ""  # how errors name the item: "items[3] (id)"
 
 
 @dataclass(frozen=True)
@@ -68,9 +75,15 @@ class Cost:
     @classmethod
     def of(cls, encoding: dict[str, Any]) -> Cost:
         pixels = 0
-        if "pixel_values" in encoding:
-            _, tiles, _, height, width = encoding["pixel_values"].shape
-            pixels = tiles * height * width
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key not in encoding:
+                continue
+            values = encoding[key]
+            if values.dim() == 5:  # Idefics3, SmolVLM: [1, tiles, 3, H, W]
+                _, tiles, _, height, width = values.shape
+                pixels += tiles * height * width
+            else:  # Qwen-VL: [patches, 3 x frames x patch x patch], the image or video cut into flat patches
+                pixels += values.shape[0] * values.shape[1] // 3
         return cls(int(encoding["input_ids"].shape[1]), pixels)
 
 
@@ -174,28 +187,48 @@ def prepare_item(item: generate_pb2.GenerateItem, index: int, settings: WorkerSe
             start_seconds=video.start_seconds,
             end_seconds=video.end_seconds,
         )
-        conversation = prompts.video_conversation(
-            item.prompt.strip() or prompts.VIDEO_PROMPT, sampled.timestamps, sampled.duration
-        )
-        return PreparedItem(item.id, conversation, sampled.frames, list(range(len(sampled.frames))), sampled.timestamps)
+        prompt = item.prompt.strip() or prompts.VIDEO_PROMPT
+        conversation = prompts.video_conversation(prompt, sampled.timestamps, sampled.duration)
+        frames = list(range(len(sampled.frames)))
+        return PreparedItem(item.id, conversation, sampled.frames, frames, sampled.timestamps, sampled, prompt, what)
     if item.HasField("video") and item.video.uri:
         raise InvalidArgument(
             f"{what}.video is set but the task is {prompts.TASK_NAMES.get(task, task)}; use TASK_VIDEO"
         )
-    return PreparedItem(item.id, prompts.build_conversation(item, task, what, len(images)), images)
+    return PreparedItem(item.id, prompts.build_conversation(item, task, what, len(images)), images, what=what)
 
 
 def encode(processor, item: PreparedItem) -> dict[str, Any]:
-    """One item's tensors: input_ids and attention_mask [1, L]; pixel_values [1, N, 3, H, W] when it has images."""
-    text = processor.apply_chat_template(item.conversation, add_generation_prompt=True)
-    from vlmflow_worker.encoding import encode_row  # torch: imported when the first item is encoded
+    """One item's tensors, as its processor returns them: input_ids and attention_mask [1, L], and with images
+    Idefics3's and SmolVLM's pixel_values [1, N, 3, H, W] or Qwen-VL's flat patches with their grids. A video goes in
+    through the processor's own video input where the family has one (its video tokens, frame times and, for
+    Qwen2.5-VL, rotary time steps), else as its frames, one image each."""
+    from vlmflow_worker.encoding import encode_row, encode_video  # torch: imported when the first item is encoded
 
-    return encode_row(processor, text, item.images, item.frames)
+    try:
+        if item.video is not None and family_of_processor(processor).video == "native":
+            conversation = prompts.native_video_conversation(item.prompt)
+            text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+            return encode_video(processor, text, item.video)
+        text = processor.apply_chat_template(item.conversation, add_generation_prompt=True)
+        return encode_row(processor, text, item.images, item.frames)
+    except ValueError as err:
+        # The processor's own checks on what it is given (Qwen-VL refuses an image more than 200 times wider than
+        # high): the caller's input, so named like the other input errors rather than failing the worker.
+        what = item.what or f"item {item.id!r}"
+        raise BadData(f"{what}: the model's processor cannot take this item's images or video ({err})") from err
+
+
+# Qwen-VL's visual inputs: each item's patches and grids, in row order, concatenated (the model walks them in the
+# order of the rows' image and video tokens).
+FLAT_VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
 def collate(encodings: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any]:
-    """Left-pads token ids (generation continues on the right) and zero-pads the image stacks: all-zero images are
-    how Idefics3 marks padding (the model drops them)."""
+    """Left-pads token ids (generation continues on the right). Idefics3's and SmolVLM's image stacks are zero-padded:
+    all-zero images are how they mark padding (the model drops them). Qwen-VL's flat patches are concatenated, and its
+    mm_token_type_ids (which tokens are image or video) left-padded as text: the model computes its multimodal rotary
+    positions from them and the attention mask, padding left out."""
     import torch
 
     length = max(e["input_ids"].shape[1] for e in encodings)
@@ -206,8 +239,19 @@ def collate(encodings: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any
         ids[row, length - n :] = e["input_ids"][0]
         mask[row, length - n :] = e["attention_mask"][0]
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+    if any("mm_token_type_ids" in e for e in encodings):
+        types = torch.zeros((len(encodings), length), dtype=torch.long)
+        for row, e in enumerate(encodings):
+            if "mm_token_type_ids" in e:
+                types[row, length - e["mm_token_type_ids"].shape[1] :] = e["mm_token_type_ids"][0]
+        batch["mm_token_type_ids"] = types
     with_images = [e for e in encodings if "pixel_values" in e]
-    if with_images:
+    if any(e[key].dim() != 5 for e in encodings for key in ("pixel_values", "pixel_values_videos") if key in e):
+        for key in FLAT_VISUAL_KEYS:
+            present = [e[key] for e in encodings if key in e]
+            if present:
+                batch[key] = torch.cat(present)
+    elif with_images:
         num = max(e["pixel_values"].shape[1] for e in with_images)
         channels, height, width = (max(e["pixel_values"].shape[d] for e in with_images) for d in (2, 3, 4))
         pixels = torch.zeros((len(encodings), num, channels, height, width), dtype=with_images[0]["pixel_values"].dtype)
@@ -223,13 +267,14 @@ def collate(encodings: list[dict[str, Any]], pad_token_id: int) -> dict[str, Any
 
 
 def eos_token_ids(model, processor) -> list[int]:
-    """The model's EOS ids plus `<end_of_utterance>`, SmolVLM's end of turn, when the tokenizer has it."""
+    """The model's EOS ids plus its family's end of turn (SmolVLM's `<end_of_utterance>`, Qwen-VL's `<|im_end|>`),
+    when the tokenizer has it: a chat model ends its answer there, whatever its generation_config names."""
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     tokenizer = processor.tokenizer
-    end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
-    if isinstance(end_of_utterance, int) and end_of_utterance != tokenizer.unk_token_id:
-        ids.add(end_of_utterance)
+    end_of_turn = tokenizer.convert_tokens_to_ids(family_of(model.config).end_of_turn)
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        ids.add(end_of_turn)
     if not ids and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return sorted(ids)
@@ -271,8 +316,9 @@ def generate_tokens(
     batch = collate(encodings, pad_id)
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    for key in ("pixel_values", "pixel_values_videos"):
+        if key in batch:
+            batch[key] = batch[key].to(model.dtype)
     started = time.perf_counter()
     timer = _finish_timer(eos_ids, len(encodings), started)
     with torch.inference_mode():

@@ -68,6 +68,12 @@ def video_conversation(prompt: str, timestamps: list[float], duration: float) ->
     return [{"role": "user", "content": content}]
 
 
+def native_video_conversation(prompt: str) -> list[dict]:
+    """The video task's conversation for a family whose processor takes videos: one video part, which the processor
+    expands into the frames with their times in the family's own words, then the prompt."""
+    return [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]}]
+
+
 def chat_conversation(messages, num_images: int, what: str) -> list[dict]:
     """ChatMessages with `<image>` markers → typed content. Marker and image counts must match; with no marker at
     all, the images go before the first user turn's text."""
