@@ -191,6 +191,17 @@ def refuse_long_rows(rows: list[dict[str, Any]], collator: AnswerOnlyCollator, m
             )
 
 
+def refuse_packing(config: SFTConfig, model) -> None:
+    """Padding-free batches only for a family whose positions they keep exact (families/ `packing`): never a run
+    whose rows silently see the wrong positions."""
+    family = family_of(model.config)
+    if config.packing and not family.packing:
+        raise InvalidArgument(
+            f"training.packing is not supported for {family.name} models: their multimodal rotary positions (3-D for "
+            "image and video tokens) are not yet built per packed row; set training.packing to false"
+        )
+
+
 def peak_memory_bytes() -> int:
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
@@ -203,10 +214,12 @@ def frozen_vision_out_of_backward(model) -> int:
     the vision tower that makes every step backpropagate through the whole frozen SigLIP for nothing (on
     SmolVLM-256M, one 5-tile row: backward 13.3 s with the hook, 1.4 s without). Non-reentrant checkpointing does not
     need it, so the vision tower's hooks go; the text embeddings' stay. Called once training has begun, after the
-    trainer has enabled checkpointing. Returns how many hooks it removed."""
+    trainer has enabled checkpointing. Returns how many hooks it removed. The vision tower is `vision_model` in
+    Idefics3 and SmolVLM2, `visual` in Qwen2.5-VL (whose patch embedding transformers hooks too; Qwen3-VL's is not)."""
     removed = 0
     for name, module in model.named_modules():
-        if "vision" not in name.rsplit(".", 1)[-1] or not hasattr(module, "get_input_embeddings"):
+        tower = name.rsplit(".", 1)[-1]
+        if ("vision" not in tower and tower != "visual") or not hasattr(module, "get_input_embeddings"):
             continue
         try:
             embeddings = module.get_input_embeddings()
@@ -328,6 +341,7 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     if ctx:
         ctx.progress("loading the model")
     model, processor = load_for_training(config, settings)
+    refuse_packing(config, model)
     collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
     refuse_long_rows(train_rows + (eval_rows if has_eval else []), collator, config.max_length)
 
