@@ -70,8 +70,10 @@ class AtomicCheckpointTrainer(Trainer):
         root = Path(resume_from_checkpoint)
         subfolders = [p for p in root.iterdir() if (p / "adapter_model.safetensors").is_file()]
         if subfolders and (root / "adapter_model.safetensors").is_file() and hasattr(model, "load_adapter"):
+            from vlmflow_worker.models import attach_adapter  # the one safetensors-only adapter load
+
             active = model.active_adapters[0]
-            model.load_adapter(str(root), active, is_trainable=True)
+            attach_adapter(model, root, name=active, trainable=True, what=f"checkpoint {root.name}")
             model.set_adapter(active)
 
     def _save_checkpoint(self, model, trial) -> None:
