@@ -14,5 +14,6 @@ run() {
 }
 run npm run --silent lint
 run npx vitest run
-run python-worker/.venv/bin/pytest python-worker -q
+# --durations: the slowest tests, so a suite that grows slower says where (target: the whole suite well under 30 min).
+run python-worker/.venv/bin/pytest python-worker -q --durations=15
 exit $status
