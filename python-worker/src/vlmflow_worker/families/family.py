@@ -32,12 +32,6 @@ class Family:
     video: Literal["native", "keyframes"] = field(
         metadata={"help": "'native': the processor takes videos; 'keyframes': frames go in as images."}
     )
-    packing: bool = field(
-        metadata={
-            "help": "Padding-free batches (training.packing) are exact: rows back to back with 1-D position_ids "
-            "restarting per row give each row the positions it has alone (train/collator.py)."
-        }
-    )
 
     def lora_targets(self, modules: Sequence[str], tune_vision: bool) -> str:
         """A regex over module names (PEFT full-matches it): `modules` in the text tower, and with tune_vision the

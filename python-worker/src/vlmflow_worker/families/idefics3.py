@@ -24,5 +24,4 @@ FAMILY = Family(
     quantization_skip=(),
     end_of_turn="<end_of_utterance>",
     video="keyframes",  # no video input: frames are images, one tile each (encoding.py)
-    packing=True,
 )

@@ -25,9 +25,4 @@ FAMILY = Family(
     quantization_skip=("model.visual", "lm_head"),
     end_of_turn="<|im_end|>",
     video="native",
-    # Multimodal rotary positions (mrope): an image token's position is 3-D (time, row, column of its patch),
-    # computed by the model from the whole row (get_rope_index); 1-D positions restarting per row, as packing
-    # gives, would place every image token at a text position. Refused until the collator builds each row's
-    # [3, n] positions (plus the 1-D text positions transformers reads packing from: position_ids [4, 1, n]).
-    packing=False,
 )

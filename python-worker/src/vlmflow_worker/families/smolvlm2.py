@@ -23,5 +23,4 @@ FAMILY = Family(
     quantization_skip=("model.vision_model", "model.connector", "lm_head"),
     end_of_turn="<end_of_utterance>",
     video="native",
-    packing=True,
 )

@@ -22,10 +22,17 @@ at 0 for each, no attention mask. transformers then attends within each row only
 SDPA and eager, variable-length kernels with flash-attention), so no FLOP goes to padding and the loss is the padded
 batch's (tests/test_packing.py). It needs use_cache off (with a KV cache transformers ignores packed position_ids),
 as training has it. The images keep their order; Idefics3 drops the all-zero padding images itself.
+Qwen2.5-VL and Qwen3-VL place tokens by multimodal rotary positions (mrope): an image or video token's position is
+3-D (time, row, column of its patch), so 1-D positions would misplace them. For those the collator takes the model's
+`get_rope_index` (`rope_index`), computes each row's [3, n] positions on the padded batch (the padding left out,
+as the model itself does), and packs them under the 1-D per-row positions transformers reads the row boundaries
+from: position_ids [4, 1, total] (modeling_qwen2_5_vl.py's "packed position_ids" case). Flat patches and grids
+stay as they are: they are already per image, in row order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +47,18 @@ IGNORE = -100
 
 
 class AnswerOnlyCollator:
-    def __init__(self, processor, dataset_dir: Path | str, max_length: int, packing: bool = False) -> None:
+    def __init__(
+        self,
+        processor,
+        dataset_dir: Path | str,
+        max_length: int,
+        packing: bool = False,
+        rope_index: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> None:
+        """`rope_index`: the model's `get_rope_index`, for packing a family with multimodal rotary positions."""
         self.processor = processor
         self.packing = packing
+        self.rope_index = rope_index
         self.dataset_dir = Path(dataset_dir)
         self.max_length = max_length
         self.end_of_turn = family_of_processor(processor).end_of_turn
@@ -88,16 +104,33 @@ class AnswerOnlyCollator:
         batch["labels"] = pad_labels(labels, batch["input_ids"], self.processor.tokenizer.padding_side)
         return self.pack(batch, lengths) if self.packing else batch
 
-    @staticmethod
-    def pack(batch: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The padded batch as one padding-free row (see the module doc); the labels' first token of every row is
-        the BOS, never a label, so no loss crosses from one row into the next."""
+    def pack(self, batch: dict[str, torch.Tensor], lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The padded batch as one padding-free row (see the module doc); every row's first token is never a label
+        (a BOS, or the system or user turn), so no loss crosses from one row into the next."""
         real = batch["attention_mask"].bool()
-        packed = {
-            "input_ids": batch["input_ids"][real][None],
-            "labels": batch["labels"][real][None],
-            "position_ids": torch.cat([torch.arange(int(n)) for n in lengths])[None],
-        }
+        positions = torch.cat([torch.arange(int(n)) for n in lengths])[None]
+        packed = {"input_ids": batch["input_ids"][real][None], "labels": batch["labels"][real][None]}
+        if "mm_token_type_ids" in batch:  # multimodal rotary positions (Qwen-VL)
+            if self.rope_index is None:
+                raise FailedPrecondition(
+                    "training.packing with multimodal rotary positions needs the model's get_rope_index "
+                    "(AnswerOnlyCollator rope_index)"
+                )
+            grids = {key: batch[key] for key in ("image_grid_thw", "video_grid_thw") if key in batch}
+            mrope, _ = self.rope_index(
+                batch["input_ids"],
+                mm_token_type_ids=batch["mm_token_type_ids"],
+                attention_mask=batch["attention_mask"],
+                **grids,
+                **({"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}),
+            )
+            packed["position_ids"] = torch.cat([positions, mrope[:, real]])[:, None]  # [4, 1, total]
+            packed["mm_token_type_ids"] = batch["mm_token_type_ids"][real][None]
+            for key in ("pixel_values", "pixel_values_videos", "second_per_grid_ts", *grids):
+                if key in batch:
+                    packed[key] = batch[key]  # flat patches and per-image grids: already in row order
+            return packed
+        packed["position_ids"] = positions
         for key in ("pixel_values", "pixel_attention_mask"):
             if key in batch:
                 images = batch[key]

@@ -168,11 +168,11 @@ def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
     from peft import LoraConfig, prepare_model_for_kbit_training
 
     from vlmflow_worker.models import ModelSpec, attach_adapter, load_model
-    from vlmflow_worker.train.sft import device_for_rank, lora_targets
+    from vlmflow_worker.train.sft import device_for_rank, lora_targets, no_kv_cache
 
     spec = ModelSpec(config.model_id, config.revision, config.quantization, dtype=config.dtype)
     model, processor = load_model(spec, settings=settings, device=device_for_rank())
-    model.config.use_cache = False
+    no_kv_cache(model)
     if config.quantization != "none":
         model = prepare_model_for_kbit_training(
             model,

@@ -91,12 +91,19 @@ def add_adapters(model, config: SFTConfig):
     return get_peft_model(model, lora)
 
 
+def no_kv_cache(model) -> None:
+    """No KV cache while training: it conflicts with checkpointing, and with one transformers ignores packed
+    position_ids. Qwen-VL's language model reads its own text config's use_cache, not the top-level one."""
+    model.config.use_cache = False
+    model.config.get_text_config().use_cache = False
+
+
 def load_for_training(config: SFTConfig, settings: WorkerSettings | None):
     from vlmflow_worker.models import ModelSpec, load_model
 
     spec = ModelSpec(config.model_id, config.revision, config.quantization, dtype=config.dtype)
     model, processor = load_model(spec, settings=settings, device=device_for_rank())
-    model.config.use_cache = False  # no KV cache while training (and it conflicts with checkpointing)
+    no_kv_cache(model)
     set_seed(config.seed)  # the LoRA init
     return add_adapters(model, config), processor
 
@@ -191,15 +198,12 @@ def refuse_long_rows(rows: list[dict[str, Any]], collator: AnswerOnlyCollator, m
             )
 
 
-def refuse_packing(config: SFTConfig, model) -> None:
-    """Padding-free batches only for a family whose positions they keep exact (families/ `packing`): never a run
-    whose rows silently see the wrong positions."""
-    family = family_of(model.config)
-    if config.packing and not family.packing:
-        raise InvalidArgument(
-            f"training.packing is not supported for {family.name} models: their multimodal rotary positions (3-D for "
-            "image and video tokens) are not yet built per packed row; set training.packing to false"
-        )
+def rope_index_of(model):
+    """The model's multimodal rotary positions (Qwen-VL's `get_rope_index`), which packing its rows needs; None for a
+    family with 1-D positions. It reads the config only, never the weights, so data-loader workers (forked) can call
+    it on their CPU tensors."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(getattr(base, "model", None), "get_rope_index", None)
 
 
 def peak_memory_bytes() -> int:
@@ -341,8 +345,9 @@ def train_sft(config: SFTConfig, ctx: JobContext | None = None, settings: Worker
     if ctx:
         ctx.progress("loading the model")
     model, processor = load_for_training(config, settings)
-    refuse_packing(config, model)
-    collator = AnswerOnlyCollator(processor, dataset_dir, config.max_length, packing=config.packing)
+    collator = AnswerOnlyCollator(
+        processor, dataset_dir, config.max_length, packing=config.packing, rope_index=rope_index_of(model)
+    )
     refuse_long_rows(train_rows + (eval_rows if has_eval else []), collator, config.max_length)
 
     # 4. Trainer, with our events and atomic checkpoints.
