@@ -301,3 +301,41 @@ def test_a_packed_training_run_follows_the_padded_loss_curve(model_path: Path, s
     padded, packed = losses(False), losses(True)
     assert len(padded) == 3
     assert packed == pytest.approx(padded, rel=1e-3)
+
+
+def evaluate_report(settings: WorkerSettings, model: Path, dataset: Path, adapter: Path, name: str) -> dict[str, Any]:
+    """The Evaluate job on the dataset's held-out split: the base and the adapter ("sft"), their metrics."""
+    from vlmflow_worker.evaluate import job as evaluate
+
+    request = jobs_pb2.EvaluateRequest(
+        job_id=name,
+        model=common_pb2.ModelRef(model_id=str(model), dtype=common_pb2.DTYPE_FLOAT32),
+        variants=[jobs_pb2.EvalVariant(name="sft", adapter_uri=str(adapter))],
+        dataset_uri=str(dataset),
+        generation=common_pb2.GenerationConfig(max_new_tokens=4),
+        batch_size=8,
+        bootstrap_samples=100,
+        output_uri=str(settings.artifact_root / "reports" / name),
+    )
+    evaluate.validate(request, settings)
+    folder = settings.artifact_root / "jobs" / name
+    folder.mkdir(parents=True)
+    result = evaluate.run(request, JobContext(name, folder, settings))
+    return json.loads(Path(result.artifacts["metrics"]).read_text())["metrics"]
+
+
+def test_evaluate_scores_the_tuned_model_above_the_base(
+    model_path: Path, shapes: Path, trained: Path, workspace: WorkerSettings
+) -> None:
+    metrics = evaluate_report(workspace, model_path, shapes, trained, "eval-sft")
+    assert metrics["base"]["vqa_accuracy"]["value"] <= 0.3
+    assert metrics["sft"]["vqa_accuracy"]["value"] >= 0.6  # the learning test's bar, through Generate's batching
+
+
+def test_evaluate_scores_preference_rows_by_the_answers_log_probabilities(
+    model_path: Path, trained: Path, workspace: WorkerSettings
+) -> None:
+    dataset = prepare(workspace, model_path, "shapes-pref-eval", 10, preference=True)
+    metrics = evaluate_report(workspace, model_path, dataset, trained, "eval-pref")
+    assert metrics["base"]["preference_accuracy"]["value"] == 0.5 and metrics["base"]["reward_margin"]["value"] == 0
+    assert metrics["sft"]["reward_margin"]["value"] > 0  # SFT on the right colours prefers the chosen answers
