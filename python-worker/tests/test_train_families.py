@@ -339,3 +339,23 @@ def test_evaluate_scores_preference_rows_by_the_answers_log_probabilities(
     metrics = evaluate_report(workspace, model_path, dataset, trained, "eval-pref")
     assert metrics["base"]["preference_accuracy"]["value"] == 0.5 and metrics["base"]["reward_margin"]["value"] == 0
     assert metrics["sft"]["reward_margin"]["value"] > 0  # SFT on the right colours prefers the chosen answers
+
+
+def test_checkpointing_keeps_the_loss_curve_and_tune_vision_trains_the_vision_tower(
+    model_path: Path, shapes: Path, tmp_path: Path
+) -> None:
+    """The production default (gradient checkpointing on, the frozen vision tower out of backward) trains exactly as
+    without it; with tune_vision the vision adapters get gradients and change the curve."""
+    from vlmflow_worker.train.sft import train_sft
+
+    def losses(checkpointing: bool, tune_vision: bool) -> list[float]:
+        output = tmp_path / f"run-{checkpointing}-{tune_vision}"
+        config = sft_config(model_path, shapes, output, max_steps=3, micro_batch_size=4, tune_vision=tune_vision)
+        train_sft(dataclasses.replace(config, lora_dropout=0.0, gradient_checkpointing=checkpointing))
+        log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+        return [entry["loss"] for entry in log if "loss" in entry]
+
+    text, vision = losses(False, False), losses(False, True)
+    assert losses(True, False) == pytest.approx(text, rel=1e-5)
+    assert losses(True, True) == pytest.approx(vision, rel=1e-5)
+    assert vision[0] == pytest.approx(text[0], rel=1e-6) and vision[-1] != pytest.approx(text[-1], rel=1e-4)
