@@ -162,6 +162,25 @@ def test_prep_counts_each_row_as_the_collator_encodes_it(
         assert int(image_tokens.min()) > 0
 
 
+def test_a_batch_with_video_frame_rows_has_each_rows_own_encoding(
+    family_key: str, shapes: Path, request: pytest.FixtureRequest
+) -> None:
+    """Rows whose images are video frames (prep's keyframes, `video_frames`) batched with photo rows: every row as
+    long as it is alone (prep's count), frames one tile each where the family tiles, in one call where it does not."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(request.getfixturevalue(FIXTURES[family_key]))  # SmolVLM2 tiled
+    rows = rows_of(shapes, "train")[:3]
+    rows[1]["video_frames"] = [0]
+    collator = AnswerOnlyCollator(processor, shapes, 2048)
+    batch = collator(rows)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    assert lengths == [collator.count(row) for row in rows]
+    if "pixel_attention_mask" in batch:  # SmolVLM2: the frame row is one tile, the photo rows five
+        assert lengths[1] < lengths[0] == lengths[2]
+    assert (batch["labels"] != -100).sum(dim=1).min() > 0
+
+
 def test_sft_takes_held_out_accuracy_from_chance_to_well_above(
     family_key: str, model_path: Path, shapes: Path, trained: Path
 ) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmflow_worker.encoding import encode_row
+from vlmflow_worker.encoding import encode_row, tiles_images
 from vlmflow_worker.errors import BadData, FailedPrecondition, WorkerError
 from vlmflow_worker.families import family_of_processor
 
@@ -68,8 +68,9 @@ class AnswerOnlyCollator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts = [self.processor.apply_chat_template(row["messages"], tokenize=False) for row in rows]
         images = [[self._image(path) for path in row.get("images", [])] for row in rows]
-        if any(row.get("video_frames") for row in rows):
-            # The processor takes one tiling setting per call and frames are not tiled: each row on its own.
+        if any(row.get("video_frames") for row in rows) and tiles_images(self.processor):
+            # The processor takes one tiling setting per call and frames are not tiled: each row on its own. A
+            # processor that does not tile (Qwen-VL) encodes frames as it encodes photos: the whole batch at once.
             frames = [row.get("video_frames", []) for row in rows]
             encoded = [
                 encode_row(self.processor, *row, offsets=True) for row in zip(texts, images, frames, strict=True)
