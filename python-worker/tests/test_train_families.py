@@ -262,9 +262,21 @@ def test_export_loads_with_plain_transformers_and_gives_base_plus_adapters_logit
 def test_a_short_dpo_run_completes_with_trls_vision_preference_collator(
     model_path: Path, workspace: WorkerSettings
 ) -> None:
+    from transformers import AutoProcessor
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
     from vlmflow_worker.train import dpo
 
     dataset = prepare(workspace, model_path, "shapes-pref", 20, preference=True)
+    # Prep counts a preference row as its longer answer after the prompt, as TRL's collator encodes it.
+    rows = rows_of(dataset, "train")[:4]
+    examples = [{key: row[key] for key in ("prompt", "chosen", "rejected")} for row in rows]
+    for example, row in zip(examples, rows, strict=True):
+        example["images"] = images_of(dataset, row)
+    batch = DataCollatorForVisionPreference(AutoProcessor.from_pretrained(model_path), max_length=None)(examples)
+    lengths = batch["attention_mask"].sum(dim=1).view(2, len(rows)).max(dim=0).values  # chosen rows, then rejected
+    assert lengths.tolist() == [row["num_tokens"] for row in rows]
+
     output = workspace.artifact_root / "runs" / "dpo"
     base = sft_config(model_path, dataset, output, max_steps=3, micro_batch_size=4, learning_rate=2e-3)
     config = dpo.DPOTrainConfig(**vars(base), beta=0.1)
