@@ -1,4 +1,5 @@
-"""SFT of an Idefics3 / SmolVLM model with LoRA, DoRA or QLoRA, on transformers' Trainer with our collator.
+"""SFT of a model of any supported family (families/) with LoRA, DoRA or QLoRA, on transformers' Trainer with our
+collator.
 
 Reads top to bottom: 1. data, 2. model, 3. adapters, 4. trainer, 5. train (resuming), 6. save the adapter.
 Used by the Train job (`train/job.py`); also callable directly (tests, benchmarks) with `ctx=None`.
