@@ -50,7 +50,9 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.vlmflow-stamp" 2>/dev/null)" 
   mkdir -p "$wheels"
   if ! "$venv/bin/pip" install -q --no-index --find-links "$wheels" -r python-worker/requirements.lock 2>/dev/null; then
     say "downloading Python wheels into $wheels (torch is large; once per machine)"
-    "$venv/bin/pip" download -q -d "$wheels" -r python-worker/requirements.lock
+    # `wheel`, not `download`: a package published only as an sdist (docopt, under num2words) is built into a wheel
+    # here, where the index can supply its build tools; the offline install below could not build it.
+    "$venv/bin/pip" wheel -q -w "$wheels" --find-links "$wheels" -r python-worker/requirements.lock
     "$venv/bin/pip" install -q --no-index --find-links "$wheels" -r python-worker/requirements.lock
   fi
   "$venv/bin/pip" install -q --no-deps --no-build-isolation -e python-worker
