@@ -120,7 +120,7 @@ def run_trl(args, model_dir: Path, dataset: Path, output: Path, clock: StepClock
         ]
     )
     lora = LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=lora_targets(SFTConfig()), task_type="CAUSAL_LM"
+        r=16, lora_alpha=32, lora_dropout=0.0, target_modules=lora_targets(SFTConfig(), model), task_type="CAUSAL_LM"
     )
     config = DPOConfig(
         output_dir=str(output),

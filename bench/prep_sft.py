@@ -158,7 +158,7 @@ def run_trl(
         r=ours.lora_r,
         lora_alpha=ours.lora_alpha,
         lora_dropout=ours.lora_dropout,
-        target_modules=lora_targets(ours),
+        target_modules=lora_targets(ours, model),
         task_type="CAUSAL_LM",
     )
     args = trl.SFTConfig(

@@ -176,7 +176,7 @@ class Meter:
         return _Callback()
 
 
-def lora_config():
+def lora_config(model):
     from peft import LoraConfig
 
     from vlmflow_worker.train.config import SFTConfig
@@ -184,7 +184,7 @@ def lora_config():
 
     config = SFTConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05)
     return LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=lora_targets(config), bias="none", task_type="CAUSAL_LM"
+        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=lora_targets(config, model), bias="none", task_type="CAUSAL_LM"
     )
 
 
@@ -287,7 +287,7 @@ def run_trl(args, dataset: Path, model_dir: Path, meter: Meter, output: Path) ->
         train_dataset=data,
         processing_class=processor,
         data_collator=collator,
-        peft_config=lora_config(),
+        peft_config=lora_config(model),
         callbacks=[meter.callback()],
     )
     trainer.train()
