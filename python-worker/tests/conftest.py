@@ -25,6 +25,7 @@ class WorkerProcess:
     process: subprocess.Popen[str]
     port: int
     artifact_root: Path
+    metrics_address: str | None = None  # host:port of /metrics, when started with --metrics-address
 
     def stub(self) -> worker_pb2_grpc.WorkerServiceStub:
         channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
@@ -48,7 +49,7 @@ def start_worker(artifact_root: Path, *extra: str) -> WorkerProcess:
         if entry.get("msg") == "listening":
             # Keep draining the worker's log: a full pipe would block the worker on its next log line.
             threading.Thread(target=_relay, args=(process.stderr,), daemon=True).start()
-            return WorkerProcess(process, int(entry["port"]), artifact_root)
+            return WorkerProcess(process, int(entry["port"]), artifact_root, entry.get("metrics_address"))
     raise RuntimeError(f"worker exited with {process.wait()} before listening")
 
 

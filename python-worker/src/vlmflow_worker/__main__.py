@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help=help_["tls_key"])
     serve.add_argument("--tls-client-ca", type=Path, help=help_["tls_client_ca"])
     serve.add_argument("--token-file", type=Path, help=help_["token_file"])
+    serve.add_argument("--metrics-address", help=help_["metrics_address"])
     serve.add_argument("--insecure", action="store_true", default=None, help=help_["insecure"])
     return parser
 

@@ -44,6 +44,7 @@ from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
 from vlmflow_worker.jobs import eventlog, lease
 from vlmflow_worker.jobs.child import failure
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES
+from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.jobs")
@@ -125,9 +126,15 @@ def remove_watcher(folder: Path, watcher: str) -> None:
 
 class JobRegistry:
     def __init__(
-        self, settings: WorkerSettings, capacity: int, poll_s: float = 0.1, slots: devices.GpuSlots | None = None
+        self,
+        settings: WorkerSettings,
+        capacity: int,
+        poll_s: float = 0.1,
+        slots: devices.GpuSlots | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or WorkerMetrics()  # jobs started, running, waiting and ended; training steps
         # Which job holds which GPUs; without a GPU list (CPU), `capacity` jobs at once.
         self.slots = slots or devices.GpuSlots([], job_capacity=capacity)
         self.cancel_grace_s = settings.job_cancel_grace_s
@@ -221,7 +228,11 @@ class JobRegistry:
                     if record.running:
                         add_watcher(record.folder, request.watcher)
                     return record, True
-            gpus = self.slots.assign(job_id, self.slots.wanted(_num_processes(request)))
+            try:
+                gpus = self.slots.assign(job_id, self.slots.wanted(_num_processes(request)))
+            except WorkerBusy:
+                self.metrics.job_refused(job_id, kind)
+                raise
             folder = eventlog.job_dir(self.settings.artifact_root, job_id)
             folder.mkdir(parents=True, exist_ok=True)
             if not self._claim(folder):
@@ -289,6 +300,7 @@ class JobRegistry:
             },
         )
         record = JobRecord(job_id, kind, folder, process=process)
+        self.metrics.job_started(job_id, kind)
         self._start_task(self._supervise(record))
         await self._prewarm()
         return record
@@ -419,6 +431,7 @@ class JobRegistry:
             record.events = eventlog.read_events(path)
             self._append_failure(record, failure(reason, message, checkpoint=record.job().last_checkpoint_uri))
         gpus = self._free_gpus(record.job_id)
+        self.metrics.job_ended(record.job_id, record.kind, record.events[-1] if record.ended else None)
         log.info("job ended", extra={"job_id": record.job_id, "exit_code": code, "gpus_freed": [g.index for g in gpus]})
         lease.release(record.folder)
         record.process = None
@@ -458,6 +471,8 @@ class JobRegistry:
         if not complete:
             return offset
         events = [eventlog.from_line(line) for line in complete.decode().splitlines() if line.strip()]
+        if record.local:  # a job another worker runs is that worker's to count
+            self.metrics.job_events(record.job_id, record.kind, events)
         async with record.changed:
             record.events.extend(events)
             record.changed.notify_all()

@@ -24,6 +24,7 @@ import grpc
 from vlmflow.v1 import generate_pb2, worker_pb2
 from vlmflow_worker import heavy_imports
 from vlmflow_worker.errors import WorkerError, abort_with
+from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.generate")
@@ -71,6 +72,7 @@ class _Prepared:
 
 class GenerateRpcs:
     settings: WorkerSettings
+    metrics: WorkerMetrics
 
     def setup_generate(self) -> None:
         """Called once when the server is built: the processor thread; the model thread and the model cache are made
@@ -95,14 +97,23 @@ class GenerateRpcs:
     async def Generate(  # noqa: N802
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.GenerateResponse:
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED  # unless set below: the caller went away (the await was cancelled)
         try:
-            return await self._generate(request)
+            response = await self._generate(request)
+            code = grpc.StatusCode.OK
+            self.metrics.generate_answered(response, time.perf_counter() - started)
+            return response
         except WorkerError as err:
+            code = err.status
             log.warning("generate refused", extra={"status": err.status.name, "error": err.message})
             await abort_with(context, err)
         except Exception as err:  # a bug or a library failure: INTERNAL with what happened, and keep serving
+            code = grpc.StatusCode.INTERNAL
             log.exception("generate failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"Generate failed: {type(err).__name__}: {err}")
+        finally:
+            self.metrics.generate_requests.labels(code.name).inc()
         raise AssertionError("unreachable")
 
     async def _generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:

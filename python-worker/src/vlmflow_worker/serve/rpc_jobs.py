@@ -15,6 +15,7 @@ from vlmflow_worker.errors import InvalidArgument, WorkerError, abort_with
 from vlmflow_worker.jobs import eventlog
 from vlmflow_worker.jobs.kinds import spec_for
 from vlmflow_worker.jobs.registry import JobRegistry
+from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.settings import WorkerSettings
 
 TRAIN_KINDS = {
@@ -26,10 +27,11 @@ TRAIN_KINDS = {
 class JobRpcs:
     settings: WorkerSettings
     capacity: int
+    metrics: WorkerMetrics
 
     def setup_jobs(self) -> None:
         """Called once when the server is built (job registry)."""
-        self.registry = JobRegistry(self.settings, self.capacity)
+        self.registry = JobRegistry(self.settings, self.capacity, metrics=self.metrics)
 
     async def close_jobs(self) -> None:
         """Called once when the server stops: running jobs are asked to checkpoint and stop."""

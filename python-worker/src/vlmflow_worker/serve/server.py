@@ -10,15 +10,17 @@ import logging
 import os
 import signal
 import socket
+from http.server import HTTPServer
 
 import grpc
 
 from vlmflow.v1 import worker_pb2, worker_pb2_grpc
 from vlmflow_worker import devices
 from vlmflow_worker.serve import health, security
+from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.rpc_generate import GenerateRpcs
 from vlmflow_worker.serve.rpc_jobs import JobRpcs
-from vlmflow_worker.serve.settings import WorkerSettings
+from vlmflow_worker.serve.settings import WorkerSettings, parse_address
 
 log = logging.getLogger("vlmflow.server")
 
@@ -30,6 +32,10 @@ class WorkerService(GenerateRpcs, JobRpcs, worker_pb2_grpc.WorkerServiceServicer
         self.settings = settings
         self.slots = devices.plan(settings)  # the GPUs, read once through NVML; raises ValueError naming a setting
         self.capacity = self.slots.capacity
+        self.metrics = WorkerMetrics()
+        self.metrics.job_capacity.set(self.capacity)
+        self.metrics.watch_gpus(self.slots.gpus)
+        self.metrics_server: HTTPServer | None = None  # started by start_server when settings.metrics_address is set
         devices.use_for_inference(self.slots)
         self.setup_generate()
         self.setup_jobs()
@@ -50,6 +56,8 @@ class WorkerService(GenerateRpcs, JobRpcs, worker_pb2_grpc.WorkerServiceServicer
     async def close(self) -> None:
         await self.close_jobs()
         await self.close_generate()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
 
     @property
     def worker_id(self) -> str:
@@ -101,6 +109,11 @@ async def start_server(settings: WorkerSettings) -> tuple[grpc.aio.Server, Worke
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}: the port is in use or not allowed") from cause
     settings.port = port
+    if settings.metrics_address is not None:
+        host, metrics_port = parse_address("metrics_address", settings.metrics_address)
+        service.metrics_server = service.metrics.serve(host, metrics_port)
+        # The bound port, for the 'listening' line (it may have been 0).
+        settings.metrics_address = f"{settings.metrics_address.rpartition(':')[0]}:{service.metrics_server.server_port}"
     await server.start()
     return server, service
 
@@ -112,9 +125,16 @@ async def serve(settings: WorkerSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     server, service = await start_server(settings)
     # Launchers (the TS side, tests) read this line to learn the port when it was 0.
+    metrics = {"metrics_address": settings.metrics_address} if settings.metrics_address else {}
     log.info(
         "listening",
-        extra={"host": settings.host, "port": settings.port, "pid": os.getpid(), **security.describe(settings)},
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "pid": os.getpid(),
+            **security.describe(settings),
+            **metrics,
+        },
     )
     await stop.wait()
     log.info("stopping")

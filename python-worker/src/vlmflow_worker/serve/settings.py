@@ -51,6 +51,18 @@ def read_token_file(path: Path) -> str:
     return token
 
 
+def parse_address(name: str, value: str) -> tuple[str, int]:
+    """`host:port` (`[::1]:9465` for IPv6) -> (host, port); raises ValueError naming the setting and the form."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or (":" in host and "[" not in value):
+        raise ValueError(
+            f"{name}: {value!r} is not host:port (e.g. 127.0.0.1:9465, 0.0.0.0:9465 or [::]:9465; port 0 picks a "
+            "free one)"
+        )
+    return host, int(port)
+
+
 def _validate_security(settings: WorkerSettings) -> None:
     """Checks the TLS/token settings and the bind address; raises ValueError naming the field and the fix.
 
@@ -205,6 +217,14 @@ class WorkerSettings:
         default_factory=lambda: _path_env("VLMFLOW_WORKER_TOKEN_FILE"),
         metadata={"help": "File holding the shared token (instead of VLMFLOW_WORKER_TOKEN)."},
     )
+    metrics_address: str | None = field(
+        default_factory=lambda: _env("VLMFLOW_WORKER_METRICS_ADDRESS", "") or None,
+        metadata={
+            "help": "host:port of the Prometheus /metrics endpoint (jobs, training speed, Generate, GPU memory); unset "
+            "serves none; port 0 picks a free one (in the 'listening' log line). It has no TLS or token: bind loopback "
+            "or a network only your Prometheus reaches (compose: 0.0.0.0:9465 on its private network)."
+        },
+    )
     insecure: bool = field(
         default_factory=lambda: _env("VLMFLOW_WORKER_INSECURE", "").lower() in ("1", "true", "yes"),
         metadata={"help": "Allow binding a non-loopback host without TLS and a token (trusted networks only)."},
@@ -232,6 +252,8 @@ class WorkerSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.generate_batch_wait_ms < 0:
             raise ValueError(f"generate_batch_wait_ms must be >= 0 (0 = never wait), got {self.generate_batch_wait_ms}")
+        if self.metrics_address is not None:
+            parse_address("metrics_address (VLMFLOW_WORKER_METRICS_ADDRESS)", self.metrics_address)
         self.artifact_root = self.artifact_root.resolve()
         self.data_roots = [p.resolve() for p in self.data_roots]
         _validate_security(self)
