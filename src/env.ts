@@ -2,9 +2,27 @@
  * Process configuration from environment variables, validated once with zod. docker/ sets exactly
  * these names (test/docker.test.ts checks); docker/README.md lists them in its environment table.
  */
+import { isIP } from 'node:net';
 import { z } from 'zod';
 
 const port = z.coerce.number().int().min(1).max(65535);
+
+/**
+ * ip:port the Temporal SDK's Prometheus endpoint binds (`0.0.0.0:9464`, `127.0.0.1:9464`, `[::]:9464`): the SDK
+ * takes a socket address, so a host name is refused here with a sentence rather than by the SDK with its syntax.
+ */
+export const metricsAddressSchema = z.string().refine(
+  (value) => {
+    const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value);
+    const ip = m?.[1] ?? m?.[2];
+    const portNumber = Number(m?.[3]);
+    return Boolean(ip && isIP(ip) === (m?.[1] ? 6 : 4) && portNumber >= 1 && portNumber <= 65535);
+  },
+  {
+    message:
+      'must be ip:port, e.g. 0.0.0.0:9464, 127.0.0.1:9464 or [::]:9464 (an IP address, not a host name; port 1-65535)',
+  },
+);
 
 export const envSchema = z.object({
   /** host:port of a Temporal frontend; unset means "start the local dev server". */
@@ -44,6 +62,12 @@ export const envSchema = z.object({
    * workflows/ at start, which takes seconds and needs the source.
    */
   VLMFLOW_WORKFLOW_BUNDLE: z.string().min(1).optional(),
+  /**
+   * ip:port of the TS worker's Prometheus endpoint: the Temporal SDK's metrics (task latencies, slots, polls,
+   * workflow and activity outcomes) at /metrics. Unset serves none, as the SDK does; `vlmflow worker
+   * --metrics-address` sets it too. Compose sets 0.0.0.0:9464.
+   */
+  VLMFLOW_TEMPORAL_METRICS_ADDRESS: metricsAddressSchema.optional(),
 });
 
 export type Env = z.infer<typeof envSchema>;

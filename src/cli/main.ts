@@ -1,5 +1,6 @@
 /** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
-import { Command } from 'commander';
+import { Command, InvalidArgumentError } from 'commander';
+import { metricsAddressSchema } from '../env.js';
 import { registerPipelineCommands } from './commands.js';
 import { bundle } from './bundle.js';
 import { demo } from './demo.js';
@@ -20,8 +21,17 @@ program
 program
   .command('worker')
   .description('run the TS workers against TEMPORAL_ADDRESS and VLMFLOW_WORKER_ADDRESS (docker/, GPU hosts)')
-  .action(async () => {
-    process.exitCode = await worker();
+  .option(
+    '--metrics-address <ip:port>',
+    "serve the Temporal SDK's metrics for Prometheus at http://<ip:port>/metrics (default: VLMFLOW_TEMPORAL_METRICS_ADDRESS; unset: none)",
+    (value: string) => {
+      const parsed = metricsAddressSchema.safeParse(value);
+      if (!parsed.success) throw new InvalidArgumentError(parsed.error.issues[0]!.message);
+      return parsed.data;
+    },
+  )
+  .action(async (opts: { metricsAddress?: string }) => {
+    process.exitCode = await worker({ metricsAddress: opts.metricsAddress });
   });
 
 program

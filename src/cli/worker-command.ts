@@ -24,16 +24,23 @@ import { createTemporalWorkers } from '../temporal-worker.js';
 export interface WorkerCommandOptions {
   /** How long to wait for Temporal and the Python worker to come up (containers start in any order). */
   readyTimeoutMs?: number;
+  /** ip:port of the Temporal metrics endpoint (`--metrics-address`); overrides VLMFLOW_TEMPORAL_METRICS_ADDRESS. */
+  metricsAddress?: string;
 }
 
 export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
-  const env = loadEnv();
+  const env = loadEnv(
+    opts.metricsAddress === undefined
+      ? process.env
+      : { ...process.env, VLMFLOW_TEMPORAL_METRICS_ADDRESS: opts.metricsAddress },
+  );
   if (!env.VLMFLOW_WORKER_ADDRESS) {
     throw new Error('VLMFLOW_WORKER_ADDRESS is not set: give the host:port of the Python worker on this host');
   }
   const target = temporalTarget(env);
   const deadline = Date.now() + (opts.readyTimeoutMs ?? 120_000);
-  installTemporalRuntime();
+  // First: a metrics port already taken fails here, in a sentence, before anything is dialled.
+  installTemporalRuntime({ metricsAddress: env.VLMFLOW_TEMPORAL_METRICS_ADDRESS });
 
   const client = createPythonWorkerClient(env.VLMFLOW_WORKER_ADDRESS, pythonWorkerClientSecurity(env));
   let connection: NativeConnection | undefined;
@@ -58,6 +65,7 @@ export async function worker(opts: WorkerCommandOptions = {}): Promise<number> {
         workflowTaskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
         gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE,
         activitySlots: Math.max(1, capacity),
+        metricsAddress: env.VLMFLOW_TEMPORAL_METRICS_ADDRESS,
       },
       'workers running',
     );

@@ -30,7 +30,7 @@ export interface LocalStack {
 }
 
 export async function startLocalStack(env: Env): Promise<LocalStack> {
-  installTemporalRuntime();
+  installTemporalRuntime({ metricsAddress: env.VLMFLOW_TEMPORAL_METRICS_ADDRESS });
   const cleanups: (() => Promise<void>)[] = [];
   const shutdown = async () => {
     for (const cleanup of cleanups.reverse()) {

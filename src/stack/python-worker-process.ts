@@ -20,6 +20,8 @@ export interface PythonWorkerOptions {
   token?: string;
   /** Allow a non-loopback `host` without TLS and a token. */
   insecure?: boolean;
+  /** host:port of its Prometheus endpoint (`--metrics-address`; port 0 picks a free one); unset serves none. */
+  metricsAddress?: string;
   /** Extra environment for the worker (e.g. HF_HUB_OFFLINE). */
   env?: Record<string, string>;
   startTimeoutMs?: number;
@@ -29,6 +31,8 @@ export interface PythonWorker {
   address: string;
   port: number;
   pid: number;
+  /** host:port its /metrics endpoint is bound to (from its 'listening' line), when it serves one. */
+  metricsAddress: string | undefined;
   process: ResultPromise;
   /** SIGTERM, then SIGKILL after `graceMs`. */
   stop(graceMs?: number): Promise<void>;
@@ -49,6 +53,7 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
   if (opts.tls) args.push('--tls-cert', opts.tls.cert, '--tls-key', opts.tls.key);
   if (opts.tls?.clientCa) args.push('--tls-client-ca', opts.tls.clientCa);
   if (opts.insecure) args.push('--insecure');
+  if (opts.metricsAddress) args.push('--metrics-address', opts.metricsAddress);
   const child = execa(workerPython, args, {
     env: { PYTHONUNBUFFERED: '1', ...(opts.token ? { VLMFLOW_WORKER_TOKEN: opts.token } : {}), ...opts.env },
     stdout: 'inherit',
@@ -57,7 +62,7 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
     forceKillAfterDelay: false,
   });
   const log = logger.child({ component: 'python-worker', pid: child.pid });
-  const port = await new Promise<number>((resolve, reject) => {
+  const listening = await new Promise<{ port: number; metricsAddress: string | undefined }>((resolve, reject) => {
     const timer = setTimeout(
       () => reject(new Error(`the Python worker did not start listening within ${opts.startTimeoutMs ?? 120_000} ms`)),
       opts.startTimeoutMs ?? 120_000,
@@ -73,7 +78,10 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
       }
       if (entry?.msg === 'listening') {
         clearTimeout(timer);
-        resolve(Number(entry.port));
+        resolve({
+          port: Number(entry.port),
+          metricsAddress: typeof entry.metrics_address === 'string' ? entry.metrics_address : undefined,
+        });
       }
       // Relay the worker's own JSON lines so one stream carries both sides' logs.
       if (entry) log.debug(entry, 'worker log');
@@ -87,10 +95,12 @@ export async function startPythonWorker(opts: PythonWorkerOptions): Promise<Pyth
       );
     });
   });
+  const { port, metricsAddress } = listening;
   return {
     address: `${dialHost(opts.host)}:${port}`,
     port,
     pid: child.pid!,
+    metricsAddress,
     process: child,
     async stop(graceMs = 10_000) {
       if (child.exitCode !== null || child.signalCode !== null) return;
