@@ -166,12 +166,14 @@ describe("docker/temporal-schema.sh (the compose job that makes Temporal's schem
 });
 
 describe('docker/compose.yaml', () => {
-  it('runs PostgreSQL, the schema job, the four Temporal services, the setup job, the Web UI, the certificates job and both workers', () => {
+  it('runs PostgreSQL, the schema job, the four Temporal services, the setup job, the Web UI, the certificates job, both workers, Prometheus and Grafana', () => {
     const temporalServices = SERVICES.map((s) => `temporal-${s}`);
     expect(Object.keys(services).sort()).toEqual(
       [
         'certs',
+        'grafana',
         'postgresql',
+        'prometheus',
         'python-worker',
         'temporal-schema',
         ...temporalServices,
@@ -202,7 +204,8 @@ describe('docker/compose.yaml', () => {
     const oneShot = ['certs', 'temporal-schema', 'temporal-setup'];
     const withoutCheck = Object.entries(services)
       .filter(
-        ([name, svc]) => !oneShot.includes(name) && !svc.healthcheck && name !== 'temporal-ui' && name !== 'ts-worker',
+        ([name, svc]) =>
+          !oneShot.includes(name) && !svc.healthcheck && !['temporal-ui', 'grafana', 'ts-worker'].includes(name),
       )
       .map(([name]) => name);
     expect(withoutCheck).toEqual([]);
@@ -220,7 +223,7 @@ describe('docker/compose.yaml', () => {
 
   it('pins every image and restarts long-running services, not one-shot jobs', () => {
     for (const [name, svc] of Object.entries(services)) {
-      if (!svc.build) expect(svc.image, name).toMatch(/^[\w./-]+:\d[\w.-]*$/);
+      if (!svc.build) expect(svc.image, name).toMatch(/^[\w./-]+:v?\d[\w.-]*$/);
       const oneShot = ['certs', 'temporal-schema', 'temporal-setup'].includes(name);
       expect(svc.restart, name).toBe(oneShot ? (name === 'certs' ? 'no' : 'on-failure') : 'unless-stopped');
     }
@@ -359,7 +362,11 @@ describe('docker/compose.yaml', () => {
     const [host, port] = environment('ts-worker').VLMFLOW_WORKER_ADDRESS!.split(':');
     expect(Object.keys(services)).toContain(host);
     expect(environment('python-worker').VLMFLOW_WORKER_PORT).toBe(port);
-    expect(service('python-worker').expose).toEqual([port]);
+    // Its gRPC port, and the metrics port Prometheus scrapes (checked in the metrics suite below).
+    expect(service('python-worker').expose).toEqual([
+      port,
+      environment('python-worker').VLMFLOW_WORKER_METRICS_ADDRESS!.split(':')[1],
+    ]);
     const python = dockerfile('docker/python-worker.Dockerfile');
     expect(python.find((i) => i.op === 'EXPOSE')?.args).toBe(port);
     expect(python.some((i) => i.op === 'ENV' && i.args.includes(`VLMFLOW_WORKER_PORT=${port}`))).toBe(true);
@@ -540,6 +547,71 @@ describe('the Dockerfiles', () => {
   });
 });
 
+describe('docker/ metrics: Prometheus scrapes both workers, Grafana shows them', () => {
+  interface ScrapeConfig {
+    job_name: string;
+    static_configs: { targets: string[] }[];
+  }
+  const prometheus = parse(read('docker/prometheus.yml')) as { scrape_configs: ScrapeConfig[] };
+  const metricsVariables = {
+    'python-worker': 'VLMFLOW_WORKER_METRICS_ADDRESS',
+    'ts-worker': 'VLMFLOW_TEMPORAL_METRICS_ADDRESS',
+  };
+
+  it("targets each worker by its compose service name, on the port that worker's metrics variable binds", () => {
+    const targets = prometheus.scrape_configs.flatMap((c) => c.static_configs.flatMap((s) => s.targets));
+    for (const [name, variable] of Object.entries(metricsVariables)) {
+      const address = environment(name)[variable];
+      expect(address, `${name} sets ${variable}`).toMatch(/^0\.0\.0\.0:\d+$/); // reachable on the compose network
+      const port = address!.split(':')[1]!;
+      expect(targets, `prometheus.yml scrapes ${name}`).toContain(`${name}:${port}`);
+      expect(service(name).expose, `${name} exposes ${port}`).toContain(port);
+      expect(service(name).ports ?? [], `${name} publishes no metrics port on the host`).toEqual([]);
+      // The extra GPU host's workers bind the same ports, published for the central Prometheus.
+      const remote = gpuHost.services[name]!;
+      expect(remote.environment?.[variable], `compose.gpu-host.yaml ${name}`).toBe(address);
+      expect(remote.ports, `compose.gpu-host.yaml ${name}`).toContain(`${port}:${port}`);
+    }
+    for (const target of targets) {
+      const [host, port] = target.split(':') as [string, string];
+      expect(Object.keys(services), `${target}: a compose service`).toContain(host);
+      expect(Object.keys(metricsVariables), `${target}: a vlmflow worker`).toContain(host);
+      expect(environment(host)[metricsVariables[host as keyof typeof metricsVariables]]).toBe(`0.0.0.0:${port}`);
+    }
+    // The TS worker's value is one its config schema accepts.
+    expect(loadEnv(environment('ts-worker')).VLMFLOW_TEMPORAL_METRICS_ADDRESS).toBe('0.0.0.0:9464');
+  });
+
+  it('mounts the scrape config, Grafana provisioning and the dashboard where each program reads them', () => {
+    /** A service's bind mounts, source -> target. */
+    const mounts = (name: string): Record<string, string> =>
+      Object.fromEntries(service(name).volumes!.map((v) => v.split(':').slice(0, 2) as [string, string]));
+    const command = service('prometheus').command!;
+    const config = command.find((c) => c.startsWith('--config.file='))!.split('=')[1]!;
+    expect(mounts('prometheus')['./prometheus.yml']).toBe(config);
+    const grafana = mounts('grafana');
+    expect(grafana['./grafana/provisioning']).toBe('/etc/grafana/provisioning');
+    const provider = parse(read('docker/grafana/provisioning/dashboards/vlmflow.yaml')) as {
+      providers: { options: { path: string } }[];
+    };
+    expect(grafana['./grafana/dashboards']).toBe(provider.providers[0]!.options.path);
+    const home = environment('grafana').GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH!;
+    expect(path.dirname(home)).toBe(provider.providers[0]!.options.path);
+    expect(existsSync(path.join(dockerDir, 'grafana/dashboards', path.basename(home)))).toBe(true);
+    // The data source points at the prometheus service, under the uid the dashboard's panels name.
+    const sources = parse(read('docker/grafana/provisioning/datasources/prometheus.yaml')) as {
+      datasources: { uid: string; url: string }[];
+    };
+    expect(sources.datasources[0]!.url).toBe(`http://prometheus:${service('prometheus').ports![0]!.split(':').at(-1)}`);
+    const dashboard = JSON.parse(read(`docker/grafana/dashboards/${path.basename(home)}`)) as {
+      panels: { type: string; datasource?: { uid: string } }[];
+    };
+    for (const panel of dashboard.panels.filter((p) => p.type !== 'row')) {
+      expect(panel.datasource?.uid).toBe(sources.datasources[0]!.uid);
+    }
+  });
+});
+
 describe('docker/README.md', () => {
   it('documents every variable the code reads and compose sets, in one table', () => {
     const readme = read('docker/README.md');
@@ -583,7 +655,12 @@ describe('the compose environment, run without containers', () => {
       { reject: false, stdio: 'ignore' },
     );
     // The python-worker service's environment, on a free port, as the worker's own process sees it.
-    const env = { ...localise(environment('python-worker'), dirs), VLMFLOW_WORKER_PORT: '0' };
+    // Free ports for it and its metrics: the service's fixed ones may be taken on a test machine.
+    const env = {
+      ...localise(environment('python-worker'), dirs),
+      VLMFLOW_WORKER_PORT: '0',
+      VLMFLOW_WORKER_METRICS_ADDRESS: '127.0.0.1:0',
+    };
     python = await startPythonWorker({ artifactRoot: dirs.artifacts, env });
   });
 
@@ -625,6 +702,7 @@ describe('the compose environment, run without containers', () => {
       VLMFLOW_WORKER_TLS_SERVER_NAME: environment('ts-worker').VLMFLOW_WORKER_ADDRESS!.split(':')[0]!,
       VLMFLOW_WORKFLOW_TASK_QUEUE: taskQueue,
       VLMFLOW_GPU_TASK_QUEUE: `${taskQueue}-gpu`,
+      VLMFLOW_TEMPORAL_METRICS_ADDRESS: `127.0.0.1:${await freePort()}`,
     };
     const worker = execa('node', ['bin/vlmflow.js', ...service('ts-worker').command!], {
       cwd: projectRoot,
@@ -653,6 +731,12 @@ describe('the compose environment, run without containers', () => {
       await connection.close();
       expect(result.jobCapacity).toBe(1);
       expect(result.workerId).toContain(`:${python.port}:`);
+      // Both workers serve what Prometheus scrapes: the TS worker the workflow it ran, the Python worker its slots.
+      const scraped = async (address: string) => (await fetch(`http://${address}/metrics`)).text();
+      expect(await scraped(env.VLMFLOW_TEMPORAL_METRICS_ADDRESS)).toMatch(
+        /^temporal_workflow_completed_total\{[^}]*workflow_type="healthCheck"[^}]*\} 1$/m,
+      );
+      expect(await scraped(python.metricsAddress!)).toMatch(/^vlmflow_job_capacity 1\.0$/m);
     } finally {
       worker.kill('SIGTERM');
     }
