@@ -35,7 +35,7 @@ const demoImage = path.resolve(
   'mllm_demo_data',
   '1.jpg',
 );
-const SFT_STEPS = 12;
+const SFT_STEPS = 20;
 
 /** One sample of a /metrics page: name, labels, value. */
 interface Sample {
@@ -132,8 +132,9 @@ describe('Prometheus metrics of both workers during a real run', () => {
       artifactRoot: artifacts,
       dataRoots: [path.dirname(tinyModel), path.dirname(demoImage)],
       metricsAddress: '127.0.0.1:0',
-      // A fifth of a second per step (a slower device), so the scrapes below land while SFT trains.
-      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '0.2' },
+      // A third of a second per step (a slower device: six seconds of training at least), so the scrapes below
+      // land while SFT trains.
+      env: { HF_HUB_OFFLINE: '1', VLMFLOW_FAULT_STEP_SECONDS: '0.3' },
     });
     pythonMetrics = python.metricsAddress!;
     client = createPythonWorkerClient(python.address);
