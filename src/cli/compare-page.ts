@@ -59,10 +59,9 @@ function runsSection(runs: readonly [ComparedRun, ComparedRun]): string {
 function metricsSection(runs: readonly [ComparedRun, ComparedRun]): string {
   // "<variant>/<metric>" values and "<variant>/<metric>/delta" against the base; the 0/1 "better" flags are the
   // report's verdicts and read poorly as numbers.
-  // Quality first, then throughput (items_per_second), each in the order the evaluation reported them.
   const names = [...new Set(runs.flatMap((r) => Object.keys(r.result.metrics)))]
     .filter((n) => !n.endsWith('/better'))
-    .sort((x, y) => Number(x.endsWith('/items_per_second')) - Number(y.endsWith('/items_per_second')));
+    .sort(byMetric);
   if (!names.length)
     return '<section><h2>Metrics</h2><p class="muted">Neither run has evaluation metrics.</p></section>';
   const rows = names.map((name) => {
@@ -106,6 +105,23 @@ function curvesSection(runs: readonly [ComparedRun, ComparedRun]): string {
     (single.length ? `<ul class="single">${single.join('')}</ul>` : '') +
     '</section>'
   );
+}
+
+/**
+ * Metric names are "<variant>/<metric>" and "<variant>/<metric>/delta": quality metrics before throughput
+ * (items_per_second), then by metric, the values (base first) before the deltas.
+ */
+function byMetric(x: string, y: string): number {
+  const key = (name: string) => {
+    const [variant = '', metric = '', delta] = name.split('/');
+    return [metric === 'items_per_second' ? 1 : 0, metric, delta ? 1 : 0, variant === 'base' ? '' : variant] as const;
+  };
+  const [a, b] = [key(x), key(y)];
+  for (let i = 0; i < a.length; i++) {
+    if (a[i]! < b[i]!) return -1;
+    if (a[i]! > b[i]!) return 1;
+  }
+  return 0;
 }
 
 function legend(i: number, name: string, points: Curve): string {
