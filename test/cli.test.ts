@@ -350,10 +350,11 @@ describe('vlmflow infer and doctor', () => {
       [['infer', 'caption', photo, '--max-new-tokens', 'NaN'], '--max-new-tokens takes a whole number'],
       [[], 'Usage: vlmflow'],
     ];
-    for (const [args, message] of usage) {
-      const r = await cli(args, { TEMPORAL_ADDRESS: '127.0.0.1:1' });
-      expect({ args, exitCode: r.exitCode }).toEqual({ args, exitCode: 2 });
-      expect(r.all).toContain(message);
+    // Side by side: each is a process that starts the CLI (seconds) and stops at its command line.
+    const results = await Promise.all(usage.map(([args]) => cli(args, { TEMPORAL_ADDRESS: '127.0.0.1:1' })));
+    for (const [i, [args, message]] of usage.entries()) {
+      expect({ args, exitCode: results[i]!.exitCode }).toEqual({ args, exitCode: 2 });
+      expect(results[i]!.all).toContain(message);
     }
     expect((await cli(['--help'])).exitCode).toBe(0);
   });
