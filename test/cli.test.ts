@@ -7,15 +7,16 @@ import { ApplicationFailure } from '@temporalio/common';
 import { parseInputActivities } from '../activities/parse-input.js';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
 import { randomUUID } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
 import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
 import { progressQuery } from '../workflows/definitions.js';
+import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { readPipelineProgress } from '../src/run-progress.js';
 import { tempDir } from './helpers.js';
 import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
@@ -56,10 +57,16 @@ describe('the vlmflow CLI against the real dev server', () => {
     await env?.teardown();
   });
 
-  /** Workers on fresh task queues while `body` runs; `cli` runs the CLI pointed at them. */
+  /**
+   * Workers on fresh task queues while `body` runs; `cli` runs the CLI pointed at them, `start` starts it and
+   * hands back the running process.
+   */
   async function withStack<T>(
     train: TrainScript,
-    body: (cli: (...args: string[]) => Promise<{ exitCode: number; out: string }>) => Promise<T>,
+    body: (
+      cli: (...args: string[]) => Promise<{ exitCode: number; out: string }>,
+      start: (...args: string[]) => ResultPromise<{ all: true; reject: false }>,
+    ) => Promise<T>,
   ): Promise<T> {
     const taskQueue = `cli-${randomUUID()}`;
     const gpuTaskQueue = `${taskQueue}-gpu`;
@@ -75,8 +82,8 @@ describe('the vlmflow CLI against the real dev server', () => {
       activities: scriptedActivities(newCalls(), train),
       ...heartbeatThrottle,
     });
-    const cli = async (...args: string[]) => {
-      const r = await execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), ...args], {
+    const start = (...args: string[]) =>
+      execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), ...args], {
         reject: false,
         all: true,
         env: {
@@ -86,9 +93,11 @@ describe('the vlmflow CLI against the real dev server', () => {
           VLMFLOW_LOG_LEVEL: 'warn',
         },
       });
-      return { exitCode: r.exitCode ?? -1, out: r.all ?? '' };
+    const cli = async (...args: string[]) => {
+      const r = await start(...args);
+      return { exitCode: r.exitCode ?? -1, out: r.all };
     };
-    return workflows.runUntil(activities.runUntil(body(cli)));
+    return workflows.runUntil(activities.runUntil(body(cli, start)));
   }
 
   const quickTrain: TrainScript = (input) =>
@@ -161,6 +170,109 @@ describe('the vlmflow CLI against the real dev server', () => {
     });
   });
 
+  it('Ctrl-C while following detaches with exit 130 and a sentence; the run goes on and completes', async () => {
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    await withStack(
+      (input) => trainUntilCancelled(input, newCalls(), released),
+      async (cli, start) => {
+        const id = `cli-detach-${randomUUID()}`;
+        const following = start('run', goodConfig, '--id', id);
+        let out = '';
+        following.all.on('data', (chunk: Buffer) => (out += chunk.toString()));
+        const handle = env.client.workflow.getHandle<typeof fineTunePipeline>(id);
+        await until(
+          async () => out.includes('Ctrl-C stops following') && (await readPipelineProgress(handle)).step === 20,
+        );
+
+        following.kill('SIGINT');
+        const detached = await following;
+        expect(detached.exitCode).toBe(130);
+        expect(detached.all).toContain(`Detached from ${id}; the run goes on without this terminal.`);
+        expect(detached.all).toContain(`vlmflow follow ${id}`);
+        expect((await handle.describe()).status.name).toBe('RUNNING');
+
+        // Following again picks the run up where it is and sees it to the end.
+        const again = start('follow', id);
+        let againOut = '';
+        again.all.on('data', (chunk: Buffer) => (againOut += chunk.toString()));
+        await until(() => Promise.resolve(againOut.includes(`Following ${id}`)));
+        release();
+        const followed = await again;
+        expect(followed.exitCode).toBe(0);
+        expect(followed.all).toContain(`Run ${id} completed`);
+        expect((await cli('status', id)).exitCode).toBe(0);
+      },
+    );
+  });
+
+  it('status and follow exit 4 for a terminated run and 5 for a timed-out one; compare refuses runs without results', async () => {
+    await withStack(
+      (input) => trainUntilCancelled(input, newCalls()),
+      async (cli) => {
+        const terminated = `cli-terminated-${randomUUID()}`;
+        expect((await cli('run', goodConfig, '--id', terminated, '--detach')).exitCode).toBe(0);
+        const handle = env.client.workflow.getHandle(terminated);
+        await until(async () => (await readPipelineProgress(handle)).step === 20);
+        const running = await cli('compare', terminated, 'no-such-run');
+        expect(running.exitCode).toBe(1);
+        expect(running.out).toContain(`${terminated} has no results yet: it is still running (\`vlmflow follow`);
+
+        await handle.terminate('operator stopped it');
+        const status = await cli('status', terminated);
+        expect(status.exitCode).toBe(4);
+        expect(status.out).toContain(`${terminated}: terminated`);
+        expect(status.out).toContain('ended: it was terminated');
+        const followed = await cli('follow', terminated);
+        expect(followed.exitCode).toBe(4);
+        expect(followed.out).toContain(`Run ${terminated} ended: it was terminated`);
+        const compared = await cli('compare', terminated, terminated);
+        expect(compared.exitCode).toBe(1);
+        expect(compared.out).toContain(`${terminated} has no results: it ended terminated before finishing`);
+        const unknown = await cli('compare', 'no-such-run', terminated);
+        expect(unknown.exitCode).toBe(1);
+        expect(unknown.out).toContain('there is no run with id no-such-run');
+
+        const timedOut = `cli-timeout-${randomUUID()}`;
+        const taskQueue = (await handle.describe()).taskQueue;
+        const slow = await env.client.workflow.start(fineTunePipeline, {
+          taskQueue,
+          workflowId: timedOut,
+          args: [
+            { name: 'cli-test', model: { id: 'tiny' }, dataset: { sources: [{ uri: 'synthetic/shape_colour' }] } },
+            { gpuTaskQueue: `${taskQueue}-gpu` },
+          ],
+          workflowExecutionTimeout: '3s',
+        });
+        await slow.result().catch(() => undefined);
+        const timedOutStatus = await cli('status', timedOut);
+        expect(timedOutStatus.exitCode).toBe(5);
+        expect(timedOutStatus.out).toContain(`${timedOut}: timed_out`);
+      },
+    );
+  });
+
+  it('compare puts two completed runs on one self-contained page', async () => {
+    await withStack(quickTrain, async (cli) => {
+      const [a, b] = [`cli-cmp-a-${randomUUID()}`, `cli-cmp-b-${randomUUID()}`];
+      expect((await cli('run', goodConfig, '--id', a)).exitCode).toBe(0);
+      expect((await cli('run', goodConfig, '--id', b)).exitCode).toBe(0);
+      const file = path.join(dir, 'compare.html');
+      const r = await cli('compare', a, b, '--out', file);
+      expect(r.exitCode).toBe(0);
+      expect(r.out).toContain(`Wrote ${file}: ${a} and ${b} side by side`);
+      const page = readFileSync(file, 'utf8');
+      // The scripted evaluation's figures, one row each with both runs' values and their difference.
+      expect(page).toContain(
+        '<td class="metric">sft/vqa_accuracy</td><td class="num">0.9000</td><td class="num">0.9000</td><td class="num">0</td>',
+      );
+      expect(page).not.toMatch(/<script|src="/);
+      // The scripted stages name no training log: the page says so instead of drawing empty charts.
+      expect(page).toContain('Neither run has a training log with figures.');
+      expect(page).not.toContain('<svg');
+    });
+  });
+
   it('retries a failed run: finished stages are reused and the failed stage runs again', async () => {
     // The first training fails for good; the retry's training succeeds.
     const train: TrainScript = (input, n) =>
@@ -224,6 +336,27 @@ describe('vlmflow infer and doctor', () => {
     });
     expect(r.exitCode).toBe(0);
     expect(r.all).toMatch(new RegExp(`^${photo}: .+$`, 'm'));
+  });
+
+  it('exits 2 on usage errors and bad numbers, naming the option, without touching Temporal', async () => {
+    const usage: [string[], string][] = [
+      [['stauts', 'x'], "unknown command 'stauts'"],
+      [['run', goodConfig, '--bogus'], "unknown option '--bogus'"],
+      [['status'], "missing required argument 'workflowId'"],
+      [['compare', 'one-run'], "missing required argument 'runB'"],
+      [['list', '--limit', 'abc'], '--limit takes a whole number of at least 1, e.g. --limit 20.'],
+      [['list', '--limit', '3x'], "option '--limit <n>' argument '3x' is invalid"],
+      [['infer', 'caption', photo, '--frames', '0'], '--frames takes a whole number of at least 1'],
+      [['infer', 'caption', photo, '--max-new-tokens', 'NaN'], '--max-new-tokens takes a whole number'],
+      [[], 'Usage: vlmflow'],
+    ];
+    // Side by side: each is a process that starts the CLI (seconds) and stops at its command line.
+    const results = await Promise.all(usage.map(([args]) => cli(args, { TEMPORAL_ADDRESS: '127.0.0.1:1' })));
+    for (const [i, [args, message]] of usage.entries()) {
+      expect({ args, exitCode: results[i]!.exitCode }).toEqual({ args, exitCode: 2 });
+      expect(results[i]!.all).toContain(message);
+    }
+    expect((await cli(['--help'])).exitCode).toBe(0);
   });
 
   it('says what is wrong instead of failing obscurely', async () => {

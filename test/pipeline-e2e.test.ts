@@ -9,13 +9,14 @@ import { parseInputActivities } from '../activities/parse-input.js';
 import { CancelledFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { existsSync, readdirSync } from 'node:fs';
+import { execa } from 'execa';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createActivities } from '../activities/index.js';
 import { planRetry } from '../src/cli/retry-plan.js';
-import { stateDir, temporalCli } from '../src/paths.js';
+import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
@@ -26,6 +27,7 @@ import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { tempDir } from './helpers.js';
 import { quietLogger } from './temporal-helpers.js';
 import { recordHistory } from './history-fixtures.js';
+import { lossesByStep } from './durability-helpers.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
@@ -69,6 +71,8 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
   let artifacts: string;
   let dataDir: string;
   let prefDir: string;
+  /** Runs the tests here finished, for `vlmflow compare` to read. */
+  const finished: string[] = [];
 
   beforeAll(async () => {
     artifacts = tempDir('e2e-artifacts');
@@ -163,6 +167,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       });
       const outcome = await handle.result();
       await recordHistory(handle, 'pipeline-e2e-v2');
+      finished.push(handle.workflowId);
       return outcome;
     });
     expect(result.status).toBe('completed');
@@ -228,6 +233,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       });
       const outcome = await handle.result();
       await recordHistory(handle, 'pipeline-e2e-dpo-v2');
+      finished.push(handle.workflowId);
       return outcome;
     });
     // prepare and sft come back from the test above when it ran first (same inputs, same content keys).
@@ -245,6 +251,64 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
     );
     expect(result.adapterUri).toContain('stages/dpo-');
     expect(existsSync(result.reportUri)).toBe(true);
+  }, 1_800_000);
+
+  it('vlmflow compare writes one self-contained page with two runs’ metrics side by side and their loss curves overlaid', async () => {
+    // The two runs the tests above finished, or two short ones (different learning rates) when this one runs alone.
+    const [a, b] =
+      finished.length >= 2
+        ? finished.slice(-2)
+        : await withWorkers(async (taskQueue, gpuTaskQueue) => {
+            const ids = [`e2e-cmp-a-${randomUUID()}`, `e2e-cmp-b-${randomUUID()}`];
+            for (const [i, workflowId] of ids.entries()) {
+              // Four steps do not teach the task: no gate, and no export (the page needs neither).
+              const config = demoConfig(dataDir, { gate: undefined, export: { enabled: false } });
+              config.sft!.training = { ...config.sft!.training, maxSteps: 4, learningRate: 1e-3 * (i + 1) };
+              await env.client.workflow.execute(fineTunePipeline, {
+                taskQueue,
+                workflowId,
+                args: [config, { gpuTaskQueue }],
+              });
+            }
+            return ids;
+          });
+    const results = await Promise.all(
+      [a!, b!].map((id) => env.client.workflow.getHandle<typeof fineTunePipeline>(id).result()),
+    );
+    const out = path.join(tempDir('compare'), 'page.html');
+    const r = await execa('node', [path.join(projectRoot, 'bin', 'vlmflow.js'), 'compare', a!, b!, '--out', out], {
+      reject: false,
+      all: true,
+      env: { TEMPORAL_ADDRESS: env.address },
+    });
+    expect(r.exitCode, r.all).toBe(0);
+    const page = readFileSync(out, 'utf8');
+
+    // Every metric of each run's evaluation, in its column (the other run's cell empty when it lacks it).
+    for (const [column, result] of results.entries()) {
+      for (const [name, value] of Object.entries(result.metrics)) {
+        if (name.endsWith('/better')) continue;
+        const row = new RegExp(
+          `<td class="metric">${name}</td><td class="num">([^<]*)</td><td class="num">([^<]*)</td>`,
+        ).exec(page);
+        expect(row, name).not.toBeNull();
+        expect(Number(row![column + 1])).toBeCloseTo(value, 3);
+      }
+    }
+    // The SFT loss of both runs in one chart, a polyline each with every step their training logs hold.
+    const chart = /<svg [^>]*aria-label="sft loss".*?<\/svg>/s.exec(page)?.[0] ?? '';
+    const polylines = [...chart.matchAll(/<polyline points="([^"]+)"/g)].map((m) => m[1]!.split(' ').length);
+    const logged = results.map((result) => {
+      const log = result.stages.find((s) => s.name === 'sft')!.artifacts!.training_log!;
+      return lossesByStep(log).size;
+    });
+    expect(polylines).toEqual(logged);
+    expect(Math.min(...logged)).toBeGreaterThanOrEqual(2);
+    // Self-contained: no script, nothing loaded; the only links are to the runs' own reports.
+    expect(page).not.toMatch(/<script|src="/);
+    expect([...page.matchAll(/href="([^"]+)"/g)].map((m) => m[1])).toEqual(
+      results.map((result) => `file://${encodeURI(result.reportUri)}`),
+    );
   }, 1_800_000);
 });
 

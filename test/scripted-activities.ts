@@ -89,8 +89,15 @@ export function scriptedActivities(calls: Calls, train: TrainScript): Partial<Ac
   };
 }
 
-/** A training that reports steps and a checkpoint (heartbeat details), then runs until cancelled. */
-export async function trainUntilCancelled(input: TrainInput, calls: Calls): Promise<JobResult> {
+/**
+ * A training that reports steps and a checkpoint (heartbeat details), then runs until cancelled, or until `released`
+ * settles when given: then it finishes with an adapter.
+ */
+export async function trainUntilCancelled(
+  input: TrainInput,
+  calls: Calls,
+  released?: Promise<void>,
+): Promise<JobResult> {
   const ctx = Context.current();
   const beat: JobHeartbeat = {
     stage: input.stage,
@@ -104,7 +111,9 @@ export async function trainUntilCancelled(input: TrainInput, calls: Calls): Prom
     attached: false,
     failures: 0,
   };
-  for (;;) {
+  let done = false;
+  void released?.then(() => (done = true));
+  while (!done) {
     ctx.heartbeat(beat);
     try {
       await ctx.sleep(100);
@@ -113,6 +122,7 @@ export async function trainUntilCancelled(input: TrainInput, calls: Calls): Prom
       throw err;
     }
   }
+  return result(input.jobId, { adapter: `${input.outputUri}/adapter` });
 }
 
 export function newCalls(): Calls {

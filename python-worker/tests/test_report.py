@@ -65,7 +65,8 @@ def test_report_files_and_html_content(tmp_path):
     page = paths["report"].read_text()
     assert "shape colour &lt;test&gt;" in page  # escaped
     assert page.count("data:image/png;base64,") == 4  # every image inline
-    assert page.count("<svg") == 2 and "<polyline" in page  # two curves
+    assert page.count("<svg") == 1 and "<polyline" in page  # the loss curve; the one eval point is a value
+    assert "<b>Eval accuracy</b> · tuned: 0.700 at step 3" in page
     assert "+0.500" in page and "not significant" in page  # delta and verdict
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from outside
     # Samples where base and tuned differ come first in the gallery (s1, s2, s3 before s0).
@@ -103,6 +104,26 @@ def test_read_curves_from_a_job_event_log(tmp_path):
         "eval/loss": [(2.0, 0.65)],
         "eval/rewards/accuracies": [(2.0, 0.75)],
     }
+
+
+def test_charts_only_for_series_of_two_points_or_more():
+    curves = {
+        "Training loss": {"sft": [(1, 2.0), (2, 1.5), (3, 1.1)], "dpo": [(3, 0.9)]},
+        "Eval loss": {"sft": [(30, 0.53)], "dpo": []},
+        "DPO reward margin": {"dpo": []},
+        "Eval accuracy": {"sft": [(5, float("nan")), (10, 0.8)]},
+    }
+    section = report._charts(curves)
+    charts = re.findall(r"<svg .*?</svg>", section)
+    # One chart, holding only the series that is a curve; the one-point series are printed as values.
+    assert [re.search(r'aria-label="([^"]+)"', c)[1] for c in charts] == ["Training loss"]
+    assert charts[0].count("<polyline") == 1 and ">sft<" in charts[0] and ">dpo<" not in charts[0]
+    assert "<b>Training loss</b> · dpo: 0.900 at step 3" in section
+    assert "<b>Eval loss</b> · sft: 0.530 at step 30" in section
+    assert "<b>Eval accuracy</b> · sft: 0.800 at step 10" in section  # a NaN is no point
+    assert "DPO reward margin" not in section  # empty: nothing at all
+    assert report.svg_line_chart("Eval loss", curves["Eval loss"]) == ""
+    assert report._charts({"Eval loss": {"sft": []}}) == ""  # no Training section without a figure
 
 
 def test_nice_ticks_cover_the_range():

@@ -1,12 +1,14 @@
-/** The pipeline commands of the vlmflow CLI (run, status, list, cancel, pause, resume, retry, schedule). */
+/** The pipeline commands of the vlmflow CLI (run, status, follow, compare, list, cancel, pause, resume, retry, schedule). */
 import { Argument, Option, type Command } from 'commander';
+import { compare } from './compare.js';
 import { ConfigFileError } from './config-file.js';
 import { dev } from './dev.js';
 import { doctor } from './doctor.js';
 import { infer, inferTasks, type InferOptions, type InferTask } from './infer.js';
 import { ExitCode } from './exit-codes.js';
+import { wholeNumber } from './option-parsers.js';
 import { run } from './run.js';
-import { cancel, list, pause, resume, retry, status } from './runs.js';
+import { cancel, follow, list, pause, resume, retry, status } from './runs.js';
 import { overlapPolicies, scheduleCommands, type CreateScheduleOptions } from './schedule.js';
 
 /** Runs a command body; a bad config file exits with `invalid` after printing every problem. */
@@ -34,14 +36,28 @@ export function registerPipelineCommands(program: Command): void {
     .description('validate a pipeline config (YAML or JSON), start it and follow it with a progress bar')
     .argument('<config>', 'pipeline config file (.yaml, .yml or .json)')
     .option('--id <workflowId>', 'workflow id (default <name>-<timestamp>)')
-    .option('--detach', 'start it and return without following', false)
+    .option('--detach', 'start it and return without following (Ctrl-C while following detaches too)', false)
     .action(action((file: string, opts: { id?: string; detach: boolean }) => run(file, opts)));
 
   program
     .command('status')
-    .description("a run's stages, progress, last checkpoint and outcome")
+    .description("a run's stages, progress, last checkpoint and outcome (the exit code too: see README)")
     .argument('<workflowId>')
     .action(action((id: string) => status(id)));
+
+  program
+    .command('follow')
+    .description('follow a run with the progress bar until it ends; Ctrl-C detaches, the run goes on')
+    .argument('<workflowId>')
+    .action(action((id: string) => follow(id)));
+
+  program
+    .command('compare')
+    .description("one HTML page with two completed runs' metrics side by side and their training curves overlaid")
+    .argument('<runA>', 'workflow id of a completed run')
+    .argument('<runB>', 'workflow id of another completed run')
+    .option('--out <file>', 'where to write the page (default compare-<runA>-vs-<runB>.html)')
+    .action(action((a: string, b: string, opts: { out?: string }) => compare(a, b, opts)));
 
   program
     .command('list')
@@ -49,7 +65,7 @@ export function registerPipelineCommands(program: Command): void {
     .option('--status <status>', 'running, paused, completed, failed or cancelled')
     .option('--model <model>', 'model id')
     .option('--stage <stage>', 'current stage')
-    .option('--limit <n>', 'at most this many', (v) => Number.parseInt(v, 10), 20)
+    .option('--limit <n>', 'at most this many', wholeNumber('--limit', 1, 20), 20)
     .action(action((opts: { status?: string; model?: string; stage?: string; limit: number }) => list(opts)));
 
   program
@@ -86,8 +102,8 @@ export function registerPipelineCommands(program: Command): void {
     .argument('<files...>', 'images (caption, vqa, ocr) or videos (video)')
     .option('--model <id>', 'hub id or local model folder', 'HuggingFaceTB/SmolVLM-Instruct')
     .option('--prompt <text>', 'the question (vqa, video) or an instruction override')
-    .option('--max-new-tokens <n>', 'answer length cap', (v) => Number.parseInt(v, 10), 128)
-    .option('--frames <n>', 'frames sampled per video', (v) => Number.parseInt(v, 10), 8)
+    .option('--max-new-tokens <n>', 'answer length cap', wholeNumber('--max-new-tokens', 1, 128), 128)
+    .option('--frames <n>', 'frames sampled per video', wholeNumber('--frames', 1, 8), 8)
     .action(action((task: InferTask, files: string[], opts: InferOptions) => infer(task, files, opts)));
 
   program

@@ -2,6 +2,7 @@
  * Follows a running fineTunePipeline from the CLI: a live progress bar per stage (cli-progress) fed by the
  * workflow's `progress` query and its stage's heartbeat details (src/run-progress.ts), with step/total, loss and the
  * ETA the worker's step rate gives, or "waiting for a GPU"; then the outcome, the report path and an exit code.
+ * Ctrl-C only detaches: the run lives in Temporal, not in this process (`followOrDetach`).
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import cliProgress from 'cli-progress';
@@ -10,11 +11,25 @@ import { WAITING_FOR_GPU } from '../../activities/job-runner.js';
 import { readPipelineProgress } from '../run-progress.js';
 import type { fineTunePipeline, PipelineResult } from '../../workflows/fine-tune-pipeline.js';
 import { ExitCode } from './exit-codes.js';
-import { describeFailure, formatDuration, formatEta, isCancelled, stageLines } from './print.js';
+import { describeFailure, endedBy, formatDuration, formatEta, stageLines } from './print.js';
+
+type PipelineHandle = WorkflowHandle<typeof fineTunePipeline>;
+
+/** Follows the run until it ends or the person presses Ctrl-C, which detaches (exit 130) and leaves it running. */
+export async function followOrDetach(handle: PipelineHandle): Promise<number> {
+  const detach = new AbortController();
+  const onSigint = () => detach.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    return await followPipeline(handle, { signal: detach.signal });
+  } finally {
+    process.off('SIGINT', onSigint);
+  }
+}
 
 export async function followPipeline(
-  handle: WorkflowHandle<typeof fineTunePipeline>,
-  opts: { pollMs?: number; out?: NodeJS.WriteStream } = {},
+  handle: PipelineHandle,
+  opts: { pollMs?: number; out?: NodeJS.WriteStream; signal?: AbortSignal } = {},
 ): Promise<number> {
   const out = opts.out ?? process.stdout;
   const started = Date.now();
@@ -67,28 +82,40 @@ export async function followPipeline(
     }
   };
 
+  const id = handle.workflowId;
+  const detached = new Promise<'detached'>((resolve) => {
+    if (opts.signal?.aborted) resolve('detached');
+    opts.signal?.addEventListener('abort', () => resolve('detached'), { once: true });
+  });
   const timer = setInterval(() => void poll(), opts.pollMs ?? 1000);
   try {
-    const result = await handle.result();
+    const result = await Promise.race([handle.result(), detached]);
     clearInterval(timer);
+    if (result === 'detached') {
+      if (barActive) bar.stop();
+      out.write(
+        `\nDetached from ${id}; the run goes on without this terminal. Follow it again with \`vlmflow follow ${id}\`, ` +
+          `look at it with \`vlmflow status ${id}\`, or stop it with \`vlmflow cancel ${id}\`.\n`,
+      );
+      return ExitCode.detached;
+    }
     await poll();
     if (barActive) bar.stop();
-    printResult(out, handle.workflowId, result, Date.now() - started);
+    printResult(out, id, result, Date.now() - started);
     return ExitCode.ok;
   } catch (err) {
     clearInterval(timer);
     if (barActive) bar.stop();
-    if (isCancelled(err)) {
-      out.write(
-        `Run ${handle.workflowId} was cancelled; checkpoints are kept. \`vlmflow retry ${handle.workflowId}\` resumes it.\n`,
-      );
+    const outcome = endedBy(err);
+    if (outcome === 'cancelled') {
+      out.write(`Run ${id} was cancelled; checkpoints are kept. \`vlmflow retry ${id}\` resumes it.\n`);
       return ExitCode.cancelled;
     }
-    out.write(`Run ${handle.workflowId} failed: ${describeFailure(err)}\n`);
+    out.write(`Run ${id} ${outcome === 'failed' ? 'failed' : 'ended'}: ${describeFailure(err)}\n`);
     out.write(
-      `\`vlmflow status ${handle.workflowId}\` shows the stages; \`vlmflow retry ${handle.workflowId}\` resumes from the failed stage.\n`,
+      `\`vlmflow status ${id}\` shows the stages; \`vlmflow retry ${id}\` resumes from the stage that did not finish.\n`,
     );
-    return ExitCode.failed;
+    return ExitCode[outcome];
   }
 }
 

@@ -1,14 +1,18 @@
 /** The vlmflow command line. Errors print as sentences with a non-zero exit code, not stack traces. */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { metricsAddressSchema } from '../env.js';
 import { registerPipelineCommands } from './commands.js';
 import { bundle } from './bundle.js';
+import { ExitCode } from './exit-codes.js';
 import { demo } from './demo.js';
 import { worker } from './worker-command.js';
 
 const program = new Command()
   .name('vlmflow')
-  .description('Durable fine-tuning and inference for vision-language models, on Temporal.');
+  .description('Durable fine-tuning and inference for vision-language models, on Temporal.')
+  // Usage errors throw (commander has printed them) instead of exiting 1, so they exit 2 below; subcommands
+  // inherit this because they are added afterwards.
+  .exitOverride();
 
 program
   .command('demo')
@@ -47,6 +51,11 @@ registerPipelineCommands(program);
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
-  console.error(`vlmflow: ${err instanceof Error ? err.message : String(err)}`);
-  process.exitCode = 1;
+  if (err instanceof CommanderError) {
+    // --help and --version exit 0; anything else commander stops on is a usage error.
+    process.exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.invalid;
+  } else {
+    console.error(`vlmflow: ${err instanceof Error ? err.message : String(err)}`);
+    process.exitCode = ExitCode.failed;
+  }
 }

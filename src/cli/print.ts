@@ -24,8 +24,14 @@ export function describeFailure(err: unknown): string {
   return `${where}${cause instanceof Error ? cause.message : String(cause)}`;
 }
 
-export function isCancelled(err: unknown): boolean {
-  return err instanceof WorkflowFailedError && err.cause instanceof CancelledFailure;
+/** How a run that did not complete ended, from the error its result rejects with (an exit code's name). */
+export function endedBy(err: unknown): 'cancelled' | 'terminated' | 'timedOut' | 'failed' {
+  const cause = err instanceof WorkflowFailedError ? err.cause : undefined;
+  if (cause instanceof CancelledFailure) return 'cancelled';
+  if (cause instanceof TerminatedFailure) return 'terminated';
+  // The workflow's own timeout; an activity's timeout arrives wrapped in an ActivityFailure and fails the run.
+  if (cause instanceof TimeoutFailure) return 'timedOut';
+  return 'failed';
 }
 
 export function stageLines(stages: StageSummary[]): string[] {

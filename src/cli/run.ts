@@ -8,7 +8,7 @@ import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
 import { readConfigFile } from './config-file.js';
 import { withClient } from './connect.js';
 import { ExitCode } from './exit-codes.js';
-import { followPipeline } from './follow.js';
+import { followOrDetach } from './follow.js';
 
 export interface RunOptions {
   id?: string;
@@ -36,17 +36,13 @@ export async function run(file: string, opts: RunOptions): Promise<number> {
         `Started ${workflowId} (${config.model.id} on ${config.dataset.sources.map((s) => s.uri).join(', ')}).`,
       );
       if (opts.detach) {
-        console.log(`Follow it with \`vlmflow status ${workflowId}\`.`);
+        console.log(
+          `Follow it with \`vlmflow follow ${workflowId}\`; \`vlmflow status ${workflowId}\` shows where it is.`,
+        );
         return ExitCode.ok;
       }
       console.log('Ctrl-C stops following; the run goes on.');
-      const stop = new Promise<number>((resolve) =>
-        process.once('SIGINT', () => {
-          console.log(`\nStopped following. ${workflowId} is still running: \`vlmflow status ${workflowId}\`.`);
-          resolve(ExitCode.ok);
-        }),
-      );
-      return await Promise.race([followPipeline(handle), stop]);
+      return await followOrDetach(handle);
     } catch (err) {
       if (err instanceof WorkflowExecutionAlreadyStartedError) {
         throw new Error(`a run with id ${workflowId} already exists; pick another --id`);

@@ -1,4 +1,4 @@
-/** `vlmflow status | list | cancel | pause | resume | retry`: look at and steer pipeline runs. */
+/** `vlmflow status | follow | list | cancel | pause | resume | retry`: look at and steer pipeline runs. */
 import { WorkflowNotFoundError, type WorkflowExecutionInfo } from '@temporalio/client';
 import { pauseSignal, resumeSignal } from '../../workflows/definitions.js';
 import { WAITING_FOR_GPU } from '../../activities/job-runner.js';
@@ -8,10 +8,11 @@ import { planRetry } from './retry-plan.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../config/search-attributes.js';
 import { withClient, type Connected } from './connect.js';
 import { ExitCode } from './exit-codes.js';
-import { followPipeline, printResult } from './follow.js';
+import { followOrDetach, printResult } from './follow.js';
 import { describeFailure, formatEta, stageLines } from './print.js';
 
-async function existing(c: Connected, workflowId: string) {
+/** The run's handle and description; an unknown id is a sentence pointing at `vlmflow list`. */
+export async function existing(c: Connected, workflowId: string) {
   const handle = c.client.workflow.getHandle<typeof fineTunePipeline>(workflowId);
   try {
     return { handle, description: await handle.describe() };
@@ -45,12 +46,28 @@ export function status(workflowId: string): Promise<number> {
         `  (progress unavailable: no workflow worker answered the query — ${String((err as Error).message).split('\n')[0]})`,
       );
     }
-    if (state === 'FAILED') {
+    if (state === 'FAILED' || state === 'TERMINATED' || state === 'TIMED_OUT') {
       const failure = await handle.result().catch((e: unknown) => e);
-      console.log(`  failed: ${describeFailure(failure)}`);
-      return ExitCode.failed;
+      console.log(`  ${state === 'FAILED' ? 'failed' : 'ended'}: ${describeFailure(failure)}`);
     }
-    return state === 'CANCELLED' ? ExitCode.cancelled : ExitCode.ok;
+    return endedCodes[state] ?? ExitCode.ok;
+  });
+}
+
+/** `status` of a run that ended without completing; a running, paused or continued run is 0. */
+const endedCodes: Partial<Record<string, number>> = {
+  FAILED: ExitCode.failed,
+  CANCELLED: ExitCode.cancelled,
+  TERMINATED: ExitCode.terminated,
+  TIMED_OUT: ExitCode.timedOut,
+};
+
+/** `vlmflow follow`: the progress bar of a run started elsewhere (or detached from), until it ends or Ctrl-C. */
+export function follow(workflowId: string): Promise<number> {
+  return withClient(async (c) => {
+    const { handle } = await existing(c, workflowId);
+    console.log(`Following ${workflowId}; Ctrl-C stops following, the run goes on.`);
+    return followOrDetach(handle);
   });
 }
 
@@ -133,6 +150,6 @@ export function retry(workflowId: string, opts: { id?: string; detach: boolean }
     console.log(
       `Started ${newId}${plan.reused.length ? `, reusing ${plan.reused.join(', ')}` : ''}; the next stage resumes from its newest checkpoint in ${plan.options.state?.outputRoot}.`,
     );
-    return opts.detach ? ExitCode.ok : followPipeline(handle);
+    return opts.detach ? ExitCode.ok : followOrDetach(handle);
   });
 }

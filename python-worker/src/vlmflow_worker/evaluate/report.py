@@ -173,15 +173,16 @@ def _thumbnail(path: Path) -> str | None:
 
 
 def svg_line_chart(title: str, series: dict[str, Curve], width: int = 460, height: int = 240) -> str:
-    """A small line chart: one polyline per series, nice y ticks, a legend; no JavaScript."""
-    series = {name: sorted(points) for name, points in series.items() if points}
+    """A small line chart: one polyline per series, nice y ticks, a legend; no JavaScript.
+
+    Only series with at least two finite points are drawn (one point is a value, not a curve; `_charts` prints it);
+    "" when none has."""
+    series = {name: points for name, points in _curve_series(series).items() if len(points) >= 2}
     if not series:
         return ""
     left, right, top, bottom = 52, 14, 30, 34
     xs = [x for points in series.values() for x, _ in points]
-    ys = [y for points in series.values() for _, y in points if math.isfinite(y)]
-    if not ys:
-        return ""
+    ys = [y for points in series.values() for _, y in points]
     x0, x1 = min(xs), max(xs)
     y0, y1 = min(ys), max(ys)
     if x1 == x0:
@@ -210,21 +211,22 @@ def svg_line_chart(title: str, series: dict[str, Curve], width: int = 460, heigh
     parts.append(f'<text x="{width - right}" y="{height - 4}" class="tick" text-anchor="end">step</text>')
     for i, (name, points) in enumerate(series.items()):
         colour = PALETTE[(i + 1) % len(PALETTE)] if len(series) > 1 else PALETTE[1]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points if math.isfinite(y))
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2" '
                      'stroke-linejoin="round" stroke-linecap="round"/>')  # fmt: skip
         if len(points) <= 30:
-            parts += [
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>'
-                for x, y in points
-                if math.isfinite(y)
-            ]
+            parts += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}"/>' for x, y in points]
         lx = width - right - 130 * (len(series) - i)  # legend on the title row, right-aligned
         ly = 18
         parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{colour}"/>')
         parts.append(f'<text x="{lx + 14}" y="{ly - 3}" class="legend">{_esc(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _curve_series(series: dict[str, Curve]) -> dict[str, Curve]:
+    """Each series' finite points in step order (a NaN loss is a gap, not a point)."""
+    return {name: sorted((x, y) for x, y in points if math.isfinite(y)) for name, points in series.items()}
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -364,11 +366,24 @@ def _table(summary: dict[str, Any], variants: list[str], metric_names: list[str]
 
 
 def _charts(curves: dict[str, dict[str, Curve]]) -> str:
+    """A chart per title for its series of two points or more; a series logged once (an eval at the last step,
+    a run of one logging step) is printed as its value; an empty one is left out."""
     charts = [svg_line_chart(title, series) for title, series in curves.items()]
     charts = [c for c in charts if c]
-    if not charts:
+    values = [
+        f"<li><b>{_esc(title)}</b> · {_esc(name)}: {_fmt(points[0][1])} at step {points[0][0]:g}</li>"
+        for title, series in curves.items()
+        for name, points in _curve_series(series).items()
+        if len(points) == 1
+    ]
+    if not charts and not values:
         return ""
-    return f'<section><h2>Training</h2><div class="charts">{"".join(charts)}</div></section>'
+    return (
+        "<section><h2>Training</h2>"
+        + (f'<div class="charts">{"".join(charts)}</div>' if charts else "")
+        + (f'<ul class="values">{"".join(values)}</ul>' if values else "")
+        + "</section>"
+    )
 
 
 def _gallery(
@@ -455,7 +470,7 @@ color:var(--muted);font-weight:400}
 .charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(460px,1fr));gap:12px}
 .chart{max-width:100%;height:auto}.chart-title{font-weight:600;font-size:13px;fill:var(--ink)}
 .grid{stroke:var(--line);stroke-width:1}.tick{font-size:11px;fill:var(--muted)}.legend{font-size:11px;
-fill:var(--ink)}
+fill:var(--ink)}ul.values{margin:12px 0 0;padding-left:18px}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px}
 .sample{display:flex;gap:14px;border:1px solid var(--line);border-radius:12px;padding:12px}
 .thumb{flex:0 0 112px}.thumb img{width:112px;height:auto;border-radius:8px;border:1px solid var(--line);
