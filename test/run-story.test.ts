@@ -10,7 +10,7 @@ import { projectRoot } from '../src/paths.js';
 import type { PipelineProgress, StageSummary } from '../workflows/definitions.js';
 import {
   currentDetails,
-  failureNote,
+  messageNote,
   invalidConfigDetails,
   reportNote,
   runDetails,
@@ -86,6 +86,16 @@ describe('the story a run tells in the Temporal UI', () => {
       'step, loss and ETA: the Pending Activities tab',
     ]);
     expect(statusLine(progress, false)).toBe('running: stage dpo (3 of 4)');
+    // A message of the running stage (the out-of-memory retry) takes the hint's place.
+    const retrying = {
+      ...progress,
+      stages: progress.stages.map((s) =>
+        s.name === 'dpo' ? { ...s, message: 'out of memory; retrying with micro-batch 2' } : s,
+      ),
+    };
+    expect(shownLines(currentDetails(retrying, { summary: 's', paused: false })).at(-1)).toBe(
+      'out of memory; retrying with micro-batch 2',
+    );
     expect(statusLine(progress, true)).toBe('paused at stage dpo');
     expect(shownLines(currentDetails(progress, { summary: 's', paused: true })).slice(1)).toEqual([
       '**paused** at stage dpo',
@@ -113,7 +123,7 @@ describe('the story a run tells in the Temporal UI', () => {
 
     const failed = currentDetails(
       { status: 'failed', stage: 'sft', stages: stages(['prepare', 'completed'], ['sft', 'failed']) },
-      { summary: 's', paused: false, note: failureNote('loss is NaN at step 500/1500;\n  lower *learning_rate*') },
+      { summary: 's', paused: false, note: messageNote('loss is NaN at step 500/1500;\n  lower *learning_rate*') },
     );
     // A slash between digits would render as a stacked fraction; markdown specials show as typed.
     expect(shownLines(failed).slice(1)).toEqual([
@@ -121,7 +131,7 @@ describe('the story a run tells in the Temporal UI', () => {
       '✓ prepare · ✗ sft',
       'loss is NaN at step 500 / 1500; lower \\*learning\\_rate\\*',
     ]);
-    expect(failureNote('x'.repeat(500))).toHaveLength(200);
+    expect(messageNote('x'.repeat(500))).toHaveLength(200);
 
     const cancelled = currentDetails(
       { status: 'cancelled', stage: 'sft', stages: stages(['prepare', 'completed'], ['sft', 'cancelled']) },

@@ -61,7 +61,7 @@ import { Patches } from './patches.js';
 import { runOutputRoot, runTag } from './run-scope.js';
 import {
   currentDetails,
-  failureNote,
+  messageNote,
   invalidConfigDetails,
   reportNote,
   runSummary,
@@ -534,8 +534,12 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     }
 
     progress.stage = null;
-    told.gateFlagged = gate !== null && !gate.passed;
-    told.note = reportNote(evaluation.artifacts.report ?? '');
+    const flagged = gate && !gate.passed ? gate : null;
+    // Current details end in the outcome: the gate's verdict when it flagged the run, and the report.
+    told.gateFlagged = flagged !== null;
+    told.note = [flagged ? messageNote(flagged.message) : '', reportNote(evaluation.artifacts.report ?? '')]
+      .filter(Boolean)
+      .join(' · ');
     setStatus('completed');
     upsertSearchAttributes([{ key: VlmflowStage, value: 'done' }]);
     return {
@@ -549,7 +553,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     };
   } catch (err) {
     if (!(err instanceof ContinueAsNew)) {
-      if (!isCancellation(err)) told.note = failureNote(failureMessage(err));
+      if (!isCancellation(err)) told.note = messageNote(failureMessage(err));
       setStatus(isCancellation(err) ? 'cancelled' : 'failed');
     }
     throw err;

@@ -88,7 +88,7 @@ const marks: Partial<Record<StageStatus, string>> = {
 export interface StoryNote {
   summary: string;
   paused: boolean;
-  /** The last line, as markdown (`reportNote`, `failureNote`); by default a hint that fits the status. */
+  /** The last line, as markdown (`reportNote`, `messageNote`); by default a hint that fits the status. */
   note?: string;
   /** The run completed with its gate failed (onFail: flag). */
   gateFlagged?: boolean;
@@ -111,12 +111,14 @@ export function currentDetails(
   const { status, at } = standing(progress, story.paused);
   const headline = `**${status === 'completed' && story.gateFlagged ? 'completed, gate flagged' : status}**${at}`;
   const strip = progress.stages.map((s) => `${marks[s.status] ?? ''}${s.name}`).join(' · ');
+  // A running stage's message (e.g. "out of memory; retrying with micro-batch 2") replaces the hint.
+  const running = progress.stages.find((s) => s.name === progress.stage);
   const note =
     story.note ??
     (status === 'paused'
       ? 'the resume signal continues it from its checkpoint'
       : status === 'running' && progress.stage
-        ? 'step, loss and ETA: the Pending Activities tab'
+        ? (running?.message && messageNote(running.message)) || 'step, loss and ETA: the Pending Activities tab'
         : '');
   return fitted([`**${story.summary}**`, headline, strip, ...(note ? [note] : [])].join('  \n'));
 }
@@ -150,8 +152,8 @@ export function reportNote(uri: string): string {
   return uri ? `report: ${code(uri)}` : '';
 }
 
-/** A failure's reason, on one line and at most 200 characters. */
-export function failureNote(message: string): string {
+/** A message (a failure's reason, the gate's verdict) on one line, at most 200 characters, shown as it is. */
+export function messageNote(message: string): string {
   const line = message.replace(/\s+/g, ' ').trim();
   return plain(line.length > 200 ? `${line.slice(0, 199)}…` : line);
 }
