@@ -32,10 +32,19 @@ if [ ! -x "$server_tools/bin/server" ] || [ ! -x "$server_tools/bin/sql" ] || [ 
   rm -rf "$server_tools/schema" && mkdir -p "$server_tools/schema"
   cp -r "$module/schema/postgresql" "$server_tools/schema/" && chmod -R u+w "$server_tools/schema"
 fi
+apt_install() {
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq "$@" >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq "$@" >/dev/null; fi
+}
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 && [ -z "${VLMFLOW_POSTGRES_BIN:-}" ]; then
   say "installing PostgreSQL (Debian's postgresql package)"
-  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq postgresql >/dev/null; fi
+  apt_install postgresql
+fi
+
+# 2c. Chromium (Debian's package), the headless browser of the Temporal UI test (test/temporal-ui.test.ts).
+if [ ! -x /usr/bin/chromium ] && [ -z "${VLMFLOW_CHROMIUM:-}" ]; then
+  say "installing Chromium (Debian's chromium package)"
+  apt_install chromium
 fi
 
 # 3. The Python worker's venv, from requirements.lock. Wheels are kept in a wheelhouse outside the

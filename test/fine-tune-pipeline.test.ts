@@ -103,9 +103,11 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [raw],
         });
         const failure: unknown = await handle.result().catch((e: unknown) => e);
-        await recordHistory(handle, 'invalid-config-v2');
+        await recordHistory(handle, 'invalid-config-v3');
         const history = await handle.fetchHistory();
         expect(history.events?.some((e) => e.activityTaskScheduledEventAttributes)).toBe(false);
+        // The list shows why it failed without opening the run (README: the VlmflowStatus column).
+        expect((await handle.describe()).typedSearchAttributes.get(VlmflowStatus)).toBe('invalid-config');
         return failure;
       },
     );
@@ -175,7 +177,7 @@ describe('fineTunePipeline on the real dev server', () => {
 
       await handle.signal(resumeSignal);
       const done = await handle.result();
-      await recordHistory(handle, 'pause-resume-v2');
+      await recordHistory(handle, 'pause-resume-v3');
       return done;
     });
     expect(calls.train).toHaveLength(2);
@@ -217,7 +219,7 @@ describe('fineTunePipeline on the real dev server', () => {
         expect(described.status.name).toBe('CANCELLED');
         expect(described.typedSearchAttributes.get(VlmflowStatus)).toBe('cancelled');
         expect((await handle.query(progressQuery)).stages.find((s) => s.name === 'sft')?.status).toBe('cancelled');
-        await recordHistory(handle, 'cancel-v2');
+        await recordHistory(handle, 'cancel-v3');
       },
     );
     expect(calls.evaluate).toBe(0);
@@ -262,7 +264,7 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [strict, { gpuTaskQueue }],
         });
         const failure = await handle.result().catch((e: unknown) => e);
-        await recordHistory(handle, 'gate-failed-v2');
+        await recordHistory(handle, 'gate-failed-v3');
         return failure;
       },
     );
@@ -289,7 +291,7 @@ describe('fineTunePipeline on the real dev server', () => {
           args: [withDpo, { gpuTaskQueue }],
         });
         const done = await handle.result();
-        await recordHistory(handle, 'sft-dpo-v2');
+        await recordHistory(handle, 'sft-dpo-v3');
         return done;
       },
     );

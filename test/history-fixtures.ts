@@ -2,7 +2,8 @@
  * Replay fixtures: the histories of real runs, kept in test/fixtures/histories and replayed by replay.test.ts
  * against today's workflow code. `VLMFLOW_RECORD_FIXTURES=1 npx vitest run <file>` records the runs of a test
  * file. A fixture is never recorded over: it stands for runs that were in flight when it was made, and new code
- * must still replay it. A behaviour change gets fixtures under new names (the `-v2` of Patches.recordedInput).
+ * must still replay it. A behaviour change gets fixtures under new names (the `-v2` of Patches.recordedInput, the
+ * `-v3` of Patches.uiStory).
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';

@@ -37,7 +37,7 @@ export interface PipelineProgress {
   lastCheckpoint: string;
   /** The run's artifact-store folder. */
   outputRoot: string;
-  /** The current details text shown in the Temporal UI. */
+  /** The status in one line ("running: stage sft (2 of 6)"); the UI's current details tell more (run-story.ts). */
   details: string;
   /** The running stage's phase (training, evaluating, "waiting for a GPU", ...), from its heartbeat details. */
   phase?: string;

@@ -16,9 +16,13 @@
  *   its newest checkpoint. Pause survives continue-as-new.
  * - Job ids and output folders belong to one run (workflow id + first run id), unless a content key says the work
  *   is identical (stage reuse).
- * - Search attributes VlmflowModel / Dataset / Stage / Status.
+ * - Search attributes VlmflowModel / Dataset / Stage / Status; a config that fails to parse sets VlmflowStatus
+ *   `invalid-config`, so the list shows it without opening the run.
+ * - The Temporal UI tells the story (run-story.ts): current details open with the run's summary and end in its final
+ *   state; each stage's activity and timer has a summary naming it.
  *
- * Runs that started before Patches.recordedInput keep their old behaviour to the end (see patches.ts).
+ * Runs that started before Patches.recordedInput or Patches.uiStory keep their old behaviour to the end
+ * (see patches.ts).
  */
 import {
   ActivityCancellationType,
@@ -55,6 +59,16 @@ import { compareMetric, type GateResult } from './gate.js';
 import { configOrFail, parseInputOrFail, parsers } from './parse-input.js';
 import { Patches } from './patches.js';
 import { runOutputRoot, runTag } from './run-scope.js';
+import {
+  currentDetails,
+  messageNote,
+  invalidConfigDetails,
+  reportNote,
+  runSummary,
+  stageTitle,
+  statusLine,
+  type StoryNote,
+} from './run-story.js';
 import { stageKey } from './stage-key.js';
 
 /** Finished stages, carried over continue-as-new and into `vlmflow retry`. */
@@ -101,13 +115,27 @@ export interface PipelineResult {
 export async function fineTunePipeline(rawConfig: unknown, options: PipelineOptions = {}): Promise<PipelineResult> {
   // Runs that started before this deploy replay without the marker and keep their old path (patches.ts).
   const recorded = patched(Patches.recordedInput);
+  // Summaries on activities and timers, and the invalid-config status, are commands older runs never issued.
+  const story = patched(Patches.uiStory);
   // Answered while the input is parsed; replaced by the real progress right after.
-  setHandler(progressQuery, () => startingProgress(options.state?.outputRoot ?? ''));
+  let starting = startingProgress(options.state?.outputRoot ?? '');
+  setHandler(progressQuery, () => starting);
   const config: PipelineConfig =
     options.parsed ??
     (recorded
-      ? configOrFail(await parsers.parsePipelineInput(rawConfig))
+      ? configOrFail(await parseRecorded())
       : parseInputOrFail(pipelineConfigSchema, rawConfig, 'pipeline config'));
+
+  /** The recorded parse; a bad config shows in the list (VlmflowStatus) and in current details before it fails. */
+  async function parseRecorded() {
+    const parsed = await parsers.parsePipelineInput(rawConfig);
+    if (!parsed.ok) {
+      starting = { ...starting, status: 'failed', details: `invalid config: ${parsed.message}` };
+      setCurrentDetails(invalidConfigDetails(parsed.issues));
+      if (story) upsertSearchAttributes([{ key: VlmflowStatus, value: 'invalid-config' }]);
+    }
+    return parsed;
+  }
   const info = workflowInfo();
   const workflowId = info.workflowId;
   // The run's own name for its jobs and folders (one continue-as-new chain); older runs used the workflow id.
@@ -173,41 +201,47 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
   };
   let paused = options.paused ?? false;
   let stageScope: CancellationScope | undefined;
-  setHandler(progressQuery, () => progress);
-  setHandler(pauseSignal, (reason?: string) => {
-    if (paused || progress.status !== 'running') return;
-    paused = true;
-    log.info('pause requested', { reason });
-    stageScope?.cancel();
-    refresh();
+  /** What current details say besides the progress: the run's summary, and at the end its report or reason. */
+  const told: Omit<StoryNote, 'paused'> = { summary: runSummary(config) };
+  // The descriptions are what the UI's Signal and Query dialogs show beside the names.
+  setHandler(progressQuery, () => progress, {
+    description: "Stages and status; step, loss and ETA are in the running stage's heartbeat details",
   });
-  setHandler(resumeSignal, () => {
-    if (!paused) return;
-    paused = false;
-    log.info('resume requested');
-    refresh();
-  });
+  setHandler(
+    pauseSignal,
+    (reason?: string) => {
+      if (paused || progress.status !== 'running') return;
+      paused = true;
+      log.info('pause requested', { reason });
+      stageScope?.cancel();
+      refresh();
+    },
+    { description: 'Checkpoint the running stage and wait for resume (input: an optional reason, a JSON string)' },
+  );
+  setHandler(
+    resumeSignal,
+    () => {
+      if (!paused) return;
+      paused = false;
+      log.info('resume requested');
+      refresh();
+    },
+    { description: 'Continue a paused run: its stage resumes from its checkpoint (no input)' },
+  );
 
   function stageSummary(name: string): StageSummary | undefined {
     return progress.stages.find((s) => s.name === name);
   }
 
-  function refresh(phase = '') {
-    const stage = progress.stage;
-    const lines = [
-      `**${paused ? 'paused' : progress.status}**${stage ? ` — stage ${stage}` : ''}${phase ? ` (${phase})` : ''}`,
-    ];
-    if (stage && progress.status === 'running' && !paused) {
-      lines.push('step, loss, ETA and checkpoint: the heartbeat details of the pending activity below');
-    }
-    progress.details = lines.join(' · ');
-    setCurrentDetails(
-      [
-        progress.details,
-        '',
-        ...progress.stages.map((s) => `- ${s.name}: ${s.status}${s.message ? ` — ${s.message}` : ''}`),
-      ].join('\n'),
-    );
+  /** The query's status line and the UI's current details (no history cost: neither is a command). */
+  function refresh() {
+    progress.details = statusLine(progress, paused);
+    setCurrentDetails(currentDetails(progress, { ...told, paused }));
+  }
+
+  /** A stage activity's options: a summary naming the stage in the UI's timeline (runs since Patches.uiStory). */
+  function titled(name: StageName): { summary?: string } {
+    return story ? { summary: stageTitle(name, config) } : {};
   }
 
   function setStatus(status: PipelineProgress['status']) {
@@ -221,6 +255,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     { key: VlmflowDataset, value: config.dataset.sources.map((s) => s.uri).join(',') },
     { key: VlmflowStatus, value: 'running' },
   ]);
+  refresh();
 
   /**
    * Runs one stage (or reuses it from the carried-over state), restarting it after each pause. `fn` gets the
@@ -267,8 +302,11 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
         const stopping = isCancellation(err) && (CancellationScope.current().consideredCancelled || paused);
         if (recorded && stopping) {
           // The attempt may be gone (its TS worker died): the cleanup reaches the job whatever happened to it.
+          const reason = paused ? 'paused' : 'cancelled';
           const stopped = await CancellationScope.nonCancellable(() =>
-            cleanup.stopJob({ jobId: summary.jobId!, watcher: watcher!, reason: paused ? 'paused' : 'cancelled' }),
+            cleanup.stopJob.executeWithOptions(story ? { summary: `stop the ${name} job (${reason})` } : {}, [
+              { jobId: summary.jobId!, watcher: watcher!, reason },
+            ]),
           );
           // Where it stopped: shown while paused, and the resume hint.
           Object.assign(progress, { step: stopped.step, totalSteps: stopped.totalSteps });
@@ -300,7 +338,13 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     for (;;) {
       const timerScope = new CancellationScope();
       const tick = timerScope
-        .run(() => sleep(options.historyCheckIntervalMs ?? '1 hour'))
+        .run(() =>
+          sleep(
+            options.historyCheckIntervalMs ?? '1 hour',
+            // Named for the stage it waits beside: the timeline shows it as a bar next to the stage's.
+            story ? { summary: `history check during ${name}` } : undefined,
+          ),
+        )
         .then(
           () => 'tick' as const,
           () => 'cancelled' as const,
@@ -347,23 +391,25 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       ]);
       try {
         return await stage(name, key, (jobId, outputUri, checkpoint) =>
-          acts.train({
-            jobId,
-            watcher,
-            stage: name,
-            kind: name,
-            model: config.model,
-            adapterUri: adapter ? adapterOf(adapter) : '',
-            datasetUri: datasetOf(dataset),
-            maxLength,
-            lora: spec.lora,
-            training,
-            dpo,
-            outputUri: key
-              ? outputUri
-              : `${outputUri}${training === spec.training ? '' : `-mb${training.microBatchSize}`}`,
-            resumeFromCheckpoint: checkpoint,
-          }),
+          acts.train.executeWithOptions(titled(name), [
+            {
+              jobId,
+              watcher,
+              stage: name,
+              kind: name,
+              model: config.model,
+              adapterUri: adapter ? adapterOf(adapter) : '',
+              datasetUri: datasetOf(dataset),
+              maxLength,
+              lora: spec.lora,
+              training,
+              dpo,
+              outputUri: key
+                ? outputUri
+                : `${outputUri}${training === spec.training ? '' : `-mb${training.microBatchSize}`}`,
+              resumeFromCheckpoint: checkpoint,
+            },
+          ]),
         );
       } catch (err) {
         const oom = failureType(err) === FailureType.OutOfMemory;
@@ -387,14 +433,16 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
   /** Dataset prep; with reuse on, into the shared `datasets` folder where the worker caches by content. */
   function prepare(name: 'prepare' | 'prepare-preference', dataset: PipelineConfig['dataset']): Promise<JobResult> {
     return stage(name, null, (jobId, outputUri) =>
-      acts.prepareDataset({
-        jobId,
-        watcher,
-        stage: name,
-        model: config.model,
-        dataset,
-        outputUri: config.reuse ? 'datasets' : outputUri,
-      }),
+      acts.prepareDataset.executeWithOptions(titled(name), [
+        {
+          jobId,
+          watcher,
+          stage: name,
+          model: config.model,
+          dataset,
+          outputUri: config.reuse ? 'datasets' : outputUri,
+        },
+      ]),
     );
   }
 
@@ -427,16 +475,18 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       ...(tuned.name === 'dpo' ? [tuned.result.fingerprint] : []),
     ]);
     const evaluation = await stage('evaluate', evalKey, (jobId, outputUri) =>
-      acts.evaluate({
-        jobId,
-        watcher,
-        stage: 'evaluate',
-        model: config.model,
-        variants,
-        datasetUri: datasetOf(evalDataset),
-        evaluate: config.evaluate,
-        outputUri,
-      }),
+      acts.evaluate.executeWithOptions(titled('evaluate'), [
+        {
+          jobId,
+          watcher,
+          stage: 'evaluate',
+          model: config.model,
+          variants,
+          datasetUri: datasetOf(evalDataset),
+          evaluate: config.evaluate,
+          outputUri,
+        },
+      ]),
     );
 
     let gate: GateResult | null = null;
@@ -462,26 +512,34 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       // Pushing to a hub is a side effect to repeat, so only a local export is reused.
       const exportKey = config.export.pushToHub ? null : keyFor('export', {}, [tuned.result.fingerprint]);
       const exported = await stage('export', exportKey, (jobId, outputUri) =>
-        acts.exportModel({
-          jobId,
-          watcher,
-          stage: 'export',
-          model: config.model,
-          adapterUri: adapterOf(tuned.result),
-          outputUri,
-          pushToHub: config.export.pushToHub,
-          privateRepo: config.export.privateRepo,
-          card: {
-            workflow_id: workflowId,
-            data_fingerprint: prepared.fingerprint,
-            ...(evaluation.artifacts.metrics ? { eval_metrics_uri: evaluation.artifacts.metrics } : {}),
+        acts.exportModel.executeWithOptions(titled('export'), [
+          {
+            jobId,
+            watcher,
+            stage: 'export',
+            model: config.model,
+            adapterUri: adapterOf(tuned.result),
+            outputUri,
+            pushToHub: config.export.pushToHub,
+            privateRepo: config.export.privateRepo,
+            card: {
+              workflow_id: workflowId,
+              data_fingerprint: prepared.fingerprint,
+              ...(evaluation.artifacts.metrics ? { eval_metrics_uri: evaluation.artifacts.metrics } : {}),
+            },
           },
-        }),
+        ]),
       );
       modelUri = exported.artifacts.model ?? '';
     }
 
     progress.stage = null;
+    const flagged = gate && !gate.passed ? gate : null;
+    // Current details end in the outcome: the gate's verdict when it flagged the run, and the report.
+    told.gateFlagged = flagged !== null;
+    told.note = [flagged ? messageNote(flagged.message) : '', reportNote(evaluation.artifacts.report ?? '')]
+      .filter(Boolean)
+      .join(' · ');
     setStatus('completed');
     upsertSearchAttributes([{ key: VlmflowStage, value: 'done' }]);
     return {
@@ -494,7 +552,10 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       gate,
     };
   } catch (err) {
-    if (!(err instanceof ContinueAsNew)) setStatus(isCancellation(err) ? 'cancelled' : 'failed');
+    if (!(err instanceof ContinueAsNew)) {
+      if (!isCancellation(err)) told.note = messageNote(failureMessage(err));
+      setStatus(isCancellation(err) ? 'cancelled' : 'failed');
+    }
     throw err;
   }
 }

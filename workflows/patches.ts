@@ -16,4 +16,9 @@ export const Patches = {
    * checked with), not the SFT dataset's.
    */
   dpoMaxLength: 'vlmflow-2026-12-dpo-max-length',
+  /**
+   * 2026-12 (issue 18): the Temporal UI tells the story: each stage's activity (and the history-check timer) carries
+   * a summary naming it, and a config that fails to parse sets VlmflowStatus `invalid-config` before the run fails.
+   */
+  uiStory: 'vlmflow-2026-12-ui-story',
 } as const;

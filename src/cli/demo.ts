@@ -7,6 +7,7 @@
 import path from 'node:path';
 import { healthCheck } from '../../workflows/index.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
+import { startMetadata } from '../../workflows/run-story.js';
 import { loadEnv } from '../env.js';
 import type { PipelineConfigInput } from '../config/pipeline-config.js';
 import { startLocalStack } from '../stack/local-stack.js';
@@ -58,6 +59,7 @@ export async function demo(opts: { keep: boolean }): Promise<number> {
       taskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       workflowId,
       args: [input, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
+      ...startMetadata(config),
     });
     console.log(`Running ${workflowId} (${path.relative(process.cwd(), demoConfigFile)}):`);
     if (stack.uiUrl)

@@ -5,6 +5,7 @@
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/client';
 import path from 'node:path';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
+import { startMetadata } from '../../workflows/run-story.js';
 import { readConfigFile } from './config-file.js';
 import { withClient } from './connect.js';
 import { ExitCode } from './exit-codes.js';
@@ -31,6 +32,7 @@ export async function run(file: string, opts: RunOptions): Promise<number> {
         workflowId,
         args: [raw, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
         memo: { configFile: path.resolve(file) },
+        ...startMetadata(config),
       });
       console.log(
         `Started ${workflowId} (${config.model.id} on ${config.dataset.sources.map((s) => s.uri).join(', ')}).`,

@@ -4,6 +4,8 @@ import { pauseSignal, resumeSignal } from '../../workflows/definitions.js';
 import { WAITING_FOR_GPU } from '../../activities/job-runner.js';
 import { readPipelineProgress } from '../run-progress.js';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
+import { startMetadata } from '../../workflows/run-story.js';
+import { pipelineConfigSchema } from '../config/pipeline-config.js';
 import { planRetry } from './retry-plan.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../config/search-attributes.js';
 import { withClient, type Connected } from './connect.js';
@@ -142,10 +144,13 @@ export function retry(workflowId: string, opts: { id?: string; detach: boolean }
       throw new Error(`${workflowId} is still running; cancel it first or wait for it`);
     const plan = await planRetry(c.client, workflowId, c.env.VLMFLOW_GPU_TASK_QUEUE);
     const newId = opts.id ?? `${workflowId}-retry-${Date.now().toString(36)}`;
+    // A config that no longer parses gets no summary here; the new run fails on it, listing the problems.
+    const parsed = pipelineConfigSchema.safeParse(plan.config);
     const handle = await c.client.workflow.start(fineTunePipeline, {
       taskQueue: c.env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       workflowId: newId,
       args: [plan.config, plan.options],
+      ...(parsed.success ? startMetadata(parsed.data) : {}),
     });
     console.log(
       `Started ${newId}${plan.reused.length ? `, reusing ${plan.reused.join(', ')}` : ''}; the next stage resumes from its newest checkpoint in ${plan.options.state?.outputRoot}.`,

@@ -5,6 +5,7 @@
  */
 import { ScheduleNotFoundError, ScheduleOverlapPolicy, type Client } from '@temporalio/client';
 import { fineTunePipeline } from '../../workflows/fine-tune-pipeline.js';
+import { startMetadata } from '../../workflows/run-story.js';
 import type { Env } from '../env.js';
 import { readConfigFile } from './config-file.js';
 import { withClient } from './connect.js';
@@ -40,7 +41,7 @@ export async function createSchedule(
   if (!overlapPolicies.includes(opts.overlap)) {
     throw new Error(`--overlap must be one of ${overlapPolicies.join(', ')}`);
   }
-  const { raw } = readConfigFile(file);
+  const { raw, config } = readConfigFile(file);
   return client.schedule.create({
     scheduleId,
     spec: opts.cron
@@ -52,6 +53,8 @@ export async function createSchedule(
       workflowId: scheduleId,
       taskQueue: env.VLMFLOW_WORKFLOW_TASK_QUEUE,
       args: [raw, { gpuTaskQueue: env.VLMFLOW_GPU_TASK_QUEUE }],
+      // Every run the schedule starts shows what it trains in the UI's summary and details.
+      ...startMetadata(config),
     },
     policies: { overlap: ScheduleOverlapPolicy[opts.overlap.toUpperCase() as keyof typeof ScheduleOverlapPolicy] },
     state: { paused: opts.paused, note: opts.note ?? `created by vlmflow from ${file}` },
