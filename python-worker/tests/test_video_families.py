@@ -2,7 +2,8 @@
 Qwen2.5-VL and Qwen3-VL, on their tiny fixtures. Prep samples a row's video with Generate's sampler and keeps it a
 video; it counts the row with the family's video arithmetic, and that count is the collator's length; the collator
 feeds the processor's video input exactly the tensors Generate feeds it for the same video; the loss is on the
-answers only; SFT on video rows runs and resumes; an over-length video row is refused in prep, naming the row.
+answers only; a padding-free batch of video rows has the padded batch's loss; SFT on video rows runs and resumes;
+an over-length video row is refused in prep, naming the row.
 
     python-worker/.venv/bin/pytest python-worker/tests/test_video_families.py
 """
@@ -237,3 +238,24 @@ def test_sft_on_video_rows_runs_and_resumes_to_the_same_curve(model_path: Path, 
     first, second = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (tmp_path / "whole", resumed))
     for key in first:
         torch.testing.assert_close(second[key], first[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_packed_batch_of_video_rows_has_the_padded_batchs_loss_and_logits(model_path: Path, videos: Path) -> None:
+    """Padding-free batches of video rows: Qwen's video tokens keep their 3-D (time, row, column) rotary positions
+    per packed row, SmolVLM2's frames are its images."""
+    from vlmflow_worker.models import ModelSpec, load_model
+    from vlmflow_worker.train.sft import rope_index_of
+
+    torch.set_num_threads(1)
+    model, processor = load_model(ModelSpec(str(model_path), dtype="float32"), device="cpu")
+    rows = rows_of(videos)[:3]
+    padded = AnswerOnlyCollator(processor, videos, 1 << 16)(rows)
+    packed = AnswerOnlyCollator(processor, videos, 1 << 16, packing=True, rope_index=rope_index_of(model))(rows)
+    lengths = padded["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1 and packed["input_ids"].shape == (1, int(lengths.sum()))
+    with torch.no_grad():  # no KV cache, as in training
+        out_padded = model(**padded, use_cache=False)
+        out_packed = model(**packed, use_cache=False)
+    torch.testing.assert_close(out_packed.loss, out_padded.loss, rtol=1e-5, atol=1e-5)
+    real = padded["attention_mask"].bool()
+    torch.testing.assert_close(out_packed.logits[0], out_padded.logits[real], rtol=1e-4, atol=1e-4)
