@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from dpo_eval import datasets, model_folder
+from families import FAMILIES
 from machine import REPO, shown, write_result
 
 STATE = REPO / ".state"
@@ -178,6 +179,7 @@ def one_variant(args) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--family", choices=FAMILIES, default="idefics3", help="Model family (bench/families.py).")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--micro-batch", type=int, default=4)
@@ -201,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     work = Path(args.work) / args.device
-    model = model_folder(args.device)
-    dataset = datasets(work, args.rows, 8)["preference"]
+    model = model_folder(args.device, args.family)
+    dataset = datasets(work / args.family, args.rows, 8)["preference"]
     rows = []
     for repeat in range(args.repeats):
         for variant in ("project", "trl"):
@@ -235,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         peak = summary[variant]["peak_memory_gib_max"]
         print(f"{variant:>8} | {min(medians):8.3f}–{max(medians):<8.3f} | {peak:8.2f}")
-    result = {"device": args.device, "micro_batch": args.micro_batch, "steps": args.steps, "summary": summary}
-    out = write_result(f"dpo-{args.device}", result | {"rows": rows})
+    result = {"device": args.device, "family": args.family, "micro_batch": args.micro_batch, "steps": args.steps}
+    suffix = "" if args.family == "idefics3" else f"-{args.family}"  # Idefics3 keeps its record's name
+    out = write_result(f"dpo-{args.device}{suffix}", result | {"summary": summary, "rows": rows})
     print(f"\nwrote {shown(out)}")
     return 0
 

@@ -36,15 +36,12 @@ STATE = REPO / ".state"
 # ---- 1. model and data ------------------------------------------------------------------------------------------
 
 
-def model_folder(device: str) -> Path:
-    """The tiny model (CPU) or random SmolVLM-Instruct-architecture weights (CUDA) as a local model folder."""
-    if device == "cpu":
-        from vlmflow_worker.fixtures import tiny_model
+def model_folder(device: str, family: str = "idefics3") -> Path:
+    """The family's tiny model (CPU) or its real architecture with random weights (CUDA; Idefics3: SmolVLM-Instruct)
+    as a local model folder (bench/families.py)."""
+    import families
 
-        return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
-    from inference import smolvlm_instruct_folder
-
-    return smolvlm_instruct_folder()
+    return families.model_folder(family, device)
 
 
 def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:

@@ -3,6 +3,8 @@ markdown table. On CPU (--smoke) the same parts run on the tiny model in about t
 
 bash bench/gpu-check.sh            # CUDA: SmolVLM-Instruct's architecture, random weights, full image splitting
 bash bench/gpu-check.sh --smoke    # CPU, tiny model, few steps (what the test suite runs)
+bash bench/gpu-check.sh --family qwen2_5_vl [--smoke]   # another family (bench/families.py): on CUDA its real
+                                   # architecture with random weights (Qwen2.5-VL-3B, SmolVLM2-2.2B), else its tiny one
 
 Parts, each in its own processes:
 1. SFT (bench/train.py): bf16 LoRA and QLoRA NF4 at micro-batch 4, padded and padding-free, beside plain TRL
@@ -29,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from families import ARCHITECTURES, FAMILIES
 from machine import REPO, RESULTS, machine_info, shown, write_result
 
 BENCH = REPO / "bench"
@@ -312,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="CPU, tiny model, few steps: proves the check runs.",
     )
+    parser.add_argument(
+        "--family",
+        choices=FAMILIES,
+        default="idefics3",
+        help="Model family: its real architecture with random weights on CUDA (bench/families.py), its tiny fixture "
+        "with --smoke.",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=STATE / "gpu-check")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one training job in this process
@@ -332,9 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     scratch = args.work / "results"
     # Steps and sizes sized for one H200 in under 8 minutes, or a 2-core CPU in about two.
     steps, warmup, rows = (4, 1, 24) if args.smoke else (12, 3, 160)
+    family = args.family
+    suffix = "" if family == "idefics3" else f"-{family}"  # the parts' result names (Idefics3 keeps its own)
     sized = [
         "--device",
         device,
+        "--family",
+        family,
         "--steps",
         str(steps),
         "--warmup",
@@ -344,16 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("1/5 SFT variants", flush=True)
     sft = bench_script("train.py", [*sized, "--rows", str(rows), "--work", str(args.work / "train")], scratch,
-                       f"train-{device}")  # fmt: skip
+                       f"train-{device}{suffix}")  # fmt: skip
     print("2/5 DPO variants", flush=True)
     dpo = bench_script("dpo.py", [*sized, "--rows", str(rows // 2), "--work", str(args.work / "dpo")], scratch,
-                       f"dpo-{device}")  # fmt: skip
+                       f"dpo-{device}{suffix}")  # fmt: skip
 
     print("3/5 DPO from SFT, killed and resumed", flush=True)
     sys.path.insert(0, str(BENCH))
     from dpo_eval import datasets, model_folder
 
-    model = model_folder(device)
+    model = model_folder(device, family)
     data = datasets(args.work / "data", rows=16 if args.smoke else 64, held_out=4)
     resume = dpo_kill_and_resume(model, data, args.work / "resume", steps=4 if args.smoke else 8, micro_batch=4)
 
@@ -367,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         "--items",
         "8" if args.smoke else "64",
     ]
-    generate_args += ["--out", str(scratch)] + ([] if args.smoke else ["--smolvlm-arch"])
-    name = "tiny-idefics3" if args.smoke else "smolvlm-instruct-arch"
+    generate_args += ["--out", str(scratch), "--family", family] + ([] if args.smoke else ["--real-arch"])
+    if args.smoke:
+        name = f"tiny-{family}"
+    else:
+        name = "smolvlm-instruct-arch" if family == "idefics3" else f"{ARCHITECTURES[family]}-arch"
     generate = bench_script("inference.py", generate_args, scratch, f"inference-{name}-{device}")
 
     print("5/5 export", flush=True)
@@ -376,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "device": device,
+        "family": family,
         "smoke": args.smoke,
         "model": sft["model"],
         "sft": {
@@ -395,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["goals"] = goals(sft, args.smoke)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    path = write_result(f"gpu-check-{device}", result, args.out)
+    path = write_result(f"gpu-check-{device}{suffix}", result, args.out)
     table = markdown({**result, "machine": machine_info()})
-    (args.out / f"gpu-check-{device}-latest.md").write_text(table)
+    (args.out / f"gpu-check-{device}{suffix}-latest.md").write_text(table)
     print("\n" + table)
-    print(f"wrote {shown(path)} and gpu-check-{device}-latest.md")
+    print(f"wrote {shown(path)} and gpu-check-{device}{suffix}-latest.md")
     return 0
 
 

@@ -3,6 +3,8 @@
 python-worker/.venv/bin/python bench/inference.py                       # tiny model, CPU
 python-worker/.venv/bin/python bench/inference.py --threads 1           # same, one torch thread
 python-worker/.venv/bin/python bench/inference.py --smolvlm-arch        # SmolVLM-Instruct's architecture, CUDA
+python-worker/.venv/bin/python bench/inference.py --family qwen2_5_vl   # another family's tiny model (--real-arch:
+                                                                        # its real architecture, CUDA)
 
 Every item is one photo (the demo photos when ../shared/data is there, else synthetic ones) with the caption
 preset; each answer is exactly --new-tokens long (EOS ignored), so batch sizes compare like for like. A warm-up
@@ -18,12 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import families
 import torch
 from machine import shown, write_result  # bench/machine.py: machine, versions, git commit, -latest.json
 from PIL import Image
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
-from vlmflow_worker.fixtures import tiny_model
 from vlmflow_worker.infer.generate import run_generate
 from vlmflow_worker.models import ModelCache, ModelSpec
 from vlmflow_worker.serve.settings import WorkerSettings
@@ -69,6 +71,8 @@ def request(model_id: str, images: list[bytes], batch_size: int, new_tokens: int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smolvlm-arch", action="store_true", help="Random-weight SmolVLM-Instruct shapes (CUDA).")
+    parser.add_argument("--family", choices=families.FAMILIES, default="idefics3", help="Model family (tiny on CPU).")
+    parser.add_argument("--real-arch", action="store_true", help="The family's real architecture, random weights.")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-sizes", default="1,4,16")
     parser.add_argument("--items", type=int, default=32, help="Items per measurement (a multiple of 16 is fairest).")
@@ -84,17 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.smolvlm_arch and args.device != "cuda":
-        print("note: --smolvlm-arch on CPU is very slow; it is meant for a CUDA machine", file=sys.stderr)
+    if args.smolvlm_arch:  # the Idefics3 family's real architecture, SmolVLM-Instruct (kept for earlier commands)
+        args.family, args.real_arch = "idefics3", True
+    if args.real_arch and args.device != "cuda":
+        print("note: a real architecture on CPU is very slow; it is meant for a CUDA machine", file=sys.stderr)
 
     settings = WorkerSettings(artifact_root=REPO / ".state" / "artifacts")
     cache = ModelCache(settings=settings, device=args.device)
-    if args.smolvlm_arch:
+    if args.real_arch and args.family == "idefics3":
         model_id = str(smolvlm_instruct_folder())
-        name = "smolvlm-instruct-arch"
+        name = "smolvlm-instruct-arch"  # the name its recorded results carry
     else:
-        model_id = str(tiny_model.build_tiny_model(REPO / ".state" / "models" / "tiny-idefics3"))
-        name = "tiny-idefics3"
+        model_id = str(families.model_folder(args.family, "cuda" if args.real_arch else "cpu"))
+        name = f"{families.ARCHITECTURES[args.family]}-arch" if args.real_arch else f"tiny-{args.family}"
     entry, _ = cache.get(model_id)
     params = sum(p.numel() for p in entry.model.parameters())
     # min_new_tokens pins every answer to the same length; the random model would otherwise stop anywhere.

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import families
 import torch
 from machine import REPO, shown, write_result
 
@@ -50,15 +51,10 @@ VARIANTS_CUDA = [
 # ---- 1. model and data ------------------------------------------------------------------------------------------
 
 
-def model_folder(device: str) -> Path:
-    """The tiny model (CPU) or random SmolVLM-Instruct-architecture weights (CUDA), as a local model folder."""
-    if device == "cpu":
-        from vlmflow_worker.fixtures import tiny_model
-
-        return tiny_model.build_tiny_model(STATE / "models" / "tiny-idefics3")
-    from inference import smolvlm_instruct_folder
-
-    return smolvlm_instruct_folder()
+def model_folder(device: str, family: str = "idefics3") -> Path:
+    """The family's tiny model (CPU) or its real architecture with random weights (CUDA; Idefics3: SmolVLM-Instruct),
+    as a local model folder (bench/families.py)."""
+    return families.model_folder(family, device)
 
 
 def prepared_dataset(model: Path, rows: int, work: Path, image_side: int = 0) -> Path:
@@ -105,17 +101,30 @@ def vary_aspect_ratios(data: Path, image_side: int = 0) -> None:
 
 
 def flops_per_token(model) -> tuple[int, int, int]:
-    """(N_text without the embedding table, N_vision, patch tokens per tile) of an Idefics3 model."""
-    inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-    text = sum(
-        p.numel() for n, p in inner.text_model.named_parameters() if "embed_tokens" not in n and "lora_" not in n
-    )
-    text += sum(p.numel() for n, p in inner.connector.named_parameters())
-    head = model.get_base_model().lm_head if hasattr(model, "get_base_model") else model.lm_head
-    text += head.weight.numel()
-    vision = sum(p.numel() for n, p in inner.vision_model.named_parameters() if "lora_" not in n)
-    vc = inner.vision_model.config
-    return text, vision, (vc.image_size // vc.patch_size) ** 2
+    """(N_text without the embedding table, N_vision, patch tokens per tile) of a model of any family: the text side is
+    every parameter outside the vision tower's blocks (the projector or merger included: it runs per image token), the
+    vision side the tower's blocks (families/: its `vision_tower`). Patches per tile: Idefics3's and SmolVLM's square
+    tiles; 0 for Qwen-VL, whose batches hold their patches flat (Meter counts those one by one)."""
+    import re
+
+    from vlmflow_worker.families import family_of
+
+    vision_tower = re.compile(rf"{family_of(model.config).vision_tower}\.")
+    text = vision = 0
+    names = []
+    for name, p in model.named_parameters():
+        names.append(name)
+        if "lora_" in name or "embed_tokens" in name:
+            continue
+        if vision_tower.search(name):
+            vision += p.numel()
+        else:
+            text += p.numel()
+    if not any("lm_head" in name for name in names):  # tied to the embeddings (Qwen-VL's small models): still a matmul
+        text += model.get_output_embeddings().weight.numel()
+    vc = model.config.vision_config
+    per_tile = (vc.image_size // vc.patch_size) ** 2 if hasattr(vc, "image_size") else 0
+    return text, vision, per_tile
 
 
 def matmul_rate(device: str) -> float:
@@ -143,8 +152,8 @@ class Meter:
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
-        self.marks: list[tuple[int, float, int, int, int]] = []  # step, time, tokens, padded tokens, tiles
-        self.tokens = self.padded = self.tiles = 0
+        self.marks: list[tuple[int, float, int, int, int, int]] = []  # step, time, tokens, padded, tiles, patches
+        self.tokens = self.padded = self.tiles = self.patches = 0
         self.losses: list[tuple[int, float]] = []
 
     def count(self, batch: dict[str, torch.Tensor]) -> None:
@@ -153,8 +162,11 @@ class Meter:
         self.padded += int(batch["input_ids"].numel())
         if "pixel_attention_mask" in batch:  # real tiles (Idefics3 pads the tile dimension too)
             self.tiles += int(batch["pixel_attention_mask"].flatten(2).any(-1).sum())
-        elif "pixel_values" in batch:
+        elif "pixel_values" in batch and batch["pixel_values"].dim() == 5:
             self.tiles += int(batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1])
+        for key in ("pixel_values", "pixel_values_videos"):  # Qwen-VL: flat patches, each one vision token
+            if key in batch and batch[key].dim() == 2:
+                self.patches += int(batch[key].shape[0])
 
     def callback(self):
         from transformers import TrainerCallback
@@ -166,8 +178,8 @@ class Meter:
                 if state.global_step in (meter.warmup, state.max_steps):
                     if torch.cuda.is_available():
                         torch.cuda.synchronize()
-                    mark = (state.global_step, time.perf_counter(), meter.tokens, meter.padded, meter.tiles)
-                    meter.marks.append(mark)
+                    counts = (meter.tokens, meter.padded, meter.tiles, meter.patches)
+                    meter.marks.append((state.global_step, time.perf_counter(), *counts))
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs and "loss" in logs:
@@ -304,7 +316,7 @@ def one_variant(args) -> dict[str, Any]:
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     (run_project if args.variant.startswith("project") else run_trl)(args, dataset, model, meter, output)
-    (s0, t0, k0, p0, i0), (s1, t1, k1, p1, i1) = meter.marks[0], meter.marks[-1]
+    (s0, t0, k0, p0, i0, f0), (s1, t1, k1, p1, i1, f1) = meter.marks[0], meter.marks[-1]
     seconds = t1 - t0
     samples = (s1 - s0) * args.micro_batch
     with torch.device("meta"):  # shapes only, for the FLOP count
@@ -312,7 +324,7 @@ def one_variant(args) -> dict[str, Any]:
 
         shapes = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model))
     n_text, n_vision, patches_per_tile = flops_per_token(shapes)
-    flops = 4 * n_text * (k1 - k0) + 2 * n_vision * patches_per_tile * (i1 - i0)
+    flops = 4 * n_text * (k1 - k0) + 2 * n_vision * (patches_per_tile * (i1 - i0) + (f1 - f0))
     if args.device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
@@ -340,6 +352,12 @@ def one_variant(args) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--family",
+        choices=families.FAMILIES,
+        default="idefics3",
+        help="Model family: its tiny fixture on CPU, its real architecture with random weights on CUDA.",
+    )
     parser.add_argument("--variants", default="", help="Comma-separated; default: all for the device.")
     parser.add_argument("--steps", type=int, default=0, help="Optimizer steps (default 30 on CPU, 40 on CUDA).")
     parser.add_argument("--warmup", type=int, default=5, help="Steps before the measurement starts.")
@@ -377,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--device cuda needs a CUDA GPU")
 
     work = Path(args.work) / args.device
-    model = model_folder(args.device)
+    model = model_folder(args.device, args.family)
     dataset = prepared_dataset(model, args.rows, work / f"side-{args.image_side}", args.image_side)
     if args.threads and args.device == "cpu":
         torch.set_num_threads(args.threads)  # the rate of what one run may use
@@ -440,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     result = {
         "device": args.device,
-        "model": "tiny-idefics3" if args.device == "cpu" else "smolvlm-instruct-arch (random weights)",
+        "model": families.model_name(args.family, args.device),
+        "family": args.family,
         "micro_batch": args.micro_batch,
         "steps": args.steps,
         "warmup_steps": args.warmup,
@@ -450,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "rows": rows,
     }
-    out = write_result(f"train-{args.device}", result)
+    suffix = "" if args.family == "idefics3" else f"-{args.family}"  # Idefics3 keeps its record's name
+    out = write_result(f"train-{args.device}{suffix}", result)
     print(f"\nwrote {shown(out)}")
     return 0
 

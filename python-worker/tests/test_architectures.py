@@ -385,3 +385,28 @@ def test_256m_prep_sft_evaluate_export_on_cpu(folders: dict[str, Path], tmp_path
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, with_adapter(**batch).logits, rtol=1e-3, atol=1e-3)
     print(f"256M product path timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+
+
+@pytest.mark.parametrize(
+    ("shape", "family", "billions", "image_tokens", "vocab"),
+    # Published sizes: SmolVLM2-2.2B-Instruct (2.2B; a 448-px photo upscaled to 1536 px: 16 tiles + the whole, 81
+    # tokens each) and Qwen2.5-VL-3B-Instruct (3.75B; one token per 28x28 pixels; its tokenizer's 151,665 entries).
+    [("smolvlm2-2.2b", "SmolVLM2", 2.247, 17 * 81, 49280), ("qwen2.5-vl-3b", "Qwen2.5-VL", 3.755, 16 * 16, 151665)],
+)
+def test_the_other_families_architectures_have_their_published_sizes(
+    shape: str, family: str, billions: float, image_tokens: int, vocab: int
+) -> None:
+    """The GPU check's --family architectures (fixtures/family_architectures.py), on the meta device: no weights."""
+    from vlmflow_worker.families import family_of
+    from vlmflow_worker.fixtures import family_architectures
+
+    config = family_architectures.build_config(shape)
+    with torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, abs=0.001)
+    assert family_of(config).name == family
+    processor = family_architectures.build_processor(shape)
+    token = processor.image_token
+    ids = processor(text=[f"a{token}b"], images=[[Image.new("RGB", (448, 448), "red")]], return_tensors="pt")
+    assert int((ids["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(token)).sum()) == image_tokens
+    assert len(processor.tokenizer) == vocab

@@ -1,5 +1,6 @@
-"""The GPU check's CPU smoke mode (bench/gpu-check.sh --smoke): every part runs on the tiny model and lands in the
-JSON and the markdown table, so the check a GPU machine runs cannot rot between the times a GPU is lent."""
+"""The GPU check's CPU smoke mode (bench/gpu-check.sh --smoke [--family F]): every part runs on the family's tiny model
+and lands in the JSON and the markdown table, so the check a GPU machine runs cannot rot between the times a GPU is
+lent."""
 
 from __future__ import annotations
 
@@ -7,15 +8,23 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_gpu_check_runs_every_part_in_smoke_mode(tmp_path: Path) -> None:
-    command = ["bash", str(REPO / "bench" / "gpu-check.sh"), "--smoke", "--out", str(tmp_path), "--work"]
-    done = subprocess.run([*command, str(tmp_path / "work")], capture_output=True, text=True, timeout=900, check=False)
+# Idefics3 (the default) and one other family (--family), whose flat Qwen-VL patches go through every part too.
+@pytest.mark.parametrize("family", ["idefics3", "qwen2_5_vl"])
+def test_the_gpu_check_runs_every_part_in_smoke_mode(tmp_path: Path, family: str) -> None:
+    command = ["bash", str(REPO / "bench" / "gpu-check.sh"), "--smoke", "--family", family, "--out", str(tmp_path)]
+    done = subprocess.run(
+        [*command, "--work", str(tmp_path / "work")], capture_output=True, text=True, timeout=900, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
 
-    result = json.loads((tmp_path / "gpu-check-cpu-latest.json").read_text())
+    name = "gpu-check-cpu" if family == "idefics3" else f"gpu-check-cpu-{family}"
+    result = json.loads((tmp_path / f"{name}-latest.json").read_text())
+    assert result["family"] == family and result["model"] == f"tiny-{family}"
     sft = result["sft"]["summary"]
     assert set(sft) == {"project-lora", "project-lora-packed", "trl-lora"}
     assert all(s["samples_per_second_min"] > 0 and s["peak_memory_gib_max"] > 0 for s in sft.values())
@@ -28,7 +37,7 @@ def test_the_gpu_check_runs_every_part_in_smoke_mode(tmp_path: Path) -> None:
     assert all(r["items_per_second"] > 0 for r in result["generate"]["rows"])
     assert result["export"]["parameters"] > 0 and result["export"]["weights_gib"] > 0
     assert [g["met"] for g in result["goals"]] == [None, None, None]  # goals are for the GPU, not claimed here
-    table = (tmp_path / "gpu-check-cpu-latest.md").read_text()
+    table = (tmp_path / f"{name}-latest.md").read_text()
     for heading in (
         "| goal |",
         "| SFT variant |",

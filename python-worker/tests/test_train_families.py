@@ -34,6 +34,7 @@ from .test_sft import exact_match
 # One torch thread per process: the machine is small and shared; more threads only contend.
 os.environ.setdefault("VLMFLOW_TORCH_THREADS", "1")
 
+VIDEO = Path(__file__).resolve().parents[3] / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data" / "1.mp4"
 FIXTURES = {"smolvlm2": "tiny_smolvlm2_path", "qwen2_5_vl": "tiny_qwen2_5_vl_path", "qwen3_vl": "tiny_qwen3_vl_path"}
 
 
@@ -162,23 +163,43 @@ def test_prep_counts_each_row_as_the_collator_encodes_it(
         assert int(image_tokens.min()) > 0
 
 
-def test_a_batch_with_video_frame_rows_has_each_rows_own_encoding(
-    family_key: str, shapes: Path, request: pytest.FixtureRequest
+def test_a_batch_mixing_a_video_row_with_photo_rows_has_each_rows_own_encoding(
+    family_key: str, shapes: Path, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """Rows whose images are video frames (prep's keyframes, `video_frames`) batched with photo rows: every row as
-    long as it is alone (prep's count), frames one tile each where the family tiles, in one call where it does not."""
+    """A row with a native video (prep's `videos`, tests/test_video_families.py) batched with photo rows: every row as
+    long as it is alone (prep's count), the video through the family's video input, the photos through its image
+    input, each row with its answer's labels."""
     from transformers import AutoProcessor
 
+    from vlmflow_worker import media
+
     processor = AutoProcessor.from_pretrained(request.getfixturevalue(FIXTURES[family_key]))  # SmolVLM2 tiled
+    sampled = media.sample_video(VIDEO, num_frames=4)
+    paths = []
+    for i, frame in enumerate(sampled.frames):
+        frame.save(tmp_path / f"frame-{i}.png")
+        paths.append(str(tmp_path / f"frame-{i}.png"))  # absolute: the collator joins it to the dataset folder as is
     rows = rows_of(shapes, "train")[:3]
-    rows[1]["video_frames"] = [0]
+    rows[1] = {
+        "id": "video-row",
+        "messages": [
+            {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "A baby plays."}]},
+        ],
+        "images": [],
+        "videos": [{"frames": paths, "timestamps": sampled.timestamps, "duration": sampled.duration}],
+    }
     collator = AnswerOnlyCollator(processor, shapes, 2048)
     batch = collator(rows)
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     assert lengths == [collator.count(row) for row in rows]
-    if "pixel_attention_mask" in batch:  # SmolVLM2: the frame row is one tile, the photo rows five
-        assert lengths[1] < lengths[0] == lengths[2]
     assert (batch["labels"] != -100).sum(dim=1).min() > 0
+    if "pixel_attention_mask" in batch:  # SmolVLM2: the video's 4 frames are one tile each, the photos five tiles
+        tiles = batch["pixel_attention_mask"].flatten(2).any(dim=2).sum(dim=1).tolist()
+        assert tiles == [5, 4, 5]
+    else:  # Qwen-VL: the photos' patches and the video's, each with its grid
+        assert batch["image_grid_thw"].shape[0] == 2 and batch["video_grid_thw"].shape[0] == 1
+        assert batch["mm_token_type_ids"].shape == batch["input_ids"].shape
 
 
 def test_sft_takes_held_out_accuracy_from_chance_to_well_above(

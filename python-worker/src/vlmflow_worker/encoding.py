@@ -2,7 +2,7 @@
 training collator, so the model trains on exactly what it is served: video frames are shown whole, one tile each;
 photos keep the processor's tiling. Tiling is Idefics3's and SmolVLM's (`do_image_splitting`); Qwen-VL resizes each
 image whole, so there frames and photos are encoded alike. A video a family takes natively goes in whole through the
-processor's video input (encode_video)."""
+processor's video input (encode_media), with the same sampled frames wherever it is encoded."""
 
 from __future__ import annotations
 
@@ -83,26 +83,54 @@ def encode_by_image(
     return {**encoded, "pixel_values": torch.cat(tiles)[None], "pixel_attention_mask": torch.cat(masks)[None]}
 
 
-def encode_video(processor, text: str, video: VideoFrames) -> dict[str, Any]:
+def encode_video(processor, text: str, video: VideoFrames, *, offsets: bool = False) -> dict[str, Any]:
     """One rendered row with one video placeholder (the chat template's rendering of a {"type": "video"} part) and
-    its frames, sampled already (media.sample_video): the processor's video input builds the family's own video
-    tokens (Qwen-VL's <|video_pad|> with its frame times, SmolVLM2's timestamped frames). The processor is told not to
-    sample again; the metadata (video_metadata) gives it the frames' real times."""
-    frames, times = list(video.frames), list(video.timestamps)
-    # Qwen-VL's vision tower takes frames in pairs (temporal_patch_size) and Qwen3-VL refuses a shorter video:
-    # a clip of one frame shows that frame twice, as qwen-vl-utils pads frame counts.
-    while len(frames) < getattr(processor.video_processor, "temporal_patch_size", 1):
-        frames.append(frames[-1])
-        times.append(times[-1])
-    array = np.stack([np.asarray(frame) for frame in frames])  # (T, H, W, 3): one stream, one frame size
+    its frames, sampled already (media.sample_video): Generate's video task. encode_media with that video alone."""
+    return encode_media(processor, text, [], [video], offsets=offsets)
+
+
+def encode_media(
+    processor, text: str, images: list[Image.Image], videos: list[VideoFrames], *, offsets: bool = False
+) -> dict[str, Any]:
+    """One rendered row's tensors ([1, ...]) for a family whose processor takes videos (families' video "native"):
+    the row's photos as encode_row encodes them and its videos, sampled already (media.sample_video, as Generate and
+    prep sample them), through the processor's own video input, which builds the family's video tokens (Qwen-VL's
+    <|video_pad|> with its frame times, SmolVLM2's timestamped frames). The processor is told not to sample again; the
+    metadata (video_metadata) gives it the frames' real times. Generate's video items, prep's token counts and the
+    training collator's video rows all go through here, so a video trains as it is served.
+
+    `offsets` as in encode_row: the video placeholders' expansions are in `text_replacement_offsets` too.
+    SmolVLM2's processor returns a video's frames under the photos' key (`pixel_values`), so it takes a row's photos
+    or one video per call, not both: such a row is BadData (prep drops it, naming why)."""
+    if not videos:
+        return encode_row(processor, text, images, [], offsets=offsets)
+    if tiles_images(processor) and (images or len(videos) > 1):
+        raise BadData(
+            f"a row with {len(images)} photos and {len(videos)} videos: SmolVLM2's processor takes a row's photos or "
+            "one video, not both; split the row"
+        )
+    arrays, metadata = [], []
+    for video in videos:
+        frames, times = list(video.frames), list(video.timestamps)
+        # Qwen-VL's vision tower takes frames in pairs (temporal_patch_size) and Qwen3-VL refuses a shorter video:
+        # a clip of one frame shows that frame twice, as qwen-vl-utils pads frame counts.
+        while len(frames) < getattr(processor.video_processor, "temporal_patch_size", 1):
+            frames.append(frames[-1])
+            times.append(times[-1])
+        array = np.stack([np.asarray(frame) for frame in frames])  # (T, H, W, 3): one stream, one frame size
+        arrays.append(array)
+        metadata.append(video_metadata(times, video.duration, width=array.shape[2], height=array.shape[1]))
+    extra = {"return_offsets_mapping": True, "return_text_replacement_offsets": True} if offsets else {}
     return dict(
         processor(
             text=[text],
+            images=[images] if images else None,
             # Nested per row: SmolVLM counts a row's videos as the length of its list (Qwen-VL flattens either way).
-            videos=[[array]],
-            video_metadata=[video_metadata(times, video.duration, width=array.shape[2], height=array.shape[1])],
+            videos=[arrays],
+            video_metadata=metadata,
             do_sample_frames=False,
             return_tensors="pt",
+            **extra,
         )
     )
 

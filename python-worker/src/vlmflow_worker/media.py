@@ -84,6 +84,13 @@ class VideoFrames:
     duration: float
 
 
+def stored_video(folder: Path, video: dict) -> VideoFrames:
+    """A video as prep stores it in a row's "videos" (its sampled frames as lossless PNGs, their times and the
+    video's duration), back as the frames Generate's sampler gave: training and evaluation encode exactly these."""
+    frames = [Image.open(folder / path).convert("RGB") for path in video["frames"]]
+    return VideoFrames(frames, [float(t) for t in video["timestamps"]], float(video.get("duration") or 0.0))
+
+
 def _target_times(start: float, end: float, num_frames: int, fps: float, max_frames: int) -> list[float]:
     """The timestamps to sample: uniform (frame centres of N equal slices), or every 1/fps seconds."""
     span = end - start

@@ -50,6 +50,7 @@ class EvalRow:
     chosen: list[dict[str, Any]] | None = None  # preference rows: the assistant messages
     rejected: list[dict[str, Any]] | None = None
     frames: list[int] = dataclasses.field(default_factory=list)  # which images are video frames (prep's video_frames)
+    videos: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # native videos as prep stores them
 
 
 def _text(messages: list[dict[str, Any]]) -> str:
@@ -75,7 +76,9 @@ def to_eval_row(row: dict[str, Any], index: int) -> EvalRow:
     # The prompt keeps only the image markers of its own turns; the images list follows them in order.
     markers = sum(p.get("type") == "image" for m in prompt for p in m["content"])
     frames = [i for i in row.get("video_frames") or [] if i < markers]
-    return EvalRow(str(row.get("id", index)), prompt, images[:markers], references, question, frames=frames)
+    videos = list(row.get("videos") or [])[: sum(p.get("type") == "video" for m in prompt for p in m["content"])]
+    name = str(row.get("id", index))
+    return EvalRow(name, prompt, images[:markers], references, question, frames=frames, videos=videos)
 
 
 def load_eval_rows(dataset_dir: Path, max_samples: int) -> tuple[dict[str, Any], list[EvalRow]]:
@@ -139,11 +142,13 @@ def generate_answers(
     from PIL import Image
 
     from vlmflow_worker.infer.generate import PreparedItem, encode, generate_batch
+    from vlmflow_worker.media import stored_video
 
     encodings = []
     for row in rows:
         images = [Image.open(dataset_dir / p).convert("RGB") for p in row.images]
-        encodings.append(encode(processor, PreparedItem(row.id, row.prompt, images, row.frames)))
+        videos = [stored_video(dataset_dir, video) for video in row.videos]
+        encodings.append(encode(processor, PreparedItem(row.id, row.prompt, images, row.frames, videos=videos)))
     order = sorted(range(len(rows)), key=lambda i: encodings[i]["input_ids"].shape[1])
     answers: dict[int, str] = {}
     for first in range(0, len(order), batch_size):
@@ -168,12 +173,21 @@ def answer_logps(model, processor, rows: list[EvalRow], dataset_dir: Path, which
     for first in range(0, len(rows), batch_size):
         chunk = rows[first : first + batch_size]
         batch = collator(
-            [{"messages": r.prompt + getattr(r, which), "images": r.images, "video_frames": r.frames} for r in chunk]
+            [
+                {
+                    "messages": r.prompt + getattr(r, which),
+                    "images": r.images,
+                    "video_frames": r.frames,
+                    "videos": r.videos,
+                }
+                for r in chunk
+            ]
         )
         labels = batch.pop("labels").to(device)
         batch = {k: v.to(device) for k, v in batch.items()}
-        if "pixel_values" in batch:
-            batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in batch:
+                batch[key] = batch[key].to(model.dtype)
         with torch.inference_mode():
             logits = model(**batch).logits[:, :-1].float()
         targets = labels[:, 1:]

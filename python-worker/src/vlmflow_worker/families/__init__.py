@@ -8,8 +8,9 @@
 The family is read from the model's config.json (`model_type`, else `architectures`). What every family shares
 stays generic elsewhere: the prompt is the processor's chat template, token counts come from the processor
 (encoding.py), and the answer-only labels come from one mechanism (train/collator.py) that needs only the family's
-end-of-turn token. Idefics3 trains end to end; SmolVLM2, Qwen2.5-VL and Qwen3-VL are described here (their module
-names read from transformers' modeling files and checked in tests/test_families.py) ahead of their fixtures.
+end-of-turn token, and the video mode decides how prep stores a video and how Generate and the collator encode it
+(encoding.py). Module names are read from transformers' modeling files and checked in tests/test_families.py; each
+family trains end to end on its tiny fixture (tests/test_train_families.py, tests/test_video_families.py).
 """
 
 from __future__ import annotations

@@ -30,7 +30,10 @@ class Family:
     )
     end_of_turn: str = field(metadata={"help": "The token that closes a turn: the last loss token of an answer."})
     video: Literal["native", "keyframes"] = field(
-        metadata={"help": "'native': the processor takes videos; 'keyframes': frames go in as images."}
+        metadata={
+            "help": "'native': the processor takes videos (prep keeps a video row's video, training and Generate "
+            "encode it through the video input); 'keyframes': frames go in as images, one tile each."
+        }
     )
 
     def lora_targets(self, modules: Sequence[str], tune_vision: bool) -> str:

@@ -49,6 +49,9 @@ class PreparedItem:
     video: media.VideoFrames | None = None
     prompt: str = ""
     what: str = ""  # how errors name the item: "items[3] (id)"
+    # Videos whose {"type": "video"} parts `conversation` already holds, in order (a prepared row's native videos,
+    # which the Evaluate job answers): encoded through the processor's video input beside `images`.
+    videos: list[media.VideoFrames] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -203,9 +206,17 @@ def encode(processor, item: PreparedItem) -> dict[str, Any]:
     Idefics3's and SmolVLM's pixel_values [1, N, 3, H, W] or Qwen-VL's flat patches with their grids. A video goes in
     through the processor's own video input where the family has one (its video tokens, frame times and, for
     Qwen2.5-VL, rotary time steps), else as its frames, one image each."""
-    from vlmflow_worker.encoding import encode_row, encode_video  # torch: imported when the first item is encoded
+    from vlmflow_worker.encoding import encode_media, encode_row, encode_video  # torch: imported on first use
 
     try:
+        if item.videos:
+            if family_of_processor(processor).video != "native":
+                raise BadData(
+                    f"{item.what or item.id}: holds videos for a processor's video input, which this model's "
+                    "processor lacks; prepare the dataset with this model"
+                )
+            text = processor.apply_chat_template(item.conversation, add_generation_prompt=True)
+            return encode_media(processor, text, item.images, item.videos)
         if item.video is not None and family_of_processor(processor).video == "native":
             conversation = prompts.native_video_conversation(item.prompt)
             text = processor.apply_chat_template(conversation, add_generation_prompt=True)

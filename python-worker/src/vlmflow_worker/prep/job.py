@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from vlmflow.v1 import common_pb2, jobs_pb2
-from vlmflow_worker.encoding import encode_row
+from vlmflow_worker.encoding import encode_media, encode_row
 from vlmflow_worker.errors import BadData, InvalidArgument, NotFound
+from vlmflow_worker.families import family_of_processor
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.prep.media import Drop, MediaStore
@@ -39,7 +40,7 @@ from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
 
-PREP_VERSION = 2  # bump when the output format or checks change: old fingerprints stop matching
+PREP_VERSION = 3  # bump when the output format or checks change: old fingerprints stop matching
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_EVAL_FRACTION = 0.1
 DEFAULT_MAX_DROP_FRACTION = 0.1
@@ -87,10 +88,12 @@ def validate(request: jobs_pb2.PrepareDatasetRequest, settings: WorkerSettings) 
 
 
 class TokenCounter:
-    """Sequence lengths as the model will see them: chat template plus the processor's image tokens."""
+    """Sequence lengths as the model will see them: chat template plus the processor's image and video tokens."""
 
     def __init__(self, model: jobs_pb2.ModelRef, settings: WorkerSettings) -> None:
         self.processor = load_processor(model, settings)
+        # Whether the model's family takes videos itself: its rows then keep their videos (rows.py).
+        self.native_video = family_of_processor(self.processor).video == "native"
 
     def count(self, row: Row) -> int:
         if row.kind == "sft":
@@ -100,10 +103,18 @@ class TokenCounter:
                 self.processor.apply_chat_template(row.data["prompt"] + row.data[key], tokenize=False)
                 for key in ("chosen", "rejected")
             ]
-        # The training collator's own encoding (video frames one tile each, as Generate shows them).
-        return max(
-            int(encode_row(self.processor, text, row.images, row.frames)["input_ids"].shape[1]) for text in texts
-        )
+        # The training collator's own encoding: video frames one tile each, or a native video through the family's
+        # video input with its own token arithmetic, as Generate shows them.
+        try:
+            lengths = [
+                encode_media(self.processor, text, row.images, row.videos)
+                if row.videos
+                else encode_row(self.processor, text, row.images, row.frames)
+                for text in texts
+            ]
+        except BadData as err:
+            raise Drop("unsupported_media", err.message) from err
+        return max(int(encoded["input_ids"].shape[1]) for encoded in lengths)
 
 
 def load_processor(model: jobs_pb2.ModelRef, settings: WorkerSettings):
@@ -172,7 +183,8 @@ class RowChecker:
 
     def __init__(self, model: common_pb2.ModelRef, settings: WorkerSettings, out: Path, max_length: int) -> None:
         self.counter = TokenCounter(model, settings) if model.model_id else None
-        self.normalizer = Normalizer(MediaStore(out, settings))
+        native_video = self.counter.native_video if self.counter else False
+        self.normalizer = Normalizer(MediaStore(out, settings), native_video)
         self.max_length = max_length
 
     def __call__(self, record: Any, layout: int, base: Path | None, columns: dict[str, str]) -> tuple:
@@ -182,7 +194,8 @@ class RowChecker:
             if self.counter and length > self.max_length:
                 raise Drop(
                     "too_long",
-                    f"{length} tokens (images included) > max_length {self.max_length}; dropped rather than cut",
+                    f"{length} tokens (images and videos included) > max_length {self.max_length}; dropped rather "
+                    "than cut",
                 )
         except Drop as drop:
             return ("drop", drop.reason, drop.detail)
@@ -267,10 +280,11 @@ def build(request, options: dict[str, Any], ctx: JobContext, out: Path, fp: str)
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     if not kept or drop_share > options["max_drop_fraction"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in dropped.most_common())
-        first = next(iter(examples.values()))[0]["detail"] if examples else ""
+        first = next(iter(examples.values()))[0] if examples else None
+        where = f"sources[{first['source']}] row {first['row']}: {first['detail']}" if first else ""
         raise BadData(
             f"{sum(dropped.values())} of {rows_in} rows dropped ({drop_share:.0%} > max_drop_fraction "
-            f"{options['max_drop_fraction']:.0%}): {reasons}. First problem: {first}",
+            f"{options['max_drop_fraction']:.0%}): {reasons}. First problem, {where}",
             detail=json.dumps(stats["drop_examples"])[:4000],
         )
 

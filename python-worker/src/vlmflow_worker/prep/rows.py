@@ -2,8 +2,11 @@
 
 Normalized rows use TRL's conversational layout, with media paths relative to the dataset folder:
 - SFT rows: {"messages": [{"role", "content": [{"type": "image"} | {"type": "text", "text"}]}], "images": [...]}
-  plus "answers" (all reference answers) for VQA rows, and "video_frames" (the indices into "images" of video
-  frames, each one tile as Generate shows it) for rows with a video;
+  plus "answers" (all reference answers) for VQA rows. A video is stored as Generate shows it to the model's family:
+  for a family whose processor takes videos (SmolVLM2, Qwen-VL) a {"type": "video"} part where the video was, and
+  "videos": [{"frames": [paths], "timestamps": [seconds], "duration": seconds}] (its sampled frames, in marker order);
+  otherwise (Idefics3, or prep without a model) its frames as images introduced by their times (video_parts), and
+  "video_frames" (the indices into "images" of those frames, each one tile as Generate shows it);
 - preference rows: {"prompt": [messages], "chosen": [assistant message], "rejected": [...], "images": [...]}.
 """
 
@@ -18,6 +21,7 @@ from PIL import Image
 
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.infer.prompts import video_parts
+from vlmflow_worker.media import VideoFrames
 from vlmflow_worker.prep.media import Drop, MediaStore
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant"}
@@ -31,6 +35,7 @@ class Row:
     data: dict[str, Any]
     images: list[Image.Image] = field(default_factory=list)
     frames: list[int] = field(default_factory=list)  # which of `images` are video frames (one tile each)
+    videos: list[VideoFrames] = field(default_factory=list)  # native videos ("videos"), in marker order
 
 
 def detect_layout(record: dict[str, Any]) -> int:
@@ -52,10 +57,12 @@ def _text(text: str) -> dict[str, Any]:
 
 
 class Normalizer:
-    """Turns records into rows, storing their media in `media`; `base` resolves relative media paths."""
+    """Turns records into rows, storing their media in `media`; `base` resolves relative media paths.
+    `native_video`: the model's processor takes videos (its family's video mode), so videos stay videos."""
 
-    def __init__(self, media: MediaStore) -> None:
+    def __init__(self, media: MediaStore, native_video: bool = False) -> None:
         self.media = media
+        self.native_video = native_video
 
     def row(self, record: dict[str, Any], layout: int, base: Path | None, columns: dict[str, str]) -> Row:
         if not isinstance(record, dict):  # a JSON line holding a list or a number (issue 7's corpus)
@@ -100,6 +107,8 @@ class Normalizer:
         stored: list[str] = []
         loaded: list[Image.Image] = []
         frames: list[int] = []  # indices into `stored` of the images that are video frames
+        native: list[dict[str, Any]] = []  # native videos as stored ("videos")
+        sampled: list[VideoFrames] = []
         image_iter, video_iter = iter(images), iter(videos)
         for role, parts in parts_by_turn:
             content = []
@@ -114,9 +123,16 @@ class Normalizer:
                     stored.append(path)
                     loaded.append(image)
                     continue
-                # A video is shown as Generate shows it: its sampled frames, each introduced by its time, one tile
-                # per frame; `video_frames` marks which images are frames so the collator encodes them that way.
                 video = self.media.add_video(next(video_iter), base)
+                if self.native_video:
+                    # The family's processor takes the video (encoding.encode_media), as Generate gives it.
+                    content.append({"type": "video"})
+                    paths = [path for path, _ in video.frames]
+                    native.append({"frames": paths, "timestamps": video.timestamps, "duration": video.duration})
+                    sampled.append(VideoFrames([image for _, image in video.frames], video.timestamps, video.duration))
+                    continue
+                # Otherwise a video is shown as Generate shows it: its sampled frames, each introduced by its time, one
+                # tile per frame; `video_frames` marks which images are frames so the collator encodes them that way.
                 content.extend(video_parts(video.timestamps, video.duration))
                 for path, image in video.frames:
                     frames.append(len(stored))
@@ -128,7 +144,9 @@ class Normalizer:
         data: dict[str, Any] = {"messages": messages, "images": stored}
         if frames:
             data["video_frames"] = frames
-        return Row("sft", data, loaded, frames)
+        if native:
+            data["videos"] = native
+        return Row("sft", data, loaded, frames, sampled)
 
     def _vqa(self, record: dict[str, Any], base: Path | None) -> Row:
         question = record.get("question") or record.get("query")

@@ -15,7 +15,11 @@ from a search for header tokens, so it holds for any family and any text in the 
    inside them; each answer's last token is checked to be the end-of-turn token, so a misplaced span fails loudly.
    One template render per assistant message beyond the row's own, and per answer one vectorized pass over the row.
 A row longer than max_length is an error, never cut: prep drops such rows.
-Video frames (the row's `video_frames`, from prep) are encoded as Generate encodes them, one tile each.
+Videos are encoded as Generate encodes them, from the frames Generate's sampler gave prep: for a family whose
+processor takes videos (SmolVLM2, Qwen-VL) the row's `videos` go through that video input (encoding.encode_media),
+whose placeholder expansions are in the replacement offsets like the images'; for Idefics3 a video is its frames as
+images (the row's `video_frames`), one tile each. A row prepared for the other mode is refused, naming the row:
+training must see a video as the model is served it.
 
 With `packing`, a micro-batch is one padding-free row: the rows' real tokens back to back, `position_ids` restarting
 at 0 for each, no attention mask. transformers then attends within each row only (a block-diagonal causal mask with
@@ -39,9 +43,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmflow_worker.encoding import encode_row, tiles_images
+from vlmflow_worker.encoding import encode_media, encode_row, tiles_images
 from vlmflow_worker.errors import BadData, FailedPrecondition, WorkerError
 from vlmflow_worker.families import family_of_processor
+from vlmflow_worker.media import stored_video
 
 IGNORE = -100
 
@@ -61,19 +66,24 @@ class AnswerOnlyCollator:
         self.rope_index = rope_index
         self.dataset_dir = Path(dataset_dir)
         self.max_length = max_length
-        self.end_of_turn = family_of_processor(processor).end_of_turn
+        self.family = family_of_processor(processor)
+        self.end_of_turn = self.family.end_of_turn
         self.end_of_turn_id = processor.tokenizer.convert_tokens_to_ids(self.end_of_turn)
         self.tokens_seen = 0  # real (unpadded) tokens collated so far, for tokens/s
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        for row in rows:
+            self.check_video_mode(row)
         texts = [self.processor.apply_chat_template(row["messages"], tokenize=False) for row in rows]
         images = [[self._image(path) for path in row.get("images", [])] for row in rows]
-        if any(row.get("video_frames") for row in rows) and tiles_images(self.processor):
-            # The processor takes one tiling setting per call and frames are not tiled: each row on its own. A
-            # processor that does not tile (Qwen-VL) encodes frames as it encodes photos: the whole batch at once.
-            frames = [row.get("video_frames", []) for row in rows]
+        if any(row.get("videos") for row in rows) or (
+            any(row.get("video_frames") for row in rows) and tiles_images(self.processor)
+        ):
+            # Each row on its own: the processor takes one tiling setting per call and frames are not tiled, and a
+            # native video goes in with its own metadata (SmolVLM2 takes a row's photos or its video per call).
             encoded = [
-                encode_row(self.processor, *row, offsets=True) for row in zip(texts, images, frames, strict=True)
+                self.encode(row, text, row_images, offsets=True)
+                for row, text, row_images in zip(rows, texts, images, strict=True)
             ]
             batch = pad_rows(encoded, self.processor.tokenizer)
             where = [(e["input_ids"][0], e["offset_mapping"][0], e["text_replacement_offsets"][0]) for e in encoded]
@@ -141,11 +151,34 @@ class AnswerOnlyCollator:
     def _image(self, path: str) -> Image.Image:
         return Image.open(self.dataset_dir / path).convert("RGB")
 
+    def encode(self, row: dict[str, Any], text: str, images: list[Image.Image], offsets: bool) -> dict[str, Any]:
+        """One row's tensors, [1, ...]: its native videos through the family's video input, else its images with the
+        video frames among them one tile each (encoding.py)."""
+        if row.get("videos"):
+            videos = [stored_video(self.dataset_dir, video) for video in row["videos"]]
+            return encode_media(self.processor, text, images, videos, offsets=offsets)
+        return encode_row(self.processor, text, images, row.get("video_frames", []), offsets=offsets)
+
+    def check_video_mode(self, row: dict[str, Any]) -> None:
+        """A video row must be stored the way this model's family is served videos (prep/rows.py)."""
+        name = row.get("id", "(no id)")
+        if row.get("video_frames") and self.family.video == "native":
+            raise BadData(
+                f"row {name} holds a video as keyframe images (video_frames), but {self.family.name} is served videos "
+                "through its processor's video input: prepare the dataset with model.model_id set to this model"
+            )
+        if row.get("videos") and self.family.video != "native":
+            raise BadData(
+                f"row {name} holds a video for a processor's video input (videos), but {self.family.name} is served "
+                "videos as keyframes: prepare the dataset with model.model_id set to this model"
+            )
+
     def count(self, row: dict[str, Any]) -> int:
-        """The row's length in tokens (images included) as this collator encodes it."""
+        """The row's length in tokens (images and videos included) as this collator encodes it."""
+        self.check_video_mode(row)
         text = self.processor.apply_chat_template(row["messages"], tokenize=False)
         images = [self._image(path) for path in row.get("images", [])]
-        return int(encode_row(self.processor, text, images, row.get("video_frames", []))["input_ids"].shape[1])
+        return int(self.encode(row, text, images, offsets=False)["input_ids"].shape[1])
 
     def answer_labels(
         self,
@@ -220,9 +253,9 @@ def expanded_position(position: int, expansions: list[dict[str, Any]]) -> int:
     return position + shift
 
 
-def pad_labels(labels: list[torch.Tensor], input_ids: torch.Tensor, side: str) -> torch.Tensor:
-    """Each row's labels padded with -100 to the batch's length, on the side the tokenizer pads the ids."""
-    out = torch.full_like(input_ids, IGNORE)
+def pad_labels(labels: list[torch.Tensor], input_ids: torch.Tensor, side: str, fill: int = IGNORE) -> torch.Tensor:
+    """Each row's labels padded with -100 (or `fill`) to the batch's length, on the side the tokenizer pads the ids."""
+    out = torch.full_like(input_ids, fill)
     length = input_ids.shape[1]
     for row, row_labels in enumerate(labels):
         if side == "left":
@@ -232,9 +265,15 @@ def pad_labels(labels: list[torch.Tensor], input_ids: torch.Tensor, side: str) -
     return out
 
 
+# Qwen-VL's visual inputs: per image or video, in row order (flat patches, grids, seconds per temporal patch).
+FLAT_VISUAL_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
+
 def pad_rows(encoded: list[dict[str, torch.Tensor]], tokenizer) -> dict[str, torch.Tensor]:
-    """Rows encoded one by one, as one batch padded the way the processor pads: token ids on the tokenizer's padding
-    side, image stacks with all-zero tiles (which Idefics3 drops)."""
+    """Rows encoded one by one, as one batch padded the way the processor pads: token ids (and Qwen-VL's
+    mm_token_type_ids) on the tokenizer's padding side; Idefics3's and SmolVLM's image stacks with all-zero tiles
+    (which the model drops), frames smaller than the largest tile zero-padded under the pixel mask; Qwen-VL's flat
+    patches and grids concatenated in row order."""
     batch = dict(
         tokenizer.pad(
             {key: [e[key][0].tolist() for e in encoded] for key in ("input_ids", "attention_mask")},
@@ -242,16 +281,30 @@ def pad_rows(encoded: list[dict[str, torch.Tensor]], tokenizer) -> dict[str, tor
             return_tensors="pt",
         )
     )
+    if any("mm_token_type_ids" in e for e in encoded):
+        types = [e["mm_token_type_ids"][0] if "mm_token_type_ids" in e else None for e in encoded]
+        batch["mm_token_type_ids"] = pad_labels(
+            [t if t is not None else torch.zeros_like(e["input_ids"][0]) for t, e in zip(types, encoded, strict=True)],
+            batch["input_ids"],
+            tokenizer.padding_side,
+            fill=0,
+        )
+    if any(e[key].dim() != 5 for e in encoded for key in ("pixel_values", "pixel_values_videos") if key in e):
+        for key in FLAT_VISUAL_KEYS:
+            present = [e[key] for e in encoded if key in e]
+            if present:
+                batch[key] = torch.cat(present)
+        return batch
     with_images = [e["pixel_values"] for e in encoded if "pixel_values" in e]
     if with_images:
-        _, _, channels, height, width = with_images[0].shape
         num = max(p.shape[1] for p in with_images)
+        channels, height, width = (max(p.shape[d] for p in with_images) for d in (2, 3, 4))
         pixels = torch.zeros((len(encoded), num, channels, height, width), dtype=with_images[0].dtype)
         mask = torch.zeros((len(encoded), num, height, width), dtype=torch.long)
         for row, e in enumerate(encoded):
             if "pixel_values" in e:
-                n = e["pixel_values"].shape[1]
-                pixels[row, :n] = e["pixel_values"][0]
-                mask[row, :n] = e["pixel_attention_mask"][0]
+                _, n, _, h, w = e["pixel_values"].shape
+                pixels[row, :n, :, :h, :w] = e["pixel_values"][0]
+                mask[row, :n, :h, :w] = e["pixel_attention_mask"][0]
         batch |= {"pixel_values": pixels, "pixel_attention_mask": mask}
     return batch
