@@ -90,3 +90,29 @@ def test_wandb_goes_through_report_to_with_one_run_per_stage_resumed_by_its_id(t
     assert wandb_env(dpo, tmp_path)["WANDB_RUN_ID"] != env["WANDB_RUN_ID"] and "WANDB_ENTITY" not in wandb_env(
         dpo, tmp_path
     )
+
+
+def test_a_training_stage_writes_its_losses_and_evaluations_beside_its_checkpoints(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train_sft in process, 3 steps, evaluated at steps 2 and 3: every point in `<output>/tensorboard`, none in
+    transformers' default `runs/` folder of the working directory."""
+    from tests.test_bench_prep_pool import prepare
+    from vlmflow_worker.fixtures.synthetic import generate
+    from vlmflow_worker.train.config import SFTConfig
+    from vlmflow_worker.train.sft import train_sft
+
+    monkeypatch.chdir(tmp_path)
+    generate("shape_colour", 20, 0, tmp_path / "artifacts" / "shapes")
+    dataset = prepare(tmp_path / "artifacts", tmp_path / "artifacts" / "shapes" / "data.jsonl", tiny_model_path, "prep")
+    config = SFTConfig(
+        model_id=str(tiny_model_path), dataset_dir=str(dataset), output_dir=str(tmp_path / "sft"), max_steps=3,
+        micro_batch_size=2, gradient_accumulation_steps=1, eval_steps=2, save_steps=10, logging_steps=1,
+        gradient_checkpointing=False,
+    )  # fmt: skip
+    result = train_sft(config)
+    logdir = Path(result.artifacts["tensorboard"])
+    assert logdir == tmp_path / "sft" / "tensorboard"
+    assert [s for s, _ in scalars(logdir, "train/loss")] == [1, 2, 3]
+    assert [s for s, _ in scalars(logdir, "eval/loss")] == [2, 3]
+    assert not (tmp_path / "runs").exists()

@@ -62,7 +62,9 @@ def attach(trainer, config: Any, output: Path, resume_step: int, ctx=None) -> No
 
     logdir = output / TENSORBOARD_DIR
     keep_through(logdir, resume_step)
-    trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(logdir))))
+    board = TensorBoardCallback(SummaryWriter(log_dir=str(logdir)))
+    board.logging_dir = str(logdir)  # where it reopens a writer for an evaluation after training (else ./runs)
+    trainer.add_callback(board)
     if tracking.mlflow:
         warn = ctx.warning if ctx is not None else logging.getLogger(__name__).warning  # the job's log, or ours
         # The job process opened it before loading the model (jobs/child.py); a torchrun rank opens its own.
