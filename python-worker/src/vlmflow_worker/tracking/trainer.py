@@ -31,8 +31,8 @@ from vlmflow_worker.tracking.settings import TrackingSettings
 
 TENSORBOARD_DIR = "tensorboard"
 EVENT_FILES = "events.out.tfevents.*"
-# How long the end of a stage waits for metrics MLflow has not taken yet: briefly when training stops (a cancel must
-# stop within the worker's grace), longer once the adapter is saved and nothing else is left to do.
+# How long a checkpoint or the end of training waits for metrics MLflow has not taken yet: briefly (a cancel must stop
+# within the worker's grace), longer once the adapter is saved and nothing else is left to do.
 STOP_FLUSH_SECONDS = 5.0
 FINISH_FLUSH_SECONDS = 60.0
 
@@ -112,6 +112,10 @@ class MlflowCallback(TrainerCallback):
         }
         if numbers and state.global_step > self.skip_through:
             self.sender.add(numbers, state.global_step)
+        if control.should_save:
+            # A checkpoint follows: what was logged up to it reaches MLflow first (when it answers), since a resume
+            # from that checkpoint does not log those steps again.
+            self.sender.flush(STOP_FLUSH_SECONDS)
         self._relay()
 
     def on_train_end(self, args, state, control, **kwargs):
