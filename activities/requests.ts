@@ -10,6 +10,7 @@ import {
   ExportRequest,
   PrepareDatasetRequest,
   TrainKind,
+  TrackingConfig as TrackingMessage,
   TrainRequest,
   type DatasetSource,
 } from '../src/gen/vlmflow/v1/jobs.js';
@@ -19,6 +20,7 @@ import type {
   GenerationConfig as GenerationSettings,
   LoraConfig,
   ModelConfig,
+  TrackingConfig,
   TrainingConfig,
 } from '../src/config/pipeline-config.js';
 
@@ -78,6 +80,22 @@ export function generationRequest(generation: GenerationSettings): GenerationCon
   return GenerationConfig.fromPartial(generation);
 }
 
+/**
+ * The config's tracking section for one stage's job. `runKey` (the run's watcher: workflow id and first run id)
+ * names the pipeline run's one MLflow run, which every stage and every retry finds again.
+ */
+export function trackingRequest(
+  tracking: TrackingConfig | undefined,
+  input: { stage: string; watcher?: string; jobId: string },
+): TrackingMessage {
+  return TrackingMessage.fromPartial({
+    runKey: input.watcher || input.jobId,
+    stage: input.stage,
+    mlflow: tracking?.mlflow,
+    wandb: tracking?.wandb,
+  });
+}
+
 export function prepareDatasetRequest(input: PrepareDatasetInput): PrepareDatasetRequest {
   return PrepareDatasetRequest.fromPartial({
     jobId: input.jobId,
@@ -105,6 +123,7 @@ export function trainRequest(input: TrainInput): TrainRequest {
     dpo: input.dpo,
     resumeFromCheckpointUri: input.resumeFromCheckpoint,
     watcher: input.watcher ?? '',
+    tracking: trackingRequest(input.tracking, input),
   });
 }
 
@@ -121,6 +140,7 @@ export function evaluateRequest(input: EvaluateInput): EvaluateRequest {
     bootstrapSamples: input.evaluate.bootstrapSamples,
     outputUri: input.outputUri,
     watcher: input.watcher ?? '',
+    tracking: trackingRequest(input.tracking, input),
   });
 }
 
@@ -133,5 +153,6 @@ export function exportRequest(input: ExportInput): ExportRequest {
     privateRepo: input.privateRepo,
     card: input.card,
     watcher: input.watcher ?? '',
+    tracking: trackingRequest(input.tracking, input),
   });
 }

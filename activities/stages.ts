@@ -12,6 +12,7 @@ import type {
   EvaluateConfig,
   LoraConfig,
   ModelConfig,
+  TrackingConfig,
   TrainingConfig,
 } from '../src/config/pipeline-config.js';
 import type { PythonWorkerClient } from '../src/python-worker-client.js';
@@ -34,6 +35,11 @@ interface StageInput {
   watcher?: string;
 }
 
+/** Stages that report to experiment tracking (the config's `tracking`; absent in runs started before it). */
+interface TrackedStageInput extends StageInput {
+  tracking?: TrackingConfig;
+}
+
 export interface StopJobInput {
   jobId: string;
   watcher: string;
@@ -54,7 +60,7 @@ export interface PrepareDatasetInput extends StageInput {
   dataset: DatasetConfig;
 }
 
-export interface TrainInput extends StageInput {
+export interface TrainInput extends TrackedStageInput {
   kind: 'sft' | 'dpo';
   model: ModelConfig;
   /** For DPO after SFT: the SFT adapter to continue from. */
@@ -68,14 +74,14 @@ export interface TrainInput extends StageInput {
   resumeFromCheckpoint: string;
 }
 
-export interface EvaluateInput extends StageInput {
+export interface EvaluateInput extends TrackedStageInput {
   model: ModelConfig;
   variants: { name: string; adapterUri: string; trainingLogUri: string }[];
   datasetUri: string;
   evaluate: EvaluateConfig;
 }
 
-export interface ExportInput extends StageInput {
+export interface ExportInput extends TrackedStageInput {
   model: ModelConfig;
   adapterUri: string;
   pushToHub: string;

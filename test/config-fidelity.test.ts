@@ -6,21 +6,24 @@
  */
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { evaluateRequest, prepareDatasetRequest, trainRequest } from '../activities/requests.js';
-import { PrepareDatasetRequest, EvaluateRequest, TrainRequest } from '../src/gen/vlmflow/v1/jobs.js';
+import { evaluateRequest, exportRequest, prepareDatasetRequest, trainRequest } from '../activities/requests.js';
+import { PrepareDatasetRequest, EvaluateRequest, ExportRequest, TrainRequest } from '../src/gen/vlmflow/v1/jobs.js';
 import {
   datasetSchema,
   dpoSchema,
   evaluateSchema,
   loraSchema,
+  mlflowSchema,
   modelSchema,
   pipelineConfigSchema,
   trainingSchema,
+  wandbSchema,
   type PipelineConfig,
 } from '../src/config/pipeline-config.js';
 import { projectRoot, workerPython } from '../src/paths.js';
 
-type Kind = 'sft' | 'dpo' | 'prepare' | 'prepare-preference' | 'evaluate';
+type Kind = 'sft' | 'dpo' | 'prepare' | 'prepare-preference' | 'evaluate' | 'export';
+const KINDS = 6; // requests per config (requestsOf)
 type Settings = Record<string, unknown>;
 
 const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -54,11 +57,42 @@ function fieldMap(): [string[], Kind, string][] {
   }
   for (const key of ['batchSize', 'maxSamples', 'bootstrapSamples'])
     map.push([['evaluate', key], 'evaluate', snake(key)]);
+  // Experiment tracking reaches every job that reports to it (TrackingSettings in the worker).
+  const tracking: [string[], string][] = [
+    [['mlflow', 'trackingUri'], 'mlflow_tracking_uri'],
+    [['mlflow', 'experimentName'], 'mlflow_experiment'],
+    [['mlflow', 'runName'], 'mlflow_run_name'],
+    [['mlflow', 'registeredModelName'], 'mlflow_registered_model'],
+    [['wandb', 'project'], 'wandb_project'],
+    [['wandb', 'entity'], 'wandb_entity'],
+  ];
+  for (const kind of ['sft', 'dpo', 'evaluate', 'export'] as const) {
+    for (const [path, name] of tracking) map.push([['tracking', ...path], kind, name]);
+  }
   return map;
 }
 
 /** Values tried in every field: zeros, edges and ordinary values; the schema keeps those it accepts. */
-const POOL: unknown[] = [0, 1, 2, 0.5, 0.999, 3e-5, 7, 15, 16, 64, 65, 4096, true, false, '', 'x', ['q_proj']];
+const POOL: unknown[] = [
+  0,
+  1,
+  2,
+  0.5,
+  0.999,
+  3e-5,
+  7,
+  15,
+  16,
+  64,
+  65,
+  4096,
+  true,
+  false,
+  '',
+  'x',
+  ['q_proj'],
+  'https://mlflow.example:8443/base',
+];
 
 function enumOptions(schema: unknown): string[] {
   type Node = { options?: string[]; _zod?: { def?: { innerType?: Node } } };
@@ -82,6 +116,7 @@ function withValue(base: Record<string, unknown>, path: string[], value: unknown
 const BASE = {
   dataset: { sources: [{ uri: 'rows.jsonl' }] },
   dpo: { dataset: { sources: [{ uri: 'preferences.jsonl' }] } },
+  tracking: { mlflow: { trackingUri: 'http://127.0.0.1:5000' }, wandb: { project: 'p' } },
 };
 
 /** The schema behind a config path, for its enum options. */
@@ -94,12 +129,14 @@ function schemaAt(path: string[]): unknown {
     dataset: datasetSchema.shape,
     evaluate: evaluateSchema.shape,
     dpo: dpoSchema.shape,
+    mlflow: mlflowSchema.shape,
+    wandb: wandbSchema.shape,
   };
   return shapes[section!]?.[path.at(-1)!];
 }
 
 function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
-  const common = { jobId: 'j', stage: 's', outputUri: 'o' };
+  const common = { jobId: 'j', stage: 's', outputUri: 'o', watcher: 'wf/run', tracking: config.tracking };
   const encode = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
   const dpo = config.dpo!;
   const train = (kind: 'sft' | 'dpo') =>
@@ -137,6 +174,21 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
       request: encode(
         EvaluateRequest.encode(
           evaluateRequest({ ...common, model: config.model, variants: [], datasetUri: 'd', evaluate: config.evaluate }),
+        ).finish(),
+      ),
+    },
+    {
+      kind: 'export',
+      request: encode(
+        ExportRequest.encode(
+          exportRequest({
+            ...common,
+            model: config.model,
+            adapterUri: 'a',
+            pushToHub: '',
+            privateRepo: true,
+            card: {},
+          }),
         ).finish(),
       ),
     },
@@ -180,7 +232,7 @@ describe('config fidelity', () => {
     const mismatches: string[] = [];
     configs.forEach(({ label, config }, c) => {
       const byKind = new Map<Kind, { settings: Settings } | { error: string }>();
-      batch.slice(c * 5, c * 5 + 5).forEach((item, i) => byKind.set(item.kind, answers[c * 5 + i]!));
+      batch.slice(c * KINDS, (c + 1) * KINDS).forEach((item, i) => byKind.set(item.kind, answers[c * KINDS + i]!));
       for (const [path, kind, name] of map) {
         const answer = byKind.get(kind)!;
         if ('error' in answer) {

@@ -1,7 +1,7 @@
 """Decodes worker requests the way the jobs do and prints the settings each job would run with, one JSON line per
 request: what test/config-fidelity.test.ts compares with the pipeline config a person wrote.
 
-stdin: JSON lines {"kind": "sft" | "dpo" | "prepare" | "evaluate", "request": <base64 protobuf>}
+stdin: JSON lines {"kind": "sft" | "dpo" | "prepare" | "evaluate" | "export", "request": <base64 protobuf>}
 stdout: JSON lines {"settings": {...}} or {"error": "<the worker's InvalidArgument message>"}
 """
 
@@ -17,19 +17,26 @@ from vlmflow.v1 import jobs_pb2
 from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.evaluate.job import settings_of as evaluate_settings
 from vlmflow_worker.prep.job import settings_of as prepare_settings
+from vlmflow_worker.tracking.settings import settings_of as tracking_settings
 from vlmflow_worker.train.config import SFTConfig
 from vlmflow_worker.train.dpo import DPOTrainConfig
 
 
 def settings(kind: str, data: bytes) -> dict[str, Any]:
-    if kind == "sft":
-        return dataclasses.asdict(SFTConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
-    if kind == "dpo":
-        return dataclasses.asdict(DPOTrainConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+    """The job's settings, its tracking settings (TrackingSettings) among them at the top level."""
+    if kind in ("sft", "dpo"):
+        config = (SFTConfig if kind == "sft" else DPOTrainConfig).from_request(
+            jobs_pb2.TrainRequest.FromString(data), "d", "o"
+        )
+        values = dataclasses.asdict(config)
+        return values | values.pop("tracking")
     if kind == "prepare":
         return prepare_settings(jobs_pb2.PrepareDatasetRequest.FromString(data))
     if kind == "evaluate":
-        return evaluate_settings(jobs_pb2.EvaluateRequest.FromString(data))
+        request = jobs_pb2.EvaluateRequest.FromString(data)
+        return evaluate_settings(request) | dataclasses.asdict(tracking_settings(request))
+    if kind == "export":
+        return dataclasses.asdict(tracking_settings(jobs_pb2.ExportRequest.FromString(data)))
     raise ValueError(f"unknown kind {kind!r}")
 
 

@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from tests.test_evaluate import prepared_dataset
 from tests.test_export import make_adapter
+from tests.test_sft import tensorboard_scalars
 from vlmflow.v1 import common_pb2, jobs_pb2
 from vlmflow_worker import faults
 from vlmflow_worker.errors import Cancelled, InvalidArgument, NotFound
@@ -148,7 +149,7 @@ def test_cancel_saves_a_checkpoint_and_the_next_run_resumes(single_tile_model, t
     dataset = preference_dataset(tmp_path, rows=24, held_out=4)
     settings = WorkerSettings(port=0, artifact_root=tmp_path)
     request = train_request(
-        single_tile_model, dataset, tmp_path / "run", max_steps=3, save_steps=100, micro_batch_size=2
+        single_tile_model, dataset, tmp_path / "run", max_steps=3, save_steps=100, micro_batch_size=2, logging_steps=1
     )
     job = tmp_path / "job"
     job.mkdir()
@@ -164,6 +165,10 @@ def test_cancel_saves_a_checkpoint_and_the_next_run_resumes(single_tile_model, t
     assert result.metrics["global_step"] == 3.0
     logs = [e.log.message for e in eventlog.read_events(job / eventlog.EVENTS) if e.HasField("log")]
     assert any("resuming from" in m and "checkpoint-1" in m for m in logs)
+    # DPO's TensorBoard files too, beside its checkpoints: one point per step across the cancel and the resume.
+    losses = [step for step, _ in tensorboard_scalars(Path(result.artifacts["tensorboard"]), "train/loss")]
+    assert losses == [1, 2, 3]
+    assert tensorboard_scalars(Path(result.artifacts["tensorboard"]), "train/rewards/margins")
 
 
 def test_train_dpo_from_an_sft_adapter_through_the_worker(worker, tiny_model_path, tmp_path_factory):

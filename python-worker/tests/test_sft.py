@@ -36,15 +36,20 @@ def sft_worker(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def dataset(sft_worker: WorkerProcess, tiny_model_path: Path) -> Path:
     """200 shape-colour rows (chance: 1 in 4 colours), prepared through the worker; 40 held out."""
-    generate("shape_colour", 200, 0, sft_worker.data / "shapes")  # type: ignore[attr-defined]
+    return prepared_shapes(sft_worker, tiny_model_path, 200)
+
+
+def prepared_shapes(worker: WorkerProcess, model: Path, rows: int) -> Path:
+    """`rows` shape-colour rows in the worker's data root, prepared through the worker; a fifth held out."""
+    generate("shape_colour", rows, 0, worker.data / "shapes")  # type: ignore[attr-defined]
     request = jobs_pb2.PrepareDatasetRequest(
         job_id="prep-shapes",
-        sources=[jobs_pb2.DatasetSource(uri=str(sft_worker.data / "shapes" / "data.jsonl"))],  # type: ignore[attr-defined]
-        model=common_pb2.ModelRef(model_id=str(tiny_model_path)),
+        sources=[jobs_pb2.DatasetSource(uri=str(worker.data / "shapes" / "data.jsonl"))],  # type: ignore[attr-defined]
+        model=common_pb2.ModelRef(model_id=str(model)),
         eval_fraction=0.2,
         seed=1,
     )
-    events = [r.event for r in sft_worker.stub().PrepareDataset(request, timeout=300)]
+    events = [r.event for r in worker.stub().PrepareDataset(request, timeout=300)]
     return Path(events[-1].completed.artifacts["dataset"])
 
 
@@ -151,6 +156,27 @@ def test_sigkilled_run_resumes_from_its_last_checkpoint_and_continues_the_same_c
         assert loss == pytest.approx(expected[step], rel=1e-3, abs=1e-4), (step, loss, expected[step])
     job = stub.GetJob(worker_pb2.GetJobRequest(job_id="crash")).job
     assert job.state == jobs_pb2.JOB_STATE_SUCCEEDED and job.step == 12
+
+    # TensorBoard, beside the checkpoints: one curve of the whole run, each step once, as the job reported it (the
+    # resumed attempt's values for the steps it trained again).
+    tensorboard = Path(second[-1].completed.artifacts["tensorboard"])
+    assert tensorboard.parent == Path(second[-1].completed.artifacts["checkpoints"]).parent
+    curve = tensorboard_scalars(tensorboard, "train/loss")
+    reported = losses(first) | after
+    assert [step for step, _ in curve] == list(range(1, 13))
+    for step, value in curve:
+        assert value == pytest.approx(reported[step], rel=1e-6), (step, value, reported[step])
+    assert len(tensorboard_scalars(tensorboard, "train/learning_rate")) == 12
+    assert len(tensorboard_scalars(tensorboard, "train/grad_norm")) == 12
+
+
+def tensorboard_scalars(logdir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every point of `tag` in the event files under `logdir`, as TensorBoard reads them."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
 def test_cancel_saves_a_checkpoint_and_the_stream_ends_cancelled(

@@ -188,6 +188,42 @@ export const exportSchema = z
   })
   .strict();
 
+export const mlflowSchema = z
+  .object({
+    /** The MLflow tracking server (also its model registry), e.g. http://mlflow:5000. */
+    trackingUri: z
+      .string()
+      .trim()
+      .regex(/^https?:\/\/[^\s/]+/, "give the tracking server's http(s) address, e.g. http://mlflow:5000"),
+    /** Created when missing. */
+    experimentName: z.string().trim().min(1).default('vlmflow'),
+    /** The MLflow run's name; empty = the workflow id. One pipeline run is one MLflow run, whatever its name. */
+    runName: z.string().trim().default(''),
+    /** Export registers the merged model under this name in the model registry; empty = no registration. */
+    registeredModelName: z.string().trim().default(''),
+  })
+  .strict();
+
+export const wandbSchema = z
+  .object({
+    project: z.string().trim().min(1),
+    /** Team or user; empty = the API key's default entity. */
+    entity: z.string().trim().default(''),
+  })
+  .strict();
+
+/**
+ * Experiment tracking. Every training stage writes TensorBoard event files beside its checkpoints whatever this
+ * says; MLflow (params, per-step metrics, the evaluation table and report, the adapter, the registered model) and
+ * Weights & Biases (the trainer's report_to; needs the wandb package on the worker) when their section is given.
+ */
+export const trackingSchema = z
+  .object({
+    mlflow: mlflowSchema.optional(),
+    wandb: wandbSchema.optional(),
+  })
+  .strict();
+
 export const pipelineConfigSchema = z
   .object({
     /** A short name for the run; the CLI builds workflow ids from it. */
@@ -209,6 +245,7 @@ export const pipelineConfigSchema = z
     outputUri: z.string().default(''),
     /** Reuse stages whose inputs are unchanged (content fingerprint) from earlier runs. */
     reuse: z.boolean().default(true),
+    tracking: trackingSchema.default(trackingSchema.parse({})),
   })
   .strict()
   .superRefine((config, ctx) => {
@@ -217,6 +254,13 @@ export const pipelineConfigSchema = z
         code: 'custom',
         path: ['evaluate', 'on'],
         message: '"preference" needs a dpo section with a preference dataset; use "sft" or add dpo',
+      });
+    }
+    if (config.tracking.mlflow?.registeredModelName && !config.export.enabled) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tracking', 'mlflow', 'registeredModelName'],
+        message: 'the export stage registers the model: set export.enabled true, or leave registeredModelName empty',
       });
     }
     const preferenceOnly = ['preference_accuracy', 'reward_margin', 'chosen_pick_rate'];
@@ -240,3 +284,4 @@ export type TrainingConfig = z.output<typeof trainingSchema>;
 export type EvaluateConfig = z.output<typeof evaluateSchema>;
 export type GenerationConfig = z.output<typeof generationSchema>;
 export type DpoConfig = z.output<typeof dpoSchema>;
+export type TrackingConfig = z.output<typeof trackingSchema>;

@@ -29,6 +29,7 @@ from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.models import ModelSpec, load_model
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
+from vlmflow_worker.tracking.settings import settings_of as tracking_settings_of
 
 EXPORT_FILE = "vlmflow_export.json"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json")
@@ -239,6 +240,7 @@ def validate(request: jobs_pb2.ExportRequest, settings: WorkerSettings) -> None:
         raise InvalidArgument(f"push_to_hub {request.push_to_hub!r} must be a repo id like 'org/name'")
     if "eval_metrics_uri" in request.card:
         resolve_uri(request.card["eval_metrics_uri"], settings, "card.eval_metrics_uri")
+    tracking_settings_of(request)
 
 
 def run(request: jobs_pb2.ExportRequest, ctx: JobContext) -> JobResult:
@@ -260,6 +262,11 @@ def run(request: jobs_pb2.ExportRequest, ctx: JobContext) -> JobResult:
     if request.push_to_hub:
         ctx.progress("pushing to hub", step=1, total_steps=2)
         artifacts["hub"] = push_to_hub(out_dir, request.push_to_hub, request.private_repo)
+    tracking = tracking_settings_of(request)
+    if ctx.mlflow is not None and tracking.mlflow_registered_model:
+        ctx.progress("registering in MLflow", step=1, total_steps=2)
+        version = ctx.mlflow.register_model(out_dir)
+        artifacts["registered_model"] = f"models:/{tracking.mlflow_registered_model}/{version}"
     ctx.progress("done", step=2, total_steps=2)
     size = sum(p.stat().st_size for p in out_dir.glob("*.safetensors"))
     return JobResult(artifacts=artifacts, metrics={"weights_bytes": float(size)})

@@ -387,7 +387,7 @@ class DpoConfig(_message.Message):
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., max_completion_length: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri", "watcher")
+    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri", "watcher", "tracking")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -398,6 +398,7 @@ class TrainRequest(_message.Message):
     DPO_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
     WATCHER_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: TrainKind
     model: _common_pb2.ModelRef
@@ -408,7 +409,8 @@ class TrainRequest(_message.Message):
     dpo: DpoConfig
     resume_from_checkpoint_uri: str
     watcher: str
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
+    tracking: TrackingConfig
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ..., watcher: _Optional[str] = ..., tracking: _Optional[_Union[TrackingConfig, _Mapping]] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("event",)
@@ -427,7 +429,7 @@ class EvalVariant(_message.Message):
     def __init__(self, name: _Optional[str] = ..., adapter_uri: _Optional[str] = ..., training_log_uri: _Optional[str] = ...) -> None: ...
 
 class EvaluateRequest(_message.Message):
-    __slots__ = ("job_id", "model", "variants", "dataset_uri", "metrics", "generation", "batch_size", "max_samples", "bootstrap_samples", "output_uri", "watcher")
+    __slots__ = ("job_id", "model", "variants", "dataset_uri", "metrics", "generation", "batch_size", "max_samples", "bootstrap_samples", "output_uri", "watcher", "tracking")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
@@ -439,6 +441,7 @@ class EvaluateRequest(_message.Message):
     BOOTSTRAP_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_URI_FIELD_NUMBER: _ClassVar[int]
     WATCHER_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: _common_pb2.ModelRef
     variants: _containers.RepeatedCompositeFieldContainer[EvalVariant]
@@ -450,7 +453,8 @@ class EvaluateRequest(_message.Message):
     bootstrap_samples: int
     output_uri: str
     watcher: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[EvalVariant, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[_common_pb2.GenerationConfig, _Mapping]] = ..., batch_size: _Optional[int] = ..., max_samples: _Optional[int] = ..., bootstrap_samples: _Optional[int] = ..., output_uri: _Optional[str] = ..., watcher: _Optional[str] = ...) -> None: ...
+    tracking: TrackingConfig
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[EvalVariant, _Mapping]]] = ..., dataset_uri: _Optional[str] = ..., metrics: _Optional[_Iterable[str]] = ..., generation: _Optional[_Union[_common_pb2.GenerationConfig, _Mapping]] = ..., batch_size: _Optional[int] = ..., max_samples: _Optional[int] = ..., bootstrap_samples: _Optional[int] = ..., output_uri: _Optional[str] = ..., watcher: _Optional[str] = ..., tracking: _Optional[_Union[TrackingConfig, _Mapping]] = ...) -> None: ...
 
 class EvaluateResponse(_message.Message):
     __slots__ = ("event",)
@@ -459,7 +463,7 @@ class EvaluateResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("job_id", "model", "output_uri", "push_to_hub", "private_repo", "card", "watcher")
+    __slots__ = ("job_id", "model", "output_uri", "push_to_hub", "private_repo", "card", "watcher", "tracking")
     class CardEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -474,6 +478,7 @@ class ExportRequest(_message.Message):
     PRIVATE_REPO_FIELD_NUMBER: _ClassVar[int]
     CARD_FIELD_NUMBER: _ClassVar[int]
     WATCHER_FIELD_NUMBER: _ClassVar[int]
+    TRACKING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     model: _common_pb2.ModelRef
     output_uri: str
@@ -481,10 +486,43 @@ class ExportRequest(_message.Message):
     private_repo: bool
     card: _containers.ScalarMap[str, str]
     watcher: str
-    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., output_uri: _Optional[str] = ..., push_to_hub: _Optional[str] = ..., private_repo: _Optional[bool] = ..., card: _Optional[_Mapping[str, str]] = ..., watcher: _Optional[str] = ...) -> None: ...
+    tracking: TrackingConfig
+    def __init__(self, job_id: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., output_uri: _Optional[str] = ..., push_to_hub: _Optional[str] = ..., private_repo: _Optional[bool] = ..., card: _Optional[_Mapping[str, str]] = ..., watcher: _Optional[str] = ..., tracking: _Optional[_Union[TrackingConfig, _Mapping]] = ...) -> None: ...
 
 class ExportResponse(_message.Message):
     __slots__ = ("event",)
     EVENT_FIELD_NUMBER: _ClassVar[int]
     event: JobEvent
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
+
+class TrackingConfig(_message.Message):
+    __slots__ = ("run_key", "stage", "mlflow", "wandb")
+    RUN_KEY_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    MLFLOW_FIELD_NUMBER: _ClassVar[int]
+    WANDB_FIELD_NUMBER: _ClassVar[int]
+    run_key: str
+    stage: str
+    mlflow: MlflowConfig
+    wandb: WandbConfig
+    def __init__(self, run_key: _Optional[str] = ..., stage: _Optional[str] = ..., mlflow: _Optional[_Union[MlflowConfig, _Mapping]] = ..., wandb: _Optional[_Union[WandbConfig, _Mapping]] = ...) -> None: ...
+
+class MlflowConfig(_message.Message):
+    __slots__ = ("tracking_uri", "experiment_name", "run_name", "registered_model_name")
+    TRACKING_URI_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_NAME_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    tracking_uri: str
+    experiment_name: str
+    run_name: str
+    registered_model_name: str
+    def __init__(self, tracking_uri: _Optional[str] = ..., experiment_name: _Optional[str] = ..., run_name: _Optional[str] = ..., registered_model_name: _Optional[str] = ...) -> None: ...
+
+class WandbConfig(_message.Message):
+    __slots__ = ("project", "entity")
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    ENTITY_FIELD_NUMBER: _ClassVar[int]
+    project: str
+    entity: str
+    def __init__(self, project: _Optional[str] = ..., entity: _Optional[str] = ...) -> None: ...

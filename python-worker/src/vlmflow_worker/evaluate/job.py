@@ -28,6 +28,7 @@ from vlmflow_worker.jobs.spec import JobResult, JobSpec
 from vlmflow_worker.request_fields import set_fields
 from vlmflow_worker.serve.settings import WorkerSettings
 from vlmflow_worker.storage import resolve_uri
+from vlmflow_worker.tracking.settings import settings_of as tracking_settings_of
 
 BASE = "base"
 DEFAULT_BOOTSTRAP = 1000
@@ -251,6 +252,7 @@ def validate(request: jobs_pb2.EvaluateRequest, settings: WorkerSettings) -> Non
     from vlmflow_worker.infer.generate import generation_kwargs
 
     generation_kwargs(request.generation)
+    tracking_settings_of(request)
 
 
 def _variants(request: jobs_pb2.EvaluateRequest) -> list[jobs_pb2.EvalVariant]:
@@ -398,6 +400,8 @@ def run(request: jobs_pb2.EvaluateRequest, ctx: JobContext) -> JobResult:
             result_metrics[f"{variant}/{name}/delta"] = float(cmp["delta"])
             result_metrics[f"{variant}/{name}/better"] = float(cmp["verdict"] == "better")
     ctx.eval(0, {k: v for k, v in result_metrics.items() if not k.endswith(("/delta", "/better"))})
+    if ctx.mlflow is not None:  # the pipeline run's MLflow run (tracking.mlflow): the table, the report
+        ctx.mlflow.log_evaluation(summary, result_metrics, paths)
     return JobResult(artifacts={k: str(v) for k, v in paths.items()}, metrics=result_metrics)
 
 

@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from vlmflow.v1 import jobs_pb2
+from vlmflow_worker import tracking
 from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES, spec_for
@@ -44,6 +45,7 @@ def load(folder: Path):
 def run(folder: Path) -> int:
     meta, settings, spec, request = load(folder)
     ctx = JobContext(meta["job_id"], folder, settings)
+    run_error: BaseException | None = None
     try:
         if not os.environ.get(INNER_ENV):
             step, uri = spec.resume_point(request, settings) if spec.resume_point else (0, "")
@@ -52,6 +54,8 @@ def run(folder: Path) -> int:
                     kind=meta["kind"], resumed_from_step=step, resumed_from_checkpoint_uri=uri
                 )
             )
+            # Before any model is loaded: an MLflow server that does not answer fails the job now, not after hours.
+            ctx.mlflow = tracking.open_for(request, ctx)
         result = spec.run(request, ctx)
         if result is not None:  # None: an inner process that left the end to its launcher
             ctx.emit(
@@ -63,9 +67,11 @@ def run(folder: Path) -> int:
                 )
             )
     except WorkerError as err:
+        run_error = err
         ctx.emit(failed=failure(err.reason, err.message, err.detail, ctx.last_checkpoint_uri))
         return 1
     except Exception as err:  # a bug or an unexpected library error: typed INTERNAL, with the traceback
+        run_error = err
         message = f"the job failed unexpectedly: {type(err).__name__}: {err}"
         ctx.emit(
             failed=failure(
@@ -73,6 +79,8 @@ def run(folder: Path) -> int:
             )
         )
         return 1
+    finally:
+        tracking.ended(ctx.mlflow, run_error)
     return 0
 
 

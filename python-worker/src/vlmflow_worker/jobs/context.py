@@ -22,6 +22,7 @@ class JobContext:
         self._path = folder / eventlog.EVENTS
         self._sequence = len(eventlog.read_events(self._path))
         self.last_checkpoint_uri = ""
+        self.mlflow = None  # the pipeline run's MLflow run when the request asks for one (tracking.open_for)
         from vlmflow_worker import faults  # here, not at the top: the server imports this module, and faults torch
 
         self._progress_repeat = faults.progress_repeat()

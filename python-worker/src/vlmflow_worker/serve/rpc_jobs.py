@@ -17,6 +17,7 @@ from vlmflow_worker.jobs.kinds import spec_for
 from vlmflow_worker.jobs.registry import JobRegistry
 from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.settings import WorkerSettings
+from vlmflow_worker.tracking.settings import settings_of as tracking_settings_of
 
 TRAIN_KINDS = {
     jobs_pb2.TRAIN_KIND_SFT: jobs_pb2.JOB_KIND_TRAIN_SFT,
@@ -44,6 +45,7 @@ class JobRpcs:
         try:
             eventlog.job_dir(self.settings.artifact_root, request.job_id)
             spec_for(kind).validate(request, self.settings)
+            tracking_settings_of(request).require_packages()  # MLflow / wandb asked for and not installed
             record, attached = await self.registry.start_or_attach(request.job_id, kind, request)
         except WorkerError as err:
             await abort_with(context, err)

@@ -10,6 +10,7 @@ from vlmflow_worker.errors import InvalidArgument
 from vlmflow_worker.families import LLAMA_PROJECTIONS
 from vlmflow_worker.models import dtype_from_proto, quantization_from_proto
 from vlmflow_worker.request_fields import set_fields
+from vlmflow_worker.tracking.settings import TrackingSettings
 
 # The default LoRA targets: every supported family's text tower has these projections (families/); the towers they
 # are looked for in, and the vision tower's targets, are the family's.
@@ -68,6 +69,10 @@ class SFTConfig:
         default=False,
         metadata={"help": "Padding-free micro-batches: rows back to back with per-row position_ids (collator.py)."},
     )
+    tracking: TrackingSettings = field(
+        default_factory=TrackingSettings,
+        metadata={"help": "Experiment tracking (tracking/): TensorBoard always, MLflow and W&B when set."},
+    )
 
     def __post_init__(self) -> None:
         checks = [
@@ -115,6 +120,7 @@ class SFTConfig:
             "dtype": dtype_from_proto(request.model.dtype),
             "use_dora": lora.use_dora,
             "tune_vision": lora.tune_vision,
+            "tracking": TrackingSettings.from_proto(request.tracking),
         }
         values |= set_fields(lora, {"r": "lora_r", "alpha": "lora_alpha", "dropout": "lora_dropout"})
         values |= set_fields(training, {name: name for name in TRAINING_FIELDS})

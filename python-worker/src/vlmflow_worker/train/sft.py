@@ -26,6 +26,7 @@ from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.jobs.spec import JobResult
 from vlmflow_worker.precision import Precision, for_device
 from vlmflow_worker.serve.settings import WorkerSettings
+from vlmflow_worker.tracking import trainer as tracking
 from vlmflow_worker.train.checkpoints import (
     AtomicCheckpointTrainer,
     clean_staging,
@@ -144,7 +145,8 @@ def training_arguments(
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
         dataloader_prefetch_factor=2 if workers > 0 else None,
-        report_to="none",
+        # W&B when asked; TensorBoard and MLflow are attached in train_resuming (tracking/trainer.py).
+        report_to=tracking.report_to_of(tracking.tracking_of(config)) or "none",
         disable_tqdm=True,
         use_cpu=on_cpu,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
@@ -390,6 +392,8 @@ def train_resuming(trainer, config: SFTConfig, ctx: JobContext | None, events, o
     if resume is not None and ctx is not None:
         ctx.last_checkpoint_uri = str(resume)
         ctx.log(f"resuming from {resume} (step {step_of(resume)})")
+    # TensorBoard beside the checkpoints (one curve across resumes), MLflow and W&B when asked.
+    tracking.attach(trainer, config, output, step_of(resume) if resume else 0, ctx)
     try:
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -412,15 +416,17 @@ def save_adapter(trainer, processor, config, output: Path, checkpoints: Path, me
         shutil.rmtree(staging, ignore_errors=True)
         trainer.model.save_pretrained(staging, safe_serialization=True, **save_kw)
         processor.save_pretrained(staging)
-        (staging / "training_config.json").write_text(json.dumps(vars(config), indent=2) + "\n")
+        (staging / "training_config.json").write_text(json.dumps(tracking.params_of(config), indent=2) + "\n")
         shutil.rmtree(adapter, ignore_errors=True)
         os.rename(staging, adapter)
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        tracking.finish(trainer, adapter)
     trainer.accelerator.wait_for_everyone()
     artifacts = {
         "adapter": str(adapter),
         "checkpoints": str(checkpoints),
         "training_log": str(output / "training_log.jsonl"),
         "metrics": str(output / "metrics.json"),
+        "tensorboard": str(output / tracking.TENSORBOARD_DIR),
     }
     return JobResult(artifacts=artifacts, metrics=metrics)

@@ -644,6 +644,8 @@ export interface TrainRequest {
    * stage) is stopped by CancelJob only when its last watcher cancels.
    */
   watcher: string;
+  /** Experiment tracking: TensorBoard always, MLflow and W&B when set (field numbers from 40 up are this feature's). */
+  tracking: TrackingConfig | undefined;
 }
 
 export interface TrainResponse {
@@ -683,6 +685,8 @@ export interface EvaluateRequest {
    * stage) is stopped by CancelJob only when its last watcher cancels.
    */
   watcher: string;
+  /** Experiment tracking (MLflow: the evaluation table and report, the registered model). */
+  tracking: TrackingConfig | undefined;
 }
 
 export interface EvaluateResponse {
@@ -704,6 +708,8 @@ export interface ExportRequest {
    * stage) is stopped by CancelJob only when its last watcher cancels.
    */
   watcher: string;
+  /** Experiment tracking (MLflow: the evaluation table and report, the registered model). */
+  tracking: TrackingConfig | undefined;
 }
 
 export interface ExportRequest_CardEntry {
@@ -713,6 +719,43 @@ export interface ExportRequest_CardEntry {
 
 export interface ExportResponse {
   event: JobEvent | undefined;
+}
+
+/**
+ * Experiment tracking of one pipeline run (tracking.* in the pipeline config). TensorBoard event files are written
+ * by every training stage whatever this says (`<output_uri>/tensorboard`); MLflow and W&B only when their section is
+ * set. Carried by the Train, Evaluate and Export requests.
+ */
+export interface TrackingConfig {
+  /**
+   * The pipeline run the job belongs to (workflow id and first run id), set by the activity. All of a run's jobs
+   * log into the one MLflow run tagged `vlmflow.run_key` with it, found again by a resumed or retried stage.
+   */
+  runKey: string;
+  /** The stage ("sft", "dpo", "evaluate", "export"): the prefix of its params and metrics. */
+  stage: string;
+  /** Unset: no MLflow. */
+  mlflow:
+    | MlflowConfig
+    | undefined;
+  /** Unset: no Weights & Biases. */
+  wandb: WandbConfig | undefined;
+}
+
+export interface MlflowConfig {
+  /** http(s) address of the MLflow tracking server (also its model registry). */
+  trackingUri: string;
+  experimentName: string;
+  /** Empty: the workflow id. */
+  runName: string;
+  /** Export registers the merged model under this name; empty: no registration. */
+  registeredModelName: string;
+}
+
+export interface WandbConfig {
+  project: string;
+  /** Team or user; empty: the API key's default entity. */
+  entity: string;
 }
 
 function createBaseJobEvent(): JobEvent {
@@ -3880,6 +3923,7 @@ function createBaseTrainRequest(): TrainRequest {
     dpo: undefined,
     resumeFromCheckpointUri: "",
     watcher: "",
+    tracking: undefined,
   };
 }
 
@@ -3914,6 +3958,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     }
     if (message.watcher !== "") {
       writer.uint32(82).string(message.watcher);
+    }
+    if (message.tracking !== undefined) {
+      TrackingConfig.encode(message.tracking, writer.uint32(322).fork()).join();
     }
     return writer;
   },
@@ -4011,6 +4058,14 @@ export const TrainRequest: MessageFns<TrainRequest> = {
             message.watcher = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.tracking = TrackingConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4051,6 +4106,7 @@ export const TrainRequest: MessageFns<TrainRequest> = {
         ? globalThis.String(object.resume_from_checkpoint_uri)
         : "",
       watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
+      tracking: isSet(object.tracking) ? TrackingConfig.fromJSON(object.tracking) : undefined,
     };
   },
 
@@ -4086,6 +4142,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     if (message.watcher !== "") {
       obj.watcher = message.watcher;
     }
+    if (message.tracking !== undefined) {
+      obj.tracking = TrackingConfig.toJSON(message.tracking);
+    }
     return obj;
   },
 
@@ -4110,6 +4169,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     message.dpo = (object.dpo !== undefined && object.dpo !== null) ? DpoConfig.fromPartial(object.dpo) : undefined;
     message.resumeFromCheckpointUri = object.resumeFromCheckpointUri ?? "";
     message.watcher = object.watcher ?? "";
+    message.tracking = (object.tracking !== undefined && object.tracking !== null)
+      ? TrackingConfig.fromPartial(object.tracking)
+      : undefined;
     return message;
   },
 };
@@ -4305,6 +4367,7 @@ function createBaseEvaluateRequest(): EvaluateRequest {
     bootstrapSamples: undefined,
     outputUri: "",
     watcher: "",
+    tracking: undefined,
   };
 }
 
@@ -4342,6 +4405,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     }
     if (message.watcher !== "") {
       writer.uint32(90).string(message.watcher);
+    }
+    if (message.tracking !== undefined) {
+      TrackingConfig.encode(message.tracking, writer.uint32(322).fork()).join();
     }
     return writer;
   },
@@ -4447,6 +4513,14 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
             message.watcher = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.tracking = TrackingConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4498,6 +4572,7 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
         ? globalThis.String(object.output_uri)
         : "",
       watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
+      tracking: isSet(object.tracking) ? TrackingConfig.fromJSON(object.tracking) : undefined,
     };
   },
 
@@ -4536,6 +4611,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     if (message.watcher !== "") {
       obj.watcher = message.watcher;
     }
+    if (message.tracking !== undefined) {
+      obj.tracking = TrackingConfig.toJSON(message.tracking);
+    }
     return obj;
   },
 
@@ -4559,6 +4637,9 @@ export const EvaluateRequest: MessageFns<EvaluateRequest> = {
     message.bootstrapSamples = object.bootstrapSamples ?? undefined;
     message.outputUri = object.outputUri ?? "";
     message.watcher = object.watcher ?? "";
+    message.tracking = (object.tracking !== undefined && object.tracking !== null)
+      ? TrackingConfig.fromPartial(object.tracking)
+      : undefined;
     return message;
   },
 };
@@ -4633,7 +4714,16 @@ export const EvaluateResponse: MessageFns<EvaluateResponse> = {
 };
 
 function createBaseExportRequest(): ExportRequest {
-  return { jobId: "", model: undefined, outputUri: "", pushToHub: "", privateRepo: false, card: {}, watcher: "" };
+  return {
+    jobId: "",
+    model: undefined,
+    outputUri: "",
+    pushToHub: "",
+    privateRepo: false,
+    card: {},
+    watcher: "",
+    tracking: undefined,
+  };
 }
 
 export const ExportRequest: MessageFns<ExportRequest> = {
@@ -4658,6 +4748,9 @@ export const ExportRequest: MessageFns<ExportRequest> = {
     });
     if (message.watcher !== "") {
       writer.uint32(58).string(message.watcher);
+    }
+    if (message.tracking !== undefined) {
+      TrackingConfig.encode(message.tracking, writer.uint32(322).fork()).join();
     }
     return writer;
   },
@@ -4734,6 +4827,14 @@ export const ExportRequest: MessageFns<ExportRequest> = {
             message.watcher = reader.string();
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.tracking = TrackingConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4784,6 +4885,7 @@ export const ExportRequest: MessageFns<ExportRequest> = {
         )
         : {},
       watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
+      tracking: isSet(object.tracking) ? TrackingConfig.fromJSON(object.tracking) : undefined,
     };
   },
 
@@ -4816,6 +4918,9 @@ export const ExportRequest: MessageFns<ExportRequest> = {
     if (message.watcher !== "") {
       obj.watcher = message.watcher;
     }
+    if (message.tracking !== undefined) {
+      obj.tracking = TrackingConfig.toJSON(message.tracking);
+    }
     return obj;
   },
 
@@ -4841,6 +4946,9 @@ export const ExportRequest: MessageFns<ExportRequest> = {
       {},
     );
     message.watcher = object.watcher ?? "";
+    message.tracking = (object.tracking !== undefined && object.tracking !== null)
+      ? TrackingConfig.fromPartial(object.tracking)
+      : undefined;
     return message;
   },
 };
@@ -4995,6 +5103,349 @@ export const ExportResponse: MessageFns<ExportResponse> = {
     message.event = (object.event !== undefined && object.event !== null)
       ? JobEvent.fromPartial(object.event)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseTrackingConfig(): TrackingConfig {
+  return { runKey: "", stage: "", mlflow: undefined, wandb: undefined };
+}
+
+export const TrackingConfig: MessageFns<TrackingConfig> = {
+  encode(message: TrackingConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runKey !== "") {
+      writer.uint32(10).string(message.runKey);
+    }
+    if (message.stage !== "") {
+      writer.uint32(18).string(message.stage);
+    }
+    if (message.mlflow !== undefined) {
+      MlflowConfig.encode(message.mlflow, writer.uint32(26).fork()).join();
+    }
+    if (message.wandb !== undefined) {
+      WandbConfig.encode(message.wandb, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrackingConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrackingConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runKey = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.stage = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.mlflow = MlflowConfig.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.wandb = WandbConfig.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrackingConfig {
+    return {
+      runKey: isSet(object.runKey)
+        ? globalThis.String(object.runKey)
+        : isSet(object.run_key)
+        ? globalThis.String(object.run_key)
+        : "",
+      stage: isSet(object.stage) ? globalThis.String(object.stage) : "",
+      mlflow: isSet(object.mlflow) ? MlflowConfig.fromJSON(object.mlflow) : undefined,
+      wandb: isSet(object.wandb) ? WandbConfig.fromJSON(object.wandb) : undefined,
+    };
+  },
+
+  toJSON(message: TrackingConfig): unknown {
+    const obj: any = {};
+    if (message.runKey !== "") {
+      obj.runKey = message.runKey;
+    }
+    if (message.stage !== "") {
+      obj.stage = message.stage;
+    }
+    if (message.mlflow !== undefined) {
+      obj.mlflow = MlflowConfig.toJSON(message.mlflow);
+    }
+    if (message.wandb !== undefined) {
+      obj.wandb = WandbConfig.toJSON(message.wandb);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TrackingConfig>): TrackingConfig {
+    return TrackingConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TrackingConfig>): TrackingConfig {
+    const message = createBaseTrackingConfig();
+    message.runKey = object.runKey ?? "";
+    message.stage = object.stage ?? "";
+    message.mlflow = (object.mlflow !== undefined && object.mlflow !== null)
+      ? MlflowConfig.fromPartial(object.mlflow)
+      : undefined;
+    message.wandb = (object.wandb !== undefined && object.wandb !== null)
+      ? WandbConfig.fromPartial(object.wandb)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseMlflowConfig(): MlflowConfig {
+  return { trackingUri: "", experimentName: "", runName: "", registeredModelName: "" };
+}
+
+export const MlflowConfig: MessageFns<MlflowConfig> = {
+  encode(message: MlflowConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.trackingUri !== "") {
+      writer.uint32(10).string(message.trackingUri);
+    }
+    if (message.experimentName !== "") {
+      writer.uint32(18).string(message.experimentName);
+    }
+    if (message.runName !== "") {
+      writer.uint32(26).string(message.runName);
+    }
+    if (message.registeredModelName !== "") {
+      writer.uint32(34).string(message.registeredModelName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MlflowConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMlflowConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.trackingUri = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.experimentName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.runName = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.registeredModelName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MlflowConfig {
+    return {
+      trackingUri: isSet(object.trackingUri)
+        ? globalThis.String(object.trackingUri)
+        : isSet(object.tracking_uri)
+        ? globalThis.String(object.tracking_uri)
+        : "",
+      experimentName: isSet(object.experimentName)
+        ? globalThis.String(object.experimentName)
+        : isSet(object.experiment_name)
+        ? globalThis.String(object.experiment_name)
+        : "",
+      runName: isSet(object.runName)
+        ? globalThis.String(object.runName)
+        : isSet(object.run_name)
+        ? globalThis.String(object.run_name)
+        : "",
+      registeredModelName: isSet(object.registeredModelName)
+        ? globalThis.String(object.registeredModelName)
+        : isSet(object.registered_model_name)
+        ? globalThis.String(object.registered_model_name)
+        : "",
+    };
+  },
+
+  toJSON(message: MlflowConfig): unknown {
+    const obj: any = {};
+    if (message.trackingUri !== "") {
+      obj.trackingUri = message.trackingUri;
+    }
+    if (message.experimentName !== "") {
+      obj.experimentName = message.experimentName;
+    }
+    if (message.runName !== "") {
+      obj.runName = message.runName;
+    }
+    if (message.registeredModelName !== "") {
+      obj.registeredModelName = message.registeredModelName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MlflowConfig>): MlflowConfig {
+    return MlflowConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MlflowConfig>): MlflowConfig {
+    const message = createBaseMlflowConfig();
+    message.trackingUri = object.trackingUri ?? "";
+    message.experimentName = object.experimentName ?? "";
+    message.runName = object.runName ?? "";
+    message.registeredModelName = object.registeredModelName ?? "";
+    return message;
+  },
+};
+
+function createBaseWandbConfig(): WandbConfig {
+  return { project: "", entity: "" };
+}
+
+export const WandbConfig: MessageFns<WandbConfig> = {
+  encode(message: WandbConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.project !== "") {
+      writer.uint32(10).string(message.project);
+    }
+    if (message.entity !== "") {
+      writer.uint32(18).string(message.entity);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WandbConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWandbConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.project = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.entity = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WandbConfig {
+    return {
+      project: isSet(object.project) ? globalThis.String(object.project) : "",
+      entity: isSet(object.entity) ? globalThis.String(object.entity) : "",
+    };
+  },
+
+  toJSON(message: WandbConfig): unknown {
+    const obj: any = {};
+    if (message.project !== "") {
+      obj.project = message.project;
+    }
+    if (message.entity !== "") {
+      obj.entity = message.entity;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WandbConfig>): WandbConfig {
+    return WandbConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WandbConfig>): WandbConfig {
+    const message = createBaseWandbConfig();
+    message.project = object.project ?? "";
+    message.entity = object.entity ?? "";
     return message;
   },
 };
