@@ -280,6 +280,7 @@ describe('fineTunePipeline on the real dev server', () => {
     const withDpo = {
       ...config,
       dpo: { dataset: { sources: [{ uri: 'synthetic/shape_colour_pref', layout: 'preference' }] }, beta: 0.2 },
+      tracking: { mlflow: { trackingUri: 'http://mlflow:5000', registeredModelName: 'tiny-dpo' } },
     } as const;
     const outcome = await withWorkers(
       calls,
@@ -319,6 +320,11 @@ describe('fineTunePipeline on the real dev server', () => {
     ]);
     expect(outcome.gate).toMatchObject({ tuned: 0.95, passed: true });
     expect(calls.exportInputs[0]!.adapterUri).toBe(`${dpo!.outputUri}/adapter`);
+    // Every stage that reports to MLflow is given the run's tracking section (the worker logs into one run).
+    const tracking = { mlflow: { trackingUri: 'http://mlflow:5000', registeredModelName: 'tiny-dpo' } };
+    for (const input of [sft, dpo, calls.evaluateInputs[0], calls.exportInputs[0]]) {
+      expect(input).toMatchObject({ tracking });
+    }
   });
 
   it('does not run again the stages it is given as finished (continue-as-new and retry carry them)', async () => {

@@ -408,6 +408,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
                 ? outputUri
                 : `${outputUri}${training === spec.training ? '' : `-mb${training.microBatchSize}`}`,
               resumeFromCheckpoint: checkpoint,
+              tracking: config.tracking,
             },
           ]),
         );
@@ -485,6 +486,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
           datasetUri: datasetOf(evalDataset),
           evaluate: config.evaluate,
           outputUri,
+          tracking: config.tracking,
         },
       ]),
     );
@@ -522,6 +524,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
             outputUri,
             pushToHub: config.export.pushToHub,
             privateRepo: config.export.privateRepo,
+            tracking: config.tracking,
             card: {
               workflow_id: workflowId,
               data_fingerprint: prepared.fingerprint,
