@@ -104,7 +104,6 @@ def test_idefics3_targets_are_the_regex_training_used_before_the_family_layer() 
         family.lora_targets(["q_proj"], tune_vision=True)
         == r"(.*text_model\..*\.(q_proj))|(.*vision_model\..*\.(q_proj))"
     )
-    assert family.quantization_skip == (), "Idefics3 keeps transformers' default quantization skips"
 
 
 def test_the_family_is_read_from_config_json(tiny_model_path: Path) -> None:
