@@ -1,7 +1,7 @@
 """Decodes worker requests the way the jobs do and prints the settings each job would run with, one JSON line per
 request: what test/config-fidelity.test.ts compares with the pipeline config a person wrote.
 
-stdin: JSON lines {"kind": "sft" | "dpo" | "prepare" | "evaluate", "request": <base64 protobuf>}
+stdin: JSON lines {"kind": "sft" | "dpo" | "grpo" | "prepare" | "evaluate", "request": <base64 protobuf>}
 stdout: JSON lines {"settings": {...}} or {"error": "<the worker's InvalidArgument message>"}
 """
 
@@ -19,6 +19,7 @@ from vlmflow_worker.evaluate.job import settings_of as evaluate_settings
 from vlmflow_worker.prep.job import settings_of as prepare_settings
 from vlmflow_worker.train.config import SFTConfig
 from vlmflow_worker.train.dpo import DPOTrainConfig
+from vlmflow_worker.train.grpo import GRPOTrainConfig
 
 
 def settings(kind: str, data: bytes) -> dict[str, Any]:
@@ -26,6 +27,11 @@ def settings(kind: str, data: bytes) -> dict[str, Any]:
         return dataclasses.asdict(SFTConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
     if kind == "dpo":
         return dataclasses.asdict(DPOTrainConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+    if kind == "grpo":
+        config = dataclasses.asdict(GRPOTrainConfig.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+        for i, reward in enumerate(config["rewards"]):  # "rewards[0].weight": one setting per reward field
+            config |= {f"rewards[{i}].{name}": value for name, value in reward.items()}
+        return config
     if kind == "prepare":
         return prepare_settings(jobs_pb2.PrepareDatasetRequest.FromString(data))
     if kind == "evaluate":

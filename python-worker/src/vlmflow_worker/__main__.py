@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help=help_["tls_client_ca"])
     serve.add_argument("--token-file", type=Path, help=help_["token_file"])
     serve.add_argument("--insecure", action="store_true", default=None, help=help_["insecure"])
+    serve.add_argument("--allow-user-rewards", action="store_true", default=None, help=help_["allow_user_rewards"])
     return parser
 
 

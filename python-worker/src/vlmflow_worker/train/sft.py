@@ -7,6 +7,7 @@ Used by the Train job (`train/job.py`); also callable directly (tests, benchmark
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -412,7 +413,7 @@ def save_adapter(trainer, processor, config, output: Path, checkpoints: Path, me
         shutil.rmtree(staging, ignore_errors=True)
         trainer.model.save_pretrained(staging, safe_serialization=True, **save_kw)
         processor.save_pretrained(staging)
-        (staging / "training_config.json").write_text(json.dumps(vars(config), indent=2) + "\n")
+        (staging / "training_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         shutil.rmtree(adapter, ignore_errors=True)
         os.rename(staging, adapter)
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
