@@ -2,7 +2,8 @@
  * Config fidelity (issue 16): for every field of the pipeline config that reaches the Python worker, zeros
  * included, the value the worker's job runs with equals what the person wrote. Each config goes through the
  * requests the stage activities send (activities/requests.ts), protobuf bytes, and the worker's own decoding
- * (python-worker/tests/requests_as_run.py: SFTConfig, DPOTrainConfig, prep's and evaluate's settings).
+ * (python-worker/tests/requests_as_run.py: SFTConfig, DPOTrainConfig, GRPOTrainConfig and its rewards, prep's and
+ * evaluate's settings).
  */
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
@@ -12,15 +13,18 @@ import {
   datasetSchema,
   dpoSchema,
   evaluateSchema,
+  grpoSchema,
   loraSchema,
   modelSchema,
   pipelineConfigSchema,
+  rewardSchema,
   trainingSchema,
   type PipelineConfig,
 } from '../src/config/pipeline-config.js';
 import { projectRoot, workerPython } from '../src/paths.js';
 
-type Kind = 'sft' | 'dpo' | 'prepare' | 'prepare-preference' | 'evaluate';
+type Kind = 'sft' | 'dpo' | 'grpo' | 'prepare' | 'prepare-preference' | 'evaluate';
+const KINDS = 6; // requests per config
 type Settings = Record<string, unknown>;
 
 const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -32,6 +36,7 @@ function fieldMap(): [string[], Kind, string][] {
   for (const [kind, section] of [
     ['sft', 'sft'],
     ['dpo', 'dpo'],
+    ['grpo', 'grpo'],
   ] as const) {
     for (const key of Object.keys(loraSchema.shape)) map.push([[section, 'lora', key], kind, lora[key] ?? snake(key)]);
     for (const key of Object.keys(trainingSchema.shape)) {
@@ -43,6 +48,14 @@ function fieldMap(): [string[], Kind, string][] {
   map.push([['dataset', 'maxLength'], 'sft', 'max_length'], [['dpo', 'dataset', 'maxLength'], 'dpo', 'max_length']);
   for (const key of ['beta', 'lossType', 'maxPromptLength', 'maxCompletionLength']) {
     map.push([['dpo', key], 'dpo', snake(key)]);
+  }
+  map.push([['dataset', 'maxLength'], 'grpo', 'max_length']); // no grpo.dataset: the SFT rows' limit
+  for (const key of Object.keys(grpoSchema.shape)) {
+    if (!['dataset', 'from', 'lora', 'training', 'rewards'].includes(key))
+      map.push([['grpo', key], 'grpo', snake(key)]);
+  }
+  for (const key of ['kind', 'weight', 'name', 'tag', 'relativeTolerance', 'absoluteTolerance']) {
+    map.push([['grpo', 'rewards', '0', key], 'grpo', `rewards[0].${snake(key)}`]);
   }
   for (const [kind, path] of [
     ['prepare', ['dataset']],
@@ -82,6 +95,7 @@ function withValue(base: Record<string, unknown>, path: string[], value: unknown
 const BASE = {
   dataset: { sources: [{ uri: 'rows.jsonl' }] },
   dpo: { dataset: { sources: [{ uri: 'preferences.jsonl' }] } },
+  grpo: { rewards: [{ kind: 'numeric' }] },
 };
 
 /** The schema behind a config path, for its enum options. */
@@ -94,6 +108,8 @@ function schemaAt(path: string[]): unknown {
     dataset: datasetSchema.shape,
     evaluate: evaluateSchema.shape,
     dpo: dpoSchema.shape,
+    grpo: grpoSchema.shape,
+    '0': rewardSchema.shape,
   };
   return shapes[section!]?.[path.at(-1)!];
 }
@@ -102,7 +118,9 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
   const common = { jobId: 'j', stage: 's', outputUri: 'o' };
   const encode = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
   const dpo = config.dpo!;
-  const train = (kind: 'sft' | 'dpo') =>
+  const { dataset: _dataset, from: _from, lora: _lora, training: _training, ...grpo } = config.grpo!;
+  const section = { sft: config.sft, dpo, grpo: config.grpo! };
+  const train = (kind: 'sft' | 'dpo' | 'grpo') =>
     TrainRequest.encode(
       trainRequest({
         ...common,
@@ -110,9 +128,9 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
         model: config.model,
         adapterUri: '',
         datasetUri: 'd',
-        maxLength: kind === 'sft' ? config.dataset.maxLength : dpo.dataset.maxLength,
-        lora: kind === 'sft' ? config.sft.lora : dpo.lora,
-        training: kind === 'sft' ? config.sft.training : dpo.training,
+        maxLength: kind === 'dpo' ? dpo.dataset.maxLength : config.dataset.maxLength,
+        lora: section[kind].lora,
+        training: section[kind].training,
         dpo:
           kind === 'dpo'
             ? {
@@ -122,6 +140,7 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
                 maxCompletionLength: dpo.maxCompletionLength,
               }
             : undefined,
+        grpo: kind === 'grpo' ? grpo : undefined,
         resumeFromCheckpoint: '',
       }),
     ).finish();
@@ -130,6 +149,7 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
   return [
     { kind: 'sft', request: encode(train('sft')) },
     { kind: 'dpo', request: encode(train('dpo')) },
+    { kind: 'grpo', request: encode(train('grpo')) },
     { kind: 'prepare', request: encode(prepare(config.dataset)) },
     { kind: 'prepare-preference', request: encode(prepare(dpo.dataset)) },
     {
@@ -180,7 +200,7 @@ describe('config fidelity', () => {
     const mismatches: string[] = [];
     configs.forEach(({ label, config }, c) => {
       const byKind = new Map<Kind, { settings: Settings } | { error: string }>();
-      batch.slice(c * 5, c * 5 + 5).forEach((item, i) => byKind.set(item.kind, answers[c * 5 + i]!));
+      batch.slice(c * KINDS, (c + 1) * KINDS).forEach((item, i) => byKind.set(item.kind, answers[c * KINDS + i]!));
       for (const [path, kind, name] of map) {
         const answer = byKind.get(kind)!;
         if ('error' in answer) {
@@ -189,7 +209,8 @@ describe('config fidelity', () => {
         }
         let wrote = get(config, path);
         if (name === 'target_modules' && Array.isArray(wrote) && wrote.length === 0) wrote = defaultTargets; // documented
-        if (name === 'loss_type') wrote = [wrote];
+        if (name === 'loss_type' && kind === 'dpo') wrote = [wrote]; // DPO takes a list of losses
+        if (wrote === undefined && name === 'epsilon_high') wrote = null; // unset: epsilon (documented)
         if (name === 'dtype' || name === 'quantization') wrote = String(wrote);
         const ran = answer.settings[name];
         const same = typeof wrote === 'number' ? Math.abs((ran as number) - wrote) <= 1e-12 * Math.abs(wrote) : false;

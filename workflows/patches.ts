@@ -16,4 +16,9 @@ export const Patches = {
    * checked with), not the SFT dataset's.
    */
   dpoMaxLength: 'vlmflow-2026-12-dpo-max-length',
+  /**
+   * 2026-12 (issue 19): a config with a grpo section runs GRPO (and its own dataset prep) after SFT or DPO, and
+   * evaluate compares base, SFT (DPO) and GRPO side by side; the GRPO adapter is the one gated and exported.
+   */
+  grpoStage: 'vlmflow-2026-12-grpo-stage',
 } as const;
