@@ -9,12 +9,13 @@ import {
   EvaluateRequest,
   ExportRequest,
   PrepareDatasetRequest,
+  GrpoConfig as GrpoRequest,
   TrainKind,
   TrackingConfig as TrackingMessage,
   TrainRequest,
   type DatasetSource,
 } from '../src/gen/vlmflow/v1/jobs.js';
-import type { EvaluateInput, ExportInput, PrepareDatasetInput, TrainInput } from './stages.js';
+import type { EvaluateInput, ExportInput, GrpoSettings, PrepareDatasetInput, TrainInput } from './stages.js';
 import type {
   DatasetConfig,
   GenerationConfig as GenerationSettings,
@@ -76,6 +77,17 @@ export function trainingRequest(training: TrainingConfig, maxLength: number) {
   return { ...rest, maxLength };
 }
 
+const TRAIN_KIND: Record<TrainInput['kind'], TrainKind> = {
+  sft: TrainKind.TRAIN_KIND_SFT,
+  dpo: TrainKind.TRAIN_KIND_DPO,
+  grpo: TrainKind.TRAIN_KIND_GRPO,
+};
+
+/** The grpo section's generation, loss and rewards; epsilonHigh only when set (unset = epsilon). */
+export function grpoRequest(grpo: GrpoSettings): GrpoRequest {
+  return GrpoRequest.fromPartial({ ...grpo, rewards: grpo.rewards.map((reward) => ({ ...reward })) });
+}
+
 export function generationRequest(generation: GenerationSettings): GenerationConfig {
   return GenerationConfig.fromPartial(generation);
 }
@@ -114,13 +126,14 @@ export function prepareDatasetRequest(input: PrepareDatasetInput): PrepareDatase
 export function trainRequest(input: TrainInput): TrainRequest {
   return TrainRequest.fromPartial({
     jobId: input.jobId,
-    kind: input.kind === 'sft' ? TrainKind.TRAIN_KIND_SFT : TrainKind.TRAIN_KIND_DPO,
+    kind: TRAIN_KIND[input.kind],
     model: modelRef(input.model, input.adapterUri),
     datasetUri: input.datasetUri,
     outputUri: input.outputUri,
     lora: loraRequest(input.lora),
     training: trainingRequest(input.training, input.maxLength),
     dpo: input.dpo,
+    grpo: input.grpo ? grpoRequest(input.grpo) : undefined,
     resumeFromCheckpointUri: input.resumeFromCheckpoint,
     watcher: input.watcher ?? '',
     tracking: trackingRequest(input.tracking, input),

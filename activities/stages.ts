@@ -10,6 +10,7 @@ import type {
   DatasetConfig,
   DpoConfig,
   EvaluateConfig,
+  GrpoConfig,
   LoraConfig,
   ModelConfig,
   TrackingConfig,
@@ -60,16 +61,20 @@ export interface PrepareDatasetInput extends StageInput {
   dataset: DatasetConfig;
 }
 
+/** What a GRPO job needs of the grpo section (its dataset, start and LoRA/training travel apart). */
+export type GrpoSettings = Omit<GrpoConfig, 'dataset' | 'from' | 'lora' | 'training'>;
+
 export interface TrainInput extends TrackedStageInput {
-  kind: 'sft' | 'dpo';
+  kind: 'sft' | 'dpo' | 'grpo';
   model: ModelConfig;
-  /** For DPO after SFT: the SFT adapter to continue from. */
+  /** For DPO or GRPO after SFT: the adapter to continue from. */
   adapterUri: string;
   datasetUri: string;
   maxLength: number;
   lora: LoraConfig;
   training: TrainingConfig;
   dpo?: Pick<DpoConfig, 'beta' | 'lossType' | 'maxPromptLength' | 'maxCompletionLength'>;
+  grpo?: GrpoSettings;
   /** Newest checkpoint the workflow knows of (after a pause); the worker prefers what it finds on disk. */
   resumeFromCheckpoint: string;
 }

@@ -76,8 +76,8 @@ def datasets(work: Path, rows: int, held_out: int) -> dict[str, Path]:
 def measure_training(kind: str, model: Path, dataset: Path, output: Path, args) -> dict[str, Any]:
     import torch
 
-    from vlmflow_worker.train.dpo import DPOTrainConfig, train_dpo
     from vlmflow_worker.train.config import SFTConfig
+    from vlmflow_worker.train.dpo import DPOTrainConfig, train_dpo
     from vlmflow_worker.train.sft import train_sft
 
     common = {
@@ -101,6 +101,11 @@ def measure_training(kind: str, model: Path, dataset: Path, output: Path, args) 
     }
     if kind == "sft":
         result = train_sft(SFTConfig(learning_rate=1e-4, **common))
+    elif kind == "grpo":  # bench/grpo.py: its options say the group size and completion length
+        from vlmflow_worker.train.grpo import GRPOTrainConfig, train_grpo
+
+        grpo = {"num_generations": args.generations, "max_completion_length": args.completion_tokens}
+        result = train_grpo(GRPOTrainConfig(learning_rate=1e-5, **grpo, **common))
     else:
         result = train_dpo(DPOTrainConfig(learning_rate=5e-5, beta=0.1, **common))
     log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]

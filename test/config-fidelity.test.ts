@@ -2,7 +2,8 @@
  * Config fidelity (issue 16): for every field of the pipeline config that reaches the Python worker, zeros
  * included, the value the worker's job runs with equals what the person wrote. Each config goes through the
  * requests the stage activities send (activities/requests.ts), protobuf bytes, and the worker's own decoding
- * (python-worker/tests/requests_as_run.py: SFTConfig, DPOTrainConfig, prep's and evaluate's settings).
+ * (python-worker/tests/requests_as_run.py: SFTConfig, DPOTrainConfig, GRPOTrainConfig and its rewards, prep's and
+ * evaluate's settings).
  */
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
@@ -12,18 +13,20 @@ import {
   datasetSchema,
   dpoSchema,
   evaluateSchema,
+  grpoSchema,
   loraSchema,
   mlflowSchema,
   modelSchema,
   pipelineConfigSchema,
+  rewardSchema,
   trainingSchema,
   wandbSchema,
   type PipelineConfig,
 } from '../src/config/pipeline-config.js';
 import { projectRoot, workerPython } from '../src/paths.js';
 
-type Kind = 'sft' | 'dpo' | 'prepare' | 'prepare-preference' | 'evaluate' | 'export';
-const KINDS = 6; // requests per config (requestsOf)
+type Kind = 'sft' | 'dpo' | 'grpo' | 'prepare' | 'prepare-preference' | 'evaluate' | 'export';
+const KINDS = 7; // requests per config (requestsOf)
 type Settings = Record<string, unknown>;
 
 const snake = (name: string) => name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
@@ -35,6 +38,7 @@ function fieldMap(): [string[], Kind, string][] {
   for (const [kind, section] of [
     ['sft', 'sft'],
     ['dpo', 'dpo'],
+    ['grpo', 'grpo'],
   ] as const) {
     for (const key of Object.keys(loraSchema.shape)) map.push([[section, 'lora', key], kind, lora[key] ?? snake(key)]);
     for (const key of Object.keys(trainingSchema.shape)) {
@@ -46,6 +50,14 @@ function fieldMap(): [string[], Kind, string][] {
   map.push([['dataset', 'maxLength'], 'sft', 'max_length'], [['dpo', 'dataset', 'maxLength'], 'dpo', 'max_length']);
   for (const key of ['beta', 'lossType', 'maxPromptLength', 'maxCompletionLength']) {
     map.push([['dpo', key], 'dpo', snake(key)]);
+  }
+  map.push([['dataset', 'maxLength'], 'grpo', 'max_length']); // no grpo.dataset: the SFT rows' limit
+  for (const key of Object.keys(grpoSchema.shape)) {
+    if (!['dataset', 'from', 'lora', 'training', 'rewards'].includes(key))
+      map.push([['grpo', key], 'grpo', snake(key)]);
+  }
+  for (const key of ['kind', 'weight', 'name', 'tag', 'relativeTolerance', 'absoluteTolerance']) {
+    map.push([['grpo', 'rewards', '0', key], 'grpo', `rewards[0].${snake(key)}`]);
   }
   for (const [kind, path] of [
     ['prepare', ['dataset']],
@@ -66,7 +78,7 @@ function fieldMap(): [string[], Kind, string][] {
     [['wandb', 'project'], 'wandb_project'],
     [['wandb', 'entity'], 'wandb_entity'],
   ];
-  for (const kind of ['sft', 'dpo', 'evaluate', 'export'] as const) {
+  for (const kind of ['sft', 'dpo', 'grpo', 'evaluate', 'export'] as const) {
     for (const [path, name] of tracking) map.push([['tracking', ...path], kind, name]);
   }
   return map;
@@ -117,6 +129,7 @@ const BASE = {
   dataset: { sources: [{ uri: 'rows.jsonl' }] },
   dpo: { dataset: { sources: [{ uri: 'preferences.jsonl' }] } },
   tracking: { mlflow: { trackingUri: 'http://127.0.0.1:5000' }, wandb: { project: 'p' } },
+  grpo: { rewards: [{ kind: 'numeric' }] },
 };
 
 /** The schema behind a config path, for its enum options. */
@@ -131,6 +144,8 @@ function schemaAt(path: string[]): unknown {
     dpo: dpoSchema.shape,
     mlflow: mlflowSchema.shape,
     wandb: wandbSchema.shape,
+    grpo: grpoSchema.shape,
+    '0': rewardSchema.shape,
   };
   return shapes[section!]?.[path.at(-1)!];
 }
@@ -139,7 +154,9 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
   const common = { jobId: 'j', stage: 's', outputUri: 'o', watcher: 'wf/run', tracking: config.tracking };
   const encode = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64');
   const dpo = config.dpo!;
-  const train = (kind: 'sft' | 'dpo') =>
+  const { dataset: _dataset, from: _from, lora: _lora, training: _training, ...grpo } = config.grpo!;
+  const section = { sft: config.sft, dpo, grpo: config.grpo! };
+  const train = (kind: 'sft' | 'dpo' | 'grpo') =>
     TrainRequest.encode(
       trainRequest({
         ...common,
@@ -147,9 +164,9 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
         model: config.model,
         adapterUri: '',
         datasetUri: 'd',
-        maxLength: kind === 'sft' ? config.dataset.maxLength : dpo.dataset.maxLength,
-        lora: kind === 'sft' ? config.sft.lora : dpo.lora,
-        training: kind === 'sft' ? config.sft.training : dpo.training,
+        maxLength: kind === 'dpo' ? dpo.dataset.maxLength : config.dataset.maxLength,
+        lora: section[kind].lora,
+        training: section[kind].training,
         dpo:
           kind === 'dpo'
             ? {
@@ -159,6 +176,7 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
                 maxCompletionLength: dpo.maxCompletionLength,
               }
             : undefined,
+        grpo: kind === 'grpo' ? grpo : undefined,
         resumeFromCheckpoint: '',
       }),
     ).finish();
@@ -167,6 +185,7 @@ function requestsOf(config: PipelineConfig): { kind: Kind; request: string }[] {
   return [
     { kind: 'sft', request: encode(train('sft')) },
     { kind: 'dpo', request: encode(train('dpo')) },
+    { kind: 'grpo', request: encode(train('grpo')) },
     { kind: 'prepare', request: encode(prepare(config.dataset)) },
     { kind: 'prepare-preference', request: encode(prepare(dpo.dataset)) },
     {
@@ -241,7 +260,8 @@ describe('config fidelity', () => {
         }
         let wrote = get(config, path);
         if (name === 'target_modules' && Array.isArray(wrote) && wrote.length === 0) wrote = defaultTargets; // documented
-        if (name === 'loss_type') wrote = [wrote];
+        if (name === 'loss_type' && kind === 'dpo') wrote = [wrote]; // DPO takes a list of losses
+        if (wrote === undefined && name === 'epsilon_high') wrote = null; // unset: epsilon (documented)
         if (name === 'dtype' || name === 'quantization') wrote = String(wrote);
         const ran = answer.settings[name];
         const same = typeof wrote === 'number' ? Math.abs((ran as number) - wrote) <= 1e-12 * Math.abs(wrote) : false;

@@ -327,6 +327,91 @@ describe('fineTunePipeline on the real dev server', () => {
     }
   });
 
+  it('runs GRPO after SFT on its own prompts, evaluates base, SFT and GRPO side by side, and exports the GRPO adapter', async () => {
+    const calls = newCalls();
+    const withGrpo = {
+      ...config,
+      grpo: {
+        dataset: { sources: [{ uri: 'synthetic/bar_value' }], maxLength: 512 },
+        training: { microBatchSize: 4, gradientAccumulationSteps: 2 },
+        numGenerations: 4,
+        beta: 0.04,
+        lossType: 'grpo',
+        rewards: [
+          { kind: 'numeric', relativeTolerance: 0.05 },
+          { kind: 'format', tag: 'answer', weight: 0 },
+        ],
+      },
+      evaluate: { on: 'grpo' },
+    } as const;
+    const outcome = await withWorkers(
+      calls,
+      (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
+      async (taskQueue, gpuTaskQueue) => {
+        const handle = await env.client.workflow.start(fineTunePipeline, {
+          taskQueue,
+          workflowId: `grpo-${randomUUID()}`,
+          args: [withGrpo, { gpuTaskQueue }],
+        });
+        const done = await handle.result();
+        await recordHistory(handle, 'sft-grpo-v3');
+        return done;
+      },
+    );
+    expect(outcome.stages.map((s) => s.name)).toEqual([
+      'prepare',
+      'sft',
+      'prepare-grpo',
+      'grpo',
+      'evaluate',
+      'gate',
+      'export',
+    ]);
+    const [sft, grpo] = calls.train;
+    expect(grpo).toMatchObject({
+      kind: 'grpo',
+      adapterUri: `${sft!.outputUri}/adapter`,
+      maxLength: 512,
+      grpo: { numGenerations: 4, beta: 0.04, lossType: 'grpo', maxCompletionLength: 256 },
+    });
+    expect(grpo!.grpo!.rewards.map((r) => [r.kind, r.weight])).toEqual([
+      ['numeric', 1],
+      ['format', 0],
+    ]);
+    expect(grpo!.datasetUri).toContain(calls.prepareInputs[1]!.outputUri);
+    expect(calls.evaluateInputs[0]!.datasetUri).toBe(grpo!.datasetUri);
+    expect(calls.evaluateInputs[0]!.variants.map((v) => [v.name, v.adapterUri])).toEqual([
+      ['base', ''],
+      ['sft', `${sft!.outputUri}/adapter`],
+      ['grpo', `${grpo!.outputUri}/adapter`],
+    ]);
+    expect(calls.exportInputs[0]!.adapterUri).toBe(`${grpo!.outputUri}/adapter`);
+  });
+
+  it('runs GRPO from the base model on the SFT rows when told to', async () => {
+    const calls = newCalls();
+    const fromBase = {
+      ...config,
+      grpo: { from: 'base', training: { microBatchSize: 8, gradientAccumulationSteps: 1 } },
+    } as const;
+    const outcome = await withWorkers(
+      calls,
+      (input) => Promise.resolve(result(input.jobId, { adapter: `${input.outputUri}/adapter` })),
+      async (taskQueue, gpuTaskQueue) =>
+        (
+          await env.client.workflow.start(fineTunePipeline, {
+            taskQueue,
+            workflowId: `grpo-base-${randomUUID()}`,
+            args: [fromBase, { gpuTaskQueue }],
+          })
+        ).result(),
+    );
+    expect(outcome.stages.map((s) => s.name)).toEqual(['prepare', 'sft', 'grpo', 'evaluate', 'gate', 'export']);
+    const [sft, grpo] = calls.train;
+    expect(grpo).toMatchObject({ kind: 'grpo', adapterUri: '', datasetUri: sft!.datasetUri });
+    expect(grpo!.grpo!.rewards).toEqual([expect.objectContaining({ kind: 'vqa_accuracy', weight: 1 })]);
+  });
+
   it('does not run again the stages it is given as finished (continue-as-new and retry carry them)', async () => {
     const calls = newCalls();
     const done = (name: string, artifacts: Record<string, string>) => ({

@@ -4,7 +4,8 @@
  */
 import { defineQuery, defineSignal } from '@temporalio/workflow';
 
-export type StageName = 'prepare' | 'sft' | 'prepare-preference' | 'dpo' | 'evaluate' | 'gate' | 'export';
+export type StageName =
+  'prepare' | 'sft' | 'prepare-preference' | 'dpo' | 'prepare-grpo' | 'grpo' | 'evaluate' | 'gate' | 'export';
 export type StageStatus =
   'pending' | 'running' | 'paused' | 'completed' | 'reused' | 'skipped' | 'failed' | 'cancelled';
 

@@ -1,6 +1,6 @@
 /**
- * fineTunePipeline: prepare → SFT → (preference prep → DPO) → evaluate base vs tuned → gate → export, each
- * stage one activity on the GPU task queue.
+ * fineTunePipeline: prepare → SFT → (preference prep → DPO) → (GRPO prompt prep → GRPO) → evaluate base vs tuned →
+ * gate → export, each stage one activity on the GPU task queue.
  *
  * - The raw input is parsed with zod first, in a local activity whose result history records: JSON typed into the
  *   Temporal UI either runs or fails at once, non-retryably, listing every bad field; a later schema change never
@@ -43,6 +43,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { Activities, JobResult } from '../activities/index.js';
+import type { GrpoSettings } from '../activities/stages.js';
 import { FailureType } from '../src/config/failure-types.js';
 import { pipelineConfigSchema, type PipelineConfig, type TrainingConfig } from '../src/config/pipeline-config.js';
 import { VlmflowDataset, VlmflowModel, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
@@ -178,11 +179,17 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     retry: { initialInterval: retry?.initial ?? '5s', maximumInterval: retry?.maximum ?? '1 minute' },
   });
 
+  // A grpo section adds its stages only for runs that started with this code (patches.ts); the marker is written
+  // only when there is a grpo section, so runs without one replay as before.
+  const grpo = config.grpo && patched(Patches.grpoStage) ? config.grpo : undefined;
+
   // ---- progress, pause and resume -------------------------------------------------------------------
   const stageOrder: StageName[] = [
     'prepare',
     'sft',
     ...(config.dpo ? (['prepare-preference', 'dpo'] as const) : []),
+    ...(grpo?.dataset ? (['prepare-grpo'] as const) : []),
+    ...(grpo ? (['grpo'] as const) : []),
     'evaluate',
     ...(config.gate ? (['gate'] as const) : []),
     ...(config.export.enabled ? (['export'] as const) : []),
@@ -376,19 +383,31 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
     return config.reuse ? stageKey(name, { model: config.model, ...inputs }, fingerprints) : null;
   }
 
-  /** SFT or DPO; after an out-of-memory failure, once more with half the micro-batch (same effective batch). */
-  async function train(name: 'sft' | 'dpo', dataset: JobResult, adapter: JobResult | null): Promise<JobResult> {
-    const spec = name === 'sft' ? config.sft : config.dpo!;
+  /**
+   * SFT, DPO or GRPO; after an out-of-memory failure, once more with half the micro-batch (same effective batch,
+   * so GRPO's groups still fit it).
+   */
+  async function train(
+    name: 'sft' | 'dpo' | 'grpo',
+    dataset: JobResult,
+    adapter: JobResult | null,
+    maxLengthOf: number = config.dataset.maxLength,
+  ): Promise<JobResult> {
+    const spec = name === 'sft' ? config.sft : name === 'dpo' ? config.dpo! : grpo!;
     const dpo = name === 'dpo' ? pick(config.dpo!) : undefined;
-    const maxLength =
-      name === 'dpo' && patched(Patches.dpoMaxLength) ? config.dpo!.dataset.maxLength : config.dataset.maxLength;
+    const grpoSettings = name === 'grpo' ? pickGrpo(grpo!) : undefined;
+    const maxLength = name === 'dpo' && patched(Patches.dpoMaxLength) ? config.dpo!.dataset.maxLength : maxLengthOf;
     let training: TrainingConfig = spec.training;
     for (;;) {
       const { retryOnOutOfMemory: _ignored, ...settings } = training;
-      const key = keyFor(name, { lora: spec.lora, training: settings, dpo, maxLength }, [
-        dataset.fingerprint,
-        ...(adapter ? [adapter.fingerprint] : []),
-      ]);
+      const inputs = {
+        lora: spec.lora,
+        training: settings,
+        dpo,
+        maxLength,
+        ...(grpoSettings ? { grpo: grpoSettings } : {}),
+      };
+      const key = keyFor(name, inputs, [dataset.fingerprint, ...(adapter ? [adapter.fingerprint] : [])]);
       try {
         return await stage(name, key, (jobId, outputUri, checkpoint) =>
           acts.train.executeWithOptions(titled(name), [
@@ -404,6 +423,7 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
               lora: spec.lora,
               training,
               dpo,
+              grpo: grpoSettings,
               outputUri: key
                 ? outputUri
                 : `${outputUri}${training === spec.training ? '' : `-mb${training.microBatchSize}`}`,
@@ -432,7 +452,10 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
   }
 
   /** Dataset prep; with reuse on, into the shared `datasets` folder where the worker caches by content. */
-  function prepare(name: 'prepare' | 'prepare-preference', dataset: PipelineConfig['dataset']): Promise<JobResult> {
+  function prepare(
+    name: 'prepare' | 'prepare-preference' | 'prepare-grpo',
+    dataset: PipelineConfig['dataset'],
+  ): Promise<JobResult> {
     return stage(name, null, (jobId, outputUri) =>
       acts.prepareDataset.executeWithOptions(titled(name), [
         {
@@ -459,21 +482,26 @@ export async function fineTunePipeline(rawConfig: unknown, options: PipelineOpti
       if (config.evaluate.on === 'preference') evalDataset = preference;
     }
 
+    const trained = [{ name: 'sft', result: sft }, ...(tuned.name === 'dpo' ? [tuned] : [])];
+    if (grpo) {
+      const prompts = grpo.dataset ? await prepare('prepare-grpo', grpo.dataset) : prepared;
+      const start = grpo.from === 'base' ? null : grpo.from === 'dpo' ? tuned.result : sft;
+      tuned = { name: 'grpo', result: await train('grpo', prompts, start, (grpo.dataset ?? config.dataset).maxLength) };
+      trained.push(tuned);
+      if (config.evaluate.on === 'grpo') evalDataset = prompts;
+    }
+
     const variants = [
       { name: 'base', adapterUri: '', trainingLogUri: '' },
-      { name: 'sft', adapterUri: adapterOf(sft), trainingLogUri: sft.artifacts.training_log ?? '' },
+      ...trained.map(({ name, result }) => ({
+        name,
+        adapterUri: adapterOf(result),
+        trainingLogUri: result.artifacts.training_log ?? '',
+      })),
     ];
-    if (tuned.name === 'dpo') {
-      variants.push({
-        name: 'dpo',
-        adapterUri: adapterOf(tuned.result),
-        trainingLogUri: tuned.result.artifacts.training_log ?? '',
-      });
-    }
     const evalKey = keyFor('evaluate', { evaluate: config.evaluate, variants: variants.map((v) => v.name) }, [
       evalDataset.fingerprint,
-      sft.fingerprint,
-      ...(tuned.name === 'dpo' ? [tuned.result.fingerprint] : []),
+      ...trained.map(({ result }) => result.fingerprint),
     ]);
     const evaluation = await stage('evaluate', evalKey, (jobId, outputUri) =>
       acts.evaluate.executeWithOptions(titled('evaluate'), [
@@ -578,6 +606,11 @@ function pick(dpo: NonNullable<PipelineConfig['dpo']>) {
     maxPromptLength: dpo.maxPromptLength,
     maxCompletionLength: dpo.maxCompletionLength,
   };
+}
+
+function pickGrpo(grpo: NonNullable<PipelineConfig['grpo']>): GrpoSettings {
+  const { dataset: _dataset, from: _from, lora: _lora, training: _training, ...settings } = grpo;
+  return settings;
 }
 
 function startingProgress(outputRoot: string): PipelineProgress {

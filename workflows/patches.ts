@@ -21,4 +21,9 @@ export const Patches = {
    * a summary naming it, and a config that fails to parse sets VlmflowStatus `invalid-config` before the run fails.
    */
   uiStory: 'vlmflow-2026-12-ui-story',
+  /**
+   * 2026-12 (issue 19): a config with a grpo section runs GRPO (and its own dataset prep) after SFT or DPO, and
+   * evaluate compares base, SFT (DPO) and GRPO side by side; the GRPO adapter is the one gated and exported.
+   */
+  grpoStage: 'vlmflow-2026-12-grpo-stage',
 } as const;

@@ -19,18 +19,22 @@ import type { PipelineProgress, StageName, StageStatus } from './definitions.js'
 
 /** The training stages a config runs, in order, as a person names them. */
 function trainings(config: PipelineConfig): string[] {
-  return ['SFT', ...(config.dpo ? ['DPO'] : [])];
+  return ['SFT', ...(config.dpo ? ['DPO'] : []), ...(config.grpo ? ['GRPO'] : [])];
 }
 
 /** "SFT + DPO · SmolVLM-Instruct · ChartQA": what the run trains, on which model, with which data. */
 export function runSummary(config: PipelineConfig): string {
-  const data = new Set([datasetLabel(config.dataset), ...(config.dpo ? [datasetLabel(config.dpo.dataset)] : [])]);
+  const data = new Set([
+    datasetLabel(config.dataset),
+    ...(config.dpo ? [datasetLabel(config.dpo.dataset)] : []),
+    ...(config.grpo?.dataset ? [datasetLabel(config.grpo.dataset)] : []),
+  ]);
   return plain(`${trainings(config).join(' + ')} · ${modelLabel(config.model.id)} · ${[...data].join(', ')}`);
 }
 
 /** What the config asks for, one line per part: the run's static details. */
 export function runDetails(config: PipelineConfig): string {
-  const { model, dataset, sft, dpo, evaluate, gate } = config;
+  const { model, dataset, sft, dpo, grpo, evaluate, gate } = config;
   const lines = [
     `**model** ${code(model.id)}${model.revision ? ` at ${code(model.revision)}` : ''} (${[
       model.quantization === 'none' ? 'LoRA' : `QLoRA ${model.quantization}`,
@@ -39,6 +43,15 @@ export function runDetails(config: PipelineConfig): string {
     `**data** ${sources(dataset)}`,
     `**SFT** ${training(sft)}`,
     ...(dpo ? [`**DPO** on ${sources(dpo.dataset)} · beta ${dpo.beta}, ${dpo.lossType} · ${training(dpo)}`] : []),
+    ...(grpo
+      ? [
+          `**GRPO** from ${grpo.from === 'base' ? 'the base model' : `the ${grpo.from.toUpperCase()} adapter`} on ${
+            grpo.dataset ? sources(grpo.dataset) : 'the SFT prompts'
+          } · ${grpo.numGenerations} completions a prompt, ${grpo.lossType}, rewards ${plain(
+            grpo.rewards.map((r) => r.name || (r.kind === 'custom' ? r.function : r.kind)).join(', '),
+          )} · ${training(grpo)}`,
+        ]
+      : []),
     `**evaluate** on the ${evaluate.on} split · ${evaluate.metrics.length ? plain(evaluate.metrics.join(', ')) : 'the metrics that fit the data'}${
       evaluate.maxSamples ? ` · at most ${evaluate.maxSamples} rows` : ''
     }`,
@@ -68,6 +81,8 @@ export function stageTitle(name: StageName, config: PipelineConfig): string {
     'prepare-preference': `prepare the DPO preference pairs (${config.dpo ? datasetLabel(config.dpo.dataset) : ''})`,
     sft: `SFT training (${config.model.quantization === 'none' ? 'LoRA' : 'QLoRA'})`,
     dpo: 'DPO training on the SFT adapter',
+    'prepare-grpo': `prepare the GRPO prompts (${config.grpo?.dataset ? datasetLabel(config.grpo.dataset) : ''})`,
+    grpo: `GRPO training ${config.grpo?.from === 'base' ? 'on the base model' : `on the ${(config.grpo?.from ?? 'sft').toUpperCase()} adapter`}`,
     evaluate: `evaluate base vs ${trainings(config).join(' vs ')}`,
     gate: 'gate',
     export: `export the merged model${config.export.pushToHub ? ` and push it to ${config.export.pushToHub}` : ''}`,

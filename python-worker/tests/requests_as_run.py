@@ -1,7 +1,7 @@
 """Decodes worker requests the way the jobs do and prints the settings each job would run with, one JSON line per
 request: what test/config-fidelity.test.ts compares with the pipeline config a person wrote.
 
-stdin: JSON lines {"kind": "sft" | "dpo" | "prepare" | "evaluate" | "export", "request": <base64 protobuf>}
+stdin: JSON lines {"kind": "sft" | "dpo" | "grpo" | "prepare" | "evaluate" | "export", "request": <base64 protobuf>}
 stdout: JSON lines {"settings": {...}} or {"error": "<the worker's InvalidArgument message>"}
 """
 
@@ -20,15 +20,16 @@ from vlmflow_worker.prep.job import settings_of as prepare_settings
 from vlmflow_worker.tracking.settings import settings_of as tracking_settings
 from vlmflow_worker.train.config import SFTConfig
 from vlmflow_worker.train.dpo import DPOTrainConfig
+from vlmflow_worker.train.grpo import GRPOTrainConfig
 
 
 def settings(kind: str, data: bytes) -> dict[str, Any]:
     """The job's settings, its tracking settings (TrackingSettings) among them at the top level."""
-    if kind in ("sft", "dpo"):
-        config = (SFTConfig if kind == "sft" else DPOTrainConfig).from_request(
-            jobs_pb2.TrainRequest.FromString(data), "d", "o"
-        )
-        values = dataclasses.asdict(config)
+    if kind in ("sft", "dpo", "grpo"):
+        config_class = {"sft": SFTConfig, "dpo": DPOTrainConfig, "grpo": GRPOTrainConfig}[kind]
+        values = dataclasses.asdict(config_class.from_request(jobs_pb2.TrainRequest.FromString(data), "d", "o"))
+        for i, reward in enumerate(values.get("rewards", [])):  # "rewards[0].weight": one setting per reward field
+            values |= {f"rewards[{i}].{name}": value for name, value in reward.items()}
         return values | values.pop("tracking")
     if kind == "prepare":
         return prepare_settings(jobs_pb2.PrepareDatasetRequest.FromString(data))

@@ -135,6 +135,110 @@ export const dpoSchema = z
   })
   .strict();
 
+export const rewardKinds = [
+  'exact_match',
+  'vqa_accuracy',
+  'relaxed_accuracy',
+  'anls',
+  'numeric',
+  'format',
+  'custom',
+] as const;
+export const grpoLossTypes = ['grpo', 'dapo', 'dr_grpo', 'bnpo', 'cispo', 'sapo', 'luspo', 'vespo'] as const;
+const tagName = z.string().regex(/^([A-Za-z][\w-]*)?$/, 'use letters, digits, "_" or "-", starting with a letter');
+
+/** One verifiable reward of a GRPO run (python-worker/src/vlmflow_worker/train/rewards.py says how each scores). */
+export const rewardSchema = z
+  .object({
+    kind: z.enum(rewardKinds),
+    /** Weight in the sum a completion is rewarded with; 0 logs the reward without training on it. */
+    weight: z.number().default(1),
+    /** Name in the progress figures and the report; empty = the kind (custom: the function name). */
+    name: tagName.default(''),
+    /** format: the completion must hold one <tag>...</tag>. Accuracy kinds: the answer is read from inside it. */
+    tag: tagName.default(''),
+    /** numeric: right within max(absoluteTolerance, relativeTolerance × |target|). */
+    relativeTolerance: z.number().min(0).default(0),
+    absoluteTolerance: z.number().min(0).default(0),
+    /**
+     * custom: a Python file under the worker's data roots and the function in it. This runs your code in the
+     * training process; the worker refuses it unless started with VLMFLOW_ALLOW_USER_REWARDS=1.
+     */
+    file: z.string().default(''),
+    function: z.string().default(''),
+  })
+  .strict()
+  .superRefine((reward, ctx) => {
+    if (reward.kind === 'format' && !reward.tag) {
+      ctx.addIssue({ code: 'custom', path: ['tag'], message: 'the format reward needs the tag to look for' });
+    }
+    if (reward.kind === 'custom' && (!reward.file || !reward.function)) {
+      ctx.addIssue({ code: 'custom', path: ['file'], message: 'a custom reward needs file and function' });
+    }
+    if (reward.kind !== 'custom' && (reward.file || reward.function)) {
+      ctx.addIssue({ code: 'custom', path: ['file'], message: `file and function belong to kind custom` });
+    }
+    if (reward.kind !== 'numeric' && (reward.relativeTolerance || reward.absoluteTolerance)) {
+      ctx.addIssue({ code: 'custom', path: ['relativeTolerance'], message: 'tolerances apply to kind numeric only' });
+    }
+  });
+
+export const grpoSchema = z
+  .object({
+    /**
+     * Prompts with reference answers (conversation rows, prepared like the SFT dataset); omit to use the SFT
+     * dataset's rows.
+     */
+    dataset: datasetSchema.optional(),
+    /** The adapter GRPO continues: the SFT one, the DPO one (needs dpo), or a new one on the base model. */
+    from: z.enum(['sft', 'dpo', 'base']).default('sft'),
+    lora: loraSchema.default(loraSchema.parse({})),
+    /** microBatchSize counts completions; microBatchSize × gradientAccumulationSteps is a multiple of numGenerations. */
+    training: trainingSchema.default(trainingSchema.parse({ learningRate: 1e-5 })),
+    /** Completions sampled per prompt (the group whose mean reward is each one's baseline). */
+    numGenerations: z.number().int().min(2).default(8),
+    maxCompletionLength: positiveInt.default(256),
+    temperature: z.number().positive().default(1),
+    topP: z.number().gt(0).max(1).default(1),
+    /** KL coefficient against the starting model; 0 skips the reference pass. */
+    beta: z.number().min(0).default(0),
+    /** TRL's loss variants: grpo, dapo (default), dr_grpo, bnpo, cispo, sapo, luspo, vespo. */
+    lossType: z.enum(grpoLossTypes).default('dapo'),
+    /** token = GRPO's per-token ratios; sequence = GSPO. */
+    importanceSamplingLevel: z.enum(['token', 'sequence']).default('token'),
+    /** Advantage scaling by the reward spread of the group, the batch, or none (Dr. GRPO). */
+    scaleRewards: z.enum(['group', 'batch', 'none']).default('group'),
+    /** Clipping of the policy ratio: [1 - epsilon, 1 + epsilonHigh] (epsilonHigh unset = epsilon; DAPO: 0.28). */
+    epsilon: z.number().positive().default(0.2),
+    epsilonHigh: z.number().positive().optional(),
+    /** Optimisation passes over each generated batch. */
+    numIterations: positiveInt.default(1),
+    /** Leave completions cut at maxCompletionLength out of the loss (DAPO). */
+    maskTruncatedCompletions: z.boolean().default(false),
+    rewards: z
+      .array(rewardSchema)
+      .min(1)
+      .default([rewardSchema.parse({ kind: 'vqa_accuracy' })]),
+  })
+  .strict()
+  .superRefine((grpo, ctx) => {
+    const { microBatchSize, gradientAccumulationSteps, numProcesses } = grpo.training;
+    const completions = microBatchSize * gradientAccumulationSteps * numProcesses;
+    if (completions % grpo.numGenerations !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['numGenerations'],
+        message:
+          `training.microBatchSize × gradientAccumulationSteps × numProcesses (${completions} completions a step) ` +
+          `must be a multiple of numGenerations (${grpo.numGenerations})`,
+      });
+    }
+    const names = grpo.rewards.map((r) => r.name || (r.kind === 'custom' ? r.function : r.kind));
+    if (new Set(names).size !== names.length) {
+      ctx.addIssue({ code: 'custom', path: ['rewards'], message: `two rewards share a name (${names.join(', ')})` });
+    }
+  });
+
 export const generationSchema = z
   .object({
     maxNewTokens: positiveInt.default(64),
@@ -151,10 +255,10 @@ export const generationSchema = z
 export const evaluateSchema = z
   .object({
     /**
-     * Which eval split: the SFT dataset's, or (with dpo) the preference dataset's, whose rows give preference
-     * accuracy and reward margins.
+     * Which eval split: the SFT dataset's, (with dpo) the preference dataset's, whose rows give preference
+     * accuracy and reward margins, or (with a grpo dataset) the GRPO prompts'.
      */
-    on: z.enum(['sft', 'preference']).default('sft'),
+    on: z.enum(['sft', 'preference', 'grpo']).default('sft'),
     /** Empty = the metrics that fit the dataset. */
     metrics: z.array(z.enum(evalMetrics)).default([]),
     generation: generationSchema.default(generationSchema.parse({})),
@@ -237,6 +341,8 @@ export const pipelineConfigSchema = z
     sft: sftSchema.default(sftSchema.parse({})),
     /** Preference tuning after SFT; omit to skip. */
     dpo: dpoSchema.optional(),
+    /** Online RL with verifiable rewards after SFT (or DPO, or from the base); omit to skip. */
+    grpo: grpoSchema.optional(),
     evaluate: evaluateSchema.default(evaluateSchema.parse({})),
     /** Compare tuned against base before exporting; omit to skip. */
     gate: gateSchema.optional(),
@@ -263,6 +369,20 @@ export const pipelineConfigSchema = z
         message: 'the export stage registers the model: set export.enabled true, or leave registeredModelName empty',
       });
     }
+    if (config.evaluate.on === 'grpo' && !config.grpo?.dataset) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['evaluate', 'on'],
+        message: '"grpo" needs a grpo section with its own dataset; use "sft" or add grpo.dataset',
+      });
+    }
+    if (config.grpo?.from === 'dpo' && !config.dpo) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['grpo', 'from'],
+        message: '"dpo" needs a dpo section; use "sft" or "base"',
+      });
+    }
     const preferenceOnly = ['preference_accuracy', 'reward_margin', 'chosen_pick_rate'];
     if (config.gate && preferenceOnly.includes(config.gate.metric) && config.evaluate.on !== 'preference') {
       ctx.addIssue({
@@ -285,3 +405,5 @@ export type EvaluateConfig = z.output<typeof evaluateSchema>;
 export type GenerationConfig = z.output<typeof generationSchema>;
 export type DpoConfig = z.output<typeof dpoSchema>;
 export type TrackingConfig = z.output<typeof trackingSchema>;
+export type GrpoConfig = z.output<typeof grpoSchema>;
+export type RewardConfig = z.output<typeof rewardSchema>;

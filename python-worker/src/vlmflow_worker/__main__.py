@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token-file", type=Path, help=help_["token_file"])
     serve.add_argument("--metrics-address", help=help_["metrics_address"])
     serve.add_argument("--insecure", action="store_true", default=None, help=help_["insecure"])
+    serve.add_argument("--allow-user-rewards", action="store_true", default=None, help=help_["allow_user_rewards"])
     return parser
 
 

@@ -19,6 +19,7 @@ class JobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_KIND_TRAIN_DPO: _ClassVar[JobKind]
     JOB_KIND_EVALUATE: _ClassVar[JobKind]
     JOB_KIND_EXPORT: _ClassVar[JobKind]
+    JOB_KIND_TRAIN_GRPO: _ClassVar[JobKind]
 
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,12 +66,14 @@ class TrainKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAIN_KIND_UNSPECIFIED: _ClassVar[TrainKind]
     TRAIN_KIND_SFT: _ClassVar[TrainKind]
     TRAIN_KIND_DPO: _ClassVar[TrainKind]
+    TRAIN_KIND_GRPO: _ClassVar[TrainKind]
 JOB_KIND_UNSPECIFIED: JobKind
 JOB_KIND_PREPARE_DATASET: JobKind
 JOB_KIND_TRAIN_SFT: JobKind
 JOB_KIND_TRAIN_DPO: JobKind
 JOB_KIND_EVALUATE: JobKind
 JOB_KIND_EXPORT: JobKind
+JOB_KIND_TRAIN_GRPO: JobKind
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -102,6 +105,7 @@ DATASET_LAYOUT_IMAGE_FOLDER: DatasetLayout
 TRAIN_KIND_UNSPECIFIED: TrainKind
 TRAIN_KIND_SFT: TrainKind
 TRAIN_KIND_DPO: TrainKind
+TRAIN_KIND_GRPO: TrainKind
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "time", "accepted", "progress", "checkpoint_saved", "log", "eval", "completed", "failed")
@@ -386,8 +390,58 @@ class DpoConfig(_message.Message):
     max_completion_length: int
     def __init__(self, beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., max_completion_length: _Optional[int] = ...) -> None: ...
 
+class RewardConfig(_message.Message):
+    __slots__ = ("kind", "weight", "name", "tag", "relative_tolerance", "absolute_tolerance", "file", "function")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    ABSOLUTE_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    weight: float
+    name: str
+    tag: str
+    relative_tolerance: float
+    absolute_tolerance: float
+    file: str
+    function: str
+    def __init__(self, kind: _Optional[str] = ..., weight: _Optional[float] = ..., name: _Optional[str] = ..., tag: _Optional[str] = ..., relative_tolerance: _Optional[float] = ..., absolute_tolerance: _Optional[float] = ..., file: _Optional[str] = ..., function: _Optional[str] = ...) -> None: ...
+
+class GrpoConfig(_message.Message):
+    __slots__ = ("num_generations", "max_completion_length", "temperature", "top_p", "beta", "loss_type", "importance_sampling_level", "scale_rewards", "epsilon", "epsilon_high", "num_iterations", "mask_truncated_completions", "rewards")
+    NUM_GENERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_COMPLETION_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    LOSS_TYPE_FIELD_NUMBER: _ClassVar[int]
+    IMPORTANCE_SAMPLING_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    SCALE_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_HIGH_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    MASK_TRUNCATED_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    num_generations: int
+    max_completion_length: int
+    temperature: float
+    top_p: float
+    beta: float
+    loss_type: str
+    importance_sampling_level: str
+    scale_rewards: str
+    epsilon: float
+    epsilon_high: float
+    num_iterations: int
+    mask_truncated_completions: bool
+    rewards: _containers.RepeatedCompositeFieldContainer[RewardConfig]
+    def __init__(self, num_generations: _Optional[int] = ..., max_completion_length: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., beta: _Optional[float] = ..., loss_type: _Optional[str] = ..., importance_sampling_level: _Optional[str] = ..., scale_rewards: _Optional[str] = ..., epsilon: _Optional[float] = ..., epsilon_high: _Optional[float] = ..., num_iterations: _Optional[int] = ..., mask_truncated_completions: _Optional[bool] = ..., rewards: _Optional[_Iterable[_Union[RewardConfig, _Mapping]]] = ...) -> None: ...
+
 class TrainRequest(_message.Message):
-    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri", "watcher", "tracking")
+    __slots__ = ("job_id", "kind", "model", "dataset_uri", "output_uri", "lora", "training", "dpo", "resume_from_checkpoint_uri", "watcher", "tracking", "grpo")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +453,7 @@ class TrainRequest(_message.Message):
     RESUME_FROM_CHECKPOINT_URI_FIELD_NUMBER: _ClassVar[int]
     WATCHER_FIELD_NUMBER: _ClassVar[int]
     TRACKING_FIELD_NUMBER: _ClassVar[int]
+    GRPO_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: TrainKind
     model: _common_pb2.ModelRef
@@ -410,7 +465,8 @@ class TrainRequest(_message.Message):
     resume_from_checkpoint_uri: str
     watcher: str
     tracking: TrackingConfig
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ..., watcher: _Optional[str] = ..., tracking: _Optional[_Union[TrackingConfig, _Mapping]] = ...) -> None: ...
+    grpo: GrpoConfig
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[_Union[TrainKind, str]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., output_uri: _Optional[str] = ..., lora: _Optional[_Union[LoraConfig, _Mapping]] = ..., training: _Optional[_Union[TrainingConfig, _Mapping]] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., resume_from_checkpoint_uri: _Optional[str] = ..., watcher: _Optional[str] = ..., tracking: _Optional[_Union[TrackingConfig, _Mapping]] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("event",)

@@ -110,7 +110,7 @@ class WorkerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Train(self, request, context):
-        """Server streaming. LoRA / QLoRA SFT or DPO; resumes from the newest complete checkpoint under
+        """Server streaming. LoRA / QLoRA SFT, DPO or GRPO; resumes from the newest complete checkpoint under
         output_uri. Same attach semantics as PrepareDataset.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -477,16 +477,27 @@ def _curves(variants, settings) -> dict[str, dict[str, list[tuple[float, float]]
         "eval/loss": "Eval loss",
         "rewards/margins": "DPO reward margin",
         "rewards/accuracies": "DPO reward accuracy",
+        "reward": "GRPO mean reward",
+        "reward_std": "GRPO reward spread (std)",
+        "kl": "GRPO KL to the reference",
+        "completions/mean_length": "GRPO completion length (tokens)",
     }
     for variant in variants:
         if not variant.training_log_uri:
             continue
         curves = read_curves(resolve_uri(variant.training_log_uri, settings, "training_log_uri"))
         for key, points in curves.items():
-            title = titles.get(key) or (f"Eval {key[5:]}" if key.startswith("eval/") else None)
+            title = titles.get(key) or grpo_title(key) or (f"Eval {key[5:]}" if key.startswith("eval/") else None)
             if title and points:
                 charts.setdefault(title, {})[variant.name] = points
     return charts
+
+
+def grpo_title(key: str) -> str | None:
+    """GRPO's per-reward means (rewards/<name>/mean) each get a chart; DPO's rewards/* have their own titles."""
+    if key.startswith("rewards/") and key.endswith("/mean"):
+        return f"GRPO reward: {key.removeprefix('rewards/').removesuffix('/mean')}"
+    return None
 
 
 JOB = JobSpec(request_type=jobs_pb2.EvaluateRequest, validate=validate, run=run)

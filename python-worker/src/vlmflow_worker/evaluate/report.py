@@ -89,6 +89,11 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+# Trainer log figures kept as curves besides the loss: DPO's rewards/*, GRPO's reward, reward_std, rewards/<name>/*,
+# kl and completion lengths.
+TRAINER_FIGURES = ("rewards/", "reward", "kl", "completions/mean_length")
+
+
 def read_curves(log_path: Path) -> dict[str, Curve]:
     """Curves from a training log: a job's event log (JobEvent in protobuf JSON) or a trainer's training_log.jsonl.
 
@@ -120,7 +125,7 @@ def read_curves(log_path: Path) -> dict[str, Curve]:
                     continue
                 if name.startswith("eval_"):
                     name = "eval/" + name.removeprefix("eval_")
-                elif name != "loss" and not name.startswith("rewards/"):
+                elif name != "loss" and not name.startswith(TRAINER_FIGURES):
                     continue
                 curves.setdefault(name, []).append((step, float(value)))
     return curves

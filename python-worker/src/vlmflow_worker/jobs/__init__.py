@@ -1,6 +1,6 @@
 """Long jobs (dataset prep, training, evaluation, export) run in child processes of the worker.
 
-- `kinds.py`: the table JobKind -> entry module; DPO, Evaluate and Export included.
+- `kinds.py`: the table JobKind -> entry module; DPO, GRPO, Evaluate and Export included.
 - `spec.py`: what an entry module exports (`JOB = JobSpec(...)`) and the result it returns.
 - `context.py`: the handle an entry uses inside the child to stream events and notice cancellation.
 - `eventlog.py`: the JSONL event log under `<artifact_root>/jobs/<job_id>/` and the state it implies.

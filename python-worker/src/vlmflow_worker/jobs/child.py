@@ -36,6 +36,7 @@ def load(folder: Path):
         artifact_root=Path(meta["settings"]["artifact_root"]),
         data_roots=[Path(p) for p in meta["settings"]["data_roots"]],
         job_capacity=1,
+        allow_user_rewards=meta["settings"].get("allow_user_rewards", False),
     )
     spec = spec_for(meta["kind"])
     request = spec.request_type.FromString((folder / "request.binpb").read_bytes())

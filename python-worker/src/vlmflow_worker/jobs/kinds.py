@@ -13,6 +13,7 @@ ENTRY_MODULES: dict[int, str] = {
     jobs_pb2.JOB_KIND_PREPARE_DATASET: "vlmflow_worker.prep.job",
     jobs_pb2.JOB_KIND_TRAIN_SFT: "vlmflow_worker.train.job",
     jobs_pb2.JOB_KIND_TRAIN_DPO: "vlmflow_worker.train.dpo",
+    jobs_pb2.JOB_KIND_TRAIN_GRPO: "vlmflow_worker.train.grpo",
     jobs_pb2.JOB_KIND_EVALUATE: "vlmflow_worker.evaluate.job",
     jobs_pb2.JOB_KIND_EXPORT: "vlmflow_worker.export",
 }

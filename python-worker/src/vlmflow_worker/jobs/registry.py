@@ -269,6 +269,7 @@ class JobRegistry:
         settings = {
             "artifact_root": str(self.settings.artifact_root),
             "data_roots": [str(p) for p in self.settings.data_roots],
+            "allow_user_rewards": self.settings.allow_user_rewards,
         }
         meta = {"job_id": job_id, "kind": kind, "request_type": request.DESCRIPTOR.full_name, "settings": settings}
         if self.slots.gpus:  # the job's own GPUs; a spare job process reads them from here (child.py)

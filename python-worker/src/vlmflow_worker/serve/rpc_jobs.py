@@ -22,6 +22,7 @@ from vlmflow_worker.tracking.settings import settings_of as tracking_settings_of
 TRAIN_KINDS = {
     jobs_pb2.TRAIN_KIND_SFT: jobs_pb2.JOB_KIND_TRAIN_SFT,
     jobs_pb2.TRAIN_KIND_DPO: jobs_pb2.JOB_KIND_TRAIN_DPO,
+    jobs_pb2.TRAIN_KIND_GRPO: jobs_pb2.JOB_KIND_TRAIN_GRPO,
 }
 
 
@@ -62,7 +63,9 @@ class JobRpcs:
     async def Train(self, request, context):  # noqa: N802
         kind = TRAIN_KINDS.get(request.kind)
         if kind is None:
-            await abort_with(context, InvalidArgument("kind is unspecified: set TRAIN_KIND_SFT or TRAIN_KIND_DPO"))
+            await abort_with(
+                context, InvalidArgument("kind is unspecified: set TRAIN_KIND_SFT, TRAIN_KIND_DPO or TRAIN_KIND_GRPO")
+            )
             return
         async for response in self._stream(kind, request, jobs_pb2.TrainResponse, context):
             yield response

@@ -229,6 +229,13 @@ class WorkerSettings:
         default_factory=lambda: _env("VLMFLOW_WORKER_INSECURE", "").lower() in ("1", "true", "yes"),
         metadata={"help": "Allow binding a non-loopback host without TLS and a token (trusted networks only)."},
     )
+    allow_user_rewards: bool = field(
+        default_factory=lambda: _env("VLMFLOW_ALLOW_USER_REWARDS", "").lower() in ("1", "true", "yes"),
+        metadata={
+            "help": "Let GRPO requests name a reward function in a Python file under the data roots (kind 'custom'). "
+            "It runs that file's code in the training process, as this worker's user: off unless set."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

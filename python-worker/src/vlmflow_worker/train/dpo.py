@@ -162,7 +162,7 @@ def as_dataset(rows: list[dict[str, Any]]):
 # 2. Model and adapter
 
 
-def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):
+def load_policy(config: DPOTrainConfig, settings: WorkerSettings | None):  # GRPOTrainConfig too (adapter_dir)
     """(model, processor, peft_config): a PeftModel continuing the SFT adapter (peft_config None), or the plain
     model and the LoraConfig TRL wraps it with (reference = adapter disabled)."""
     from peft import LoraConfig, prepare_model_for_kbit_training
@@ -238,7 +238,8 @@ def make_trainer(config: DPOTrainConfig, model, processor, peft_config, args, tr
 
 
 class _FiguresInProgress:
-    """A JobContext whose progress events carry the latest DPO figures (rewards, log-probs) in `metrics`."""
+    """A JobContext whose progress events carry the latest trainer figures (DPO: rewards, log-probs; GRPO: rewards,
+    KL, completion lengths) in `metrics`."""
 
     def __init__(self, ctx: JobContext) -> None:
         self._ctx = ctx
@@ -251,18 +252,22 @@ class _FiguresInProgress:
         return getattr(self._ctx, name)
 
 
-def job_events(ctx: JobContext | None, collator: PreferenceCollator, config: DPOTrainConfig, log: Path):
+def job_events(ctx: JobContext | None, seen, config: SFTConfig, log: Path, figures: tuple[str, ...] = PROGRESS_FIGURES):
+    """SFT's JobEvents whose progress events also carry the trainer's logged figures named by `figures` (prefixes);
+    `seen` counts tokens for tokens/s (DPO: its collator)."""
     from vlmflow_worker.train.sft import JobEvents
 
     proxy = _FiguresInProgress(ctx) if ctx is not None else None
 
-    class DPOJobEvents(JobEvents):
+    class FigureJobEvents(JobEvents):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if proxy is not None and logs:
-                proxy.figures = {k: float(v) for k, v in logs.items() if k.startswith(PROGRESS_FIGURES)}
+                proxy.figures = {
+                    k: float(v) for k, v in logs.items() if k.startswith(figures) and isinstance(v, int | float)
+                }
             super().on_log(args, state, control, logs=logs, **kwargs)
 
-    return DPOJobEvents(proxy, collator, config, log)
+    return FigureJobEvents(proxy, seen, config, log)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,7 +277,7 @@ def job_events(ctx: JobContext | None, collator: PreferenceCollator, config: DPO
 def train_dpo(
     config: DPOTrainConfig, ctx: JobContext | None = None, settings: WorkerSettings | None = None
 ) -> JobResult:
-    from vlmflow_worker.train.sft import device_for_rank, save_adapter, train_resuming
+    from vlmflow_worker.train.sft import device_for_rank, train_resuming
 
     output = Path(config.output_dir)
     checkpoints = output / "checkpoints"
@@ -302,6 +307,14 @@ def train_dpo(
     result = train_resuming(trainer, config, ctx, events, output, checkpoints)
 
     # 5. The policy adapter only (not TRL's frozen "ref" copy), the processor and the settings, renamed into place.
+    return save_policy(trainer, result, has_eval, processor, config, output, checkpoints)
+
+
+def save_policy(trainer, result, has_eval: bool, processor, config, output: Path, checkpoints: Path) -> JobResult:
+    """The final metrics (a last eval when there is an eval split) and the policy adapter alone, as SFT saves its
+    adapter: TRL's frozen "ref" copy (DPO or GRPO continuing an SFT adapter) stays out."""
+    from vlmflow_worker.train.sft import save_adapter
+
     metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
     metrics["global_step"] = float(trainer.state.global_step)
     if has_eval:
@@ -313,9 +326,11 @@ def train_dpo(
 # The job (Train with kind DPO)
 
 
-def config_of(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> DPOTrainConfig:
+def request_paths(request: jobs_pb2.TrainRequest, settings: WorkerSettings, rows: str) -> tuple[str, str, str]:
+    """(dataset, output, adapter) folders of a DPO or GRPO request, inside the worker's roots; `rows` names the
+    dataset it needs ("preference", "conversation")."""
     if not request.dataset_uri:
-        raise InvalidArgument("dataset_uri is empty: pass the preference dataset folder PrepareDataset returned")
+        raise InvalidArgument(f"dataset_uri is empty: pass the {rows} dataset folder PrepareDataset returned")
     if not request.output_uri:
         raise InvalidArgument("output_uri is empty: pass a run-scoped folder for checkpoints and the adapter")
     if not request.model.model_id:
@@ -325,22 +340,30 @@ def config_of(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> DPOTr
     adapter = ""
     if request.model.adapter_uri:
         adapter = str(resolve_uri(request.model.adapter_uri, settings, "model.adapter_uri"))
-    return DPOTrainConfig.from_request(request, str(dataset), str(output), adapter)
+    return str(dataset), str(output), adapter
 
 
-def validate(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> None:
-    config = config_of(request, settings)
+def config_of(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> DPOTrainConfig:
+    return DPOTrainConfig.from_request(request, *request_paths(request, settings, "preference"))
+
+
+def checked_inputs(request: jobs_pb2.TrainRequest, config, kind: str, needs: str) -> dict[str, Any]:
+    """The prepared dataset's dataset.json, after checking that it holds `kind` rows and that the adapter to continue
+    (if any) is an adapter folder; `needs` says what the job needs, for the refusal (DPO and GRPO)."""
     meta_path = Path(config.dataset_dir) / "dataset.json"
     if not meta_path.is_file():
         raise NotFound(f"dataset_uri {request.dataset_uri!r} is not a prepared dataset (no dataset.json)")
     meta = json.loads(meta_path.read_text())
-    if meta.get("kind") != "preference":
-        raise InvalidArgument(
-            f"dataset_uri {request.dataset_uri!r} holds {meta.get('kind')} rows; DPO needs preference rows "
-            "(prompt, chosen, rejected, images)"
-        )
+    if meta.get("kind") != kind:
+        raise InvalidArgument(f"dataset_uri {request.dataset_uri!r} holds {meta.get('kind')} rows; {needs}")
     if config.adapter_dir and not (Path(config.adapter_dir) / "adapter_config.json").is_file():
         raise NotFound(f"model.adapter_uri {request.model.adapter_uri!r} is not an adapter folder")
+    return meta
+
+
+def validate(request: jobs_pb2.TrainRequest, settings: WorkerSettings) -> None:
+    config = config_of(request, settings)
+    meta = checked_inputs(request, config, "preference", "DPO needs preference rows (prompt, chosen, rejected, images)")
     # Prep counted every row's longest sequence (prompt + the longer answer, image tokens included).
     longest = max((json.loads(line).get("num_tokens", 0) for line in _lines(Path(config.dataset_dir), meta)), default=0)
     if longest > config.max_length:

@@ -20,6 +20,7 @@ export enum JobKind {
   JOB_KIND_TRAIN_DPO = 3,
   JOB_KIND_EVALUATE = 4,
   JOB_KIND_EXPORT = 5,
+  JOB_KIND_TRAIN_GRPO = 6,
   UNRECOGNIZED = -1,
 }
 
@@ -43,6 +44,9 @@ export function jobKindFromJSON(object: any): JobKind {
     case 5:
     case "JOB_KIND_EXPORT":
       return JobKind.JOB_KIND_EXPORT;
+    case 6:
+    case "JOB_KIND_TRAIN_GRPO":
+      return JobKind.JOB_KIND_TRAIN_GRPO;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -64,6 +68,8 @@ export function jobKindToJSON(object: JobKind): string {
       return "JOB_KIND_EVALUATE";
     case JobKind.JOB_KIND_EXPORT:
       return "JOB_KIND_EXPORT";
+    case JobKind.JOB_KIND_TRAIN_GRPO:
+      return "JOB_KIND_TRAIN_GRPO";
     case JobKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -346,6 +352,11 @@ export enum TrainKind {
   TRAIN_KIND_UNSPECIFIED = 0,
   TRAIN_KIND_SFT = 1,
   TRAIN_KIND_DPO = 2,
+  /**
+   * TRAIN_KIND_GRPO - Online RL with verifiable rewards (GRPO and its loss variants): prompts from an SFT-kind dataset, whose answers
+   * are the references the rewards score completions against.
+   */
+  TRAIN_KIND_GRPO = 3,
   UNRECOGNIZED = -1,
 }
 
@@ -360,6 +371,9 @@ export function trainKindFromJSON(object: any): TrainKind {
     case 2:
     case "TRAIN_KIND_DPO":
       return TrainKind.TRAIN_KIND_DPO;
+    case 3:
+    case "TRAIN_KIND_GRPO":
+      return TrainKind.TRAIN_KIND_GRPO;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -375,6 +389,8 @@ export function trainKindToJSON(object: TrainKind): string {
       return "TRAIN_KIND_SFT";
     case TrainKind.TRAIN_KIND_DPO:
       return "TRAIN_KIND_DPO";
+    case TrainKind.TRAIN_KIND_GRPO:
+      return "TRAIN_KIND_GRPO";
     case TrainKind.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -420,7 +436,10 @@ export interface JobProgress {
   tokensPerSecond: number;
   /** Peak device memory of the job so far (GPU on CUDA, resident set on CPU). */
   peakMemoryBytes: number;
-  /** Further named figures (DPO: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins). */
+  /**
+   * Further named figures (DPO: rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins; GRPO: reward,
+   * reward_std, rewards/<name>/mean and /std per reward, kl, completions/mean_length, ...).
+   */
   metrics: { [key: string]: number };
 }
 
@@ -618,6 +637,62 @@ export interface DpoConfig {
   maxCompletionLength?: number | undefined;
 }
 
+/** One verifiable reward of a GRPO run; a completion's reward is the weighted sum over the run's rewards. */
+export interface RewardConfig {
+  /** "exact_match", "vqa_accuracy", "relaxed_accuracy", "anls", "numeric", "format" or "custom". */
+  kind: string;
+  /** Weight in the sum; unset = 1 (0 is a value: logged, not trained on). */
+  weight?:
+    | number
+    | undefined;
+  /** Name in progress figures (rewards/<name>/mean); empty = the kind (custom: the function name). */
+  name: string;
+  /** format: the completion must hold one <tag>...</tag>. Accuracy kinds: the answer is read from inside it. */
+  tag: string;
+  /** numeric: the answer is right within max(absolute_tolerance, relative_tolerance * |target|). */
+  relativeTolerance?: number | undefined;
+  absoluteTolerance?:
+    | number
+    | undefined;
+  /**
+   * custom: a Python file under the worker's data roots and the function in it (runs user code; the worker must
+   * allow it with VLMFLOW_ALLOW_USER_REWARDS).
+   */
+  file: string;
+  function: string;
+}
+
+export interface GrpoConfig {
+  /** Completions sampled per prompt (the group); >= 2. */
+  numGenerations?: number | undefined;
+  maxCompletionLength?: number | undefined;
+  temperature?: number | undefined;
+  topP?:
+    | number
+    | undefined;
+  /** KL coefficient against the reference (the base, or the SFT adapter continued from); 0 = no reference pass. */
+  beta?:
+    | number
+    | undefined;
+  /** TRL loss: "grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo". */
+  lossType: string;
+  /** "token" (GRPO) or "sequence" (GSPO) importance ratios. */
+  importanceSamplingLevel: string;
+  /** Advantage scaling: "group", "batch" or "none". */
+  scaleRewards: string;
+  epsilon?: number | undefined;
+  epsilonHigh?:
+    | number
+    | undefined;
+  /** Optimisation passes over each generated batch. */
+  numIterations?:
+    | number
+    | undefined;
+  /** Leave completions cut at max_completion_length out of the loss. */
+  maskTruncatedCompletions?: boolean | undefined;
+  rewards: RewardConfig[];
+}
+
 export interface TrainRequest {
   jobId: string;
   kind: TrainKind;
@@ -645,7 +720,11 @@ export interface TrainRequest {
    */
   watcher: string;
   /** Experiment tracking: TensorBoard always, MLflow and W&B when set (field numbers from 40 up are this feature's). */
-  tracking: TrackingConfig | undefined;
+  tracking:
+    | TrackingConfig
+    | undefined;
+  /** kind GRPO: generation, loss and rewards. */
+  grpo: GrpoConfig | undefined;
 }
 
 export interface TrainResponse {
@@ -3911,6 +3990,517 @@ export const DpoConfig: MessageFns<DpoConfig> = {
   },
 };
 
+function createBaseRewardConfig(): RewardConfig {
+  return {
+    kind: "",
+    weight: undefined,
+    name: "",
+    tag: "",
+    relativeTolerance: undefined,
+    absoluteTolerance: undefined,
+    file: "",
+    function: "",
+  };
+}
+
+export const RewardConfig: MessageFns<RewardConfig> = {
+  encode(message: RewardConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.kind !== "") {
+      writer.uint32(10).string(message.kind);
+    }
+    if (message.weight !== undefined) {
+      writer.uint32(17).double(message.weight);
+    }
+    if (message.name !== "") {
+      writer.uint32(26).string(message.name);
+    }
+    if (message.tag !== "") {
+      writer.uint32(34).string(message.tag);
+    }
+    if (message.relativeTolerance !== undefined) {
+      writer.uint32(41).double(message.relativeTolerance);
+    }
+    if (message.absoluteTolerance !== undefined) {
+      writer.uint32(49).double(message.absoluteTolerance);
+    }
+    if (message.file !== "") {
+      writer.uint32(58).string(message.file);
+    }
+    if (message.function !== "") {
+      writer.uint32(66).string(message.function);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RewardConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRewardConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.weight = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.tag = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.relativeTolerance = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.absoluteTolerance = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.file = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.function = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RewardConfig {
+    return {
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      weight: isSet(object.weight) ? globalThis.Number(object.weight) : undefined,
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      tag: isSet(object.tag) ? globalThis.String(object.tag) : "",
+      relativeTolerance: isSet(object.relativeTolerance)
+        ? globalThis.Number(object.relativeTolerance)
+        : isSet(object.relative_tolerance)
+        ? globalThis.Number(object.relative_tolerance)
+        : undefined,
+      absoluteTolerance: isSet(object.absoluteTolerance)
+        ? globalThis.Number(object.absoluteTolerance)
+        : isSet(object.absolute_tolerance)
+        ? globalThis.Number(object.absolute_tolerance)
+        : undefined,
+      file: isSet(object.file) ? globalThis.String(object.file) : "",
+      function: isSet(object.function) ? globalThis.String(object.function) : "",
+    };
+  },
+
+  toJSON(message: RewardConfig): unknown {
+    const obj: any = {};
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.weight !== undefined) {
+      obj.weight = floatToJson(message.weight);
+    }
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.tag !== "") {
+      obj.tag = message.tag;
+    }
+    if (message.relativeTolerance !== undefined) {
+      obj.relativeTolerance = floatToJson(message.relativeTolerance);
+    }
+    if (message.absoluteTolerance !== undefined) {
+      obj.absoluteTolerance = floatToJson(message.absoluteTolerance);
+    }
+    if (message.file !== "") {
+      obj.file = message.file;
+    }
+    if (message.function !== "") {
+      obj.function = message.function;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RewardConfig>): RewardConfig {
+    return RewardConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RewardConfig>): RewardConfig {
+    const message = createBaseRewardConfig();
+    message.kind = object.kind ?? "";
+    message.weight = object.weight ?? undefined;
+    message.name = object.name ?? "";
+    message.tag = object.tag ?? "";
+    message.relativeTolerance = object.relativeTolerance ?? undefined;
+    message.absoluteTolerance = object.absoluteTolerance ?? undefined;
+    message.file = object.file ?? "";
+    message.function = object.function ?? "";
+    return message;
+  },
+};
+
+function createBaseGrpoConfig(): GrpoConfig {
+  return {
+    numGenerations: undefined,
+    maxCompletionLength: undefined,
+    temperature: undefined,
+    topP: undefined,
+    beta: undefined,
+    lossType: "",
+    importanceSamplingLevel: "",
+    scaleRewards: "",
+    epsilon: undefined,
+    epsilonHigh: undefined,
+    numIterations: undefined,
+    maskTruncatedCompletions: undefined,
+    rewards: [],
+  };
+}
+
+export const GrpoConfig: MessageFns<GrpoConfig> = {
+  encode(message: GrpoConfig, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.numGenerations !== undefined) {
+      writer.uint32(8).int32(message.numGenerations);
+    }
+    if (message.maxCompletionLength !== undefined) {
+      writer.uint32(16).int32(message.maxCompletionLength);
+    }
+    if (message.temperature !== undefined) {
+      writer.uint32(25).double(message.temperature);
+    }
+    if (message.topP !== undefined) {
+      writer.uint32(33).double(message.topP);
+    }
+    if (message.beta !== undefined) {
+      writer.uint32(41).double(message.beta);
+    }
+    if (message.lossType !== "") {
+      writer.uint32(50).string(message.lossType);
+    }
+    if (message.importanceSamplingLevel !== "") {
+      writer.uint32(58).string(message.importanceSamplingLevel);
+    }
+    if (message.scaleRewards !== "") {
+      writer.uint32(66).string(message.scaleRewards);
+    }
+    if (message.epsilon !== undefined) {
+      writer.uint32(73).double(message.epsilon);
+    }
+    if (message.epsilonHigh !== undefined) {
+      writer.uint32(81).double(message.epsilonHigh);
+    }
+    if (message.numIterations !== undefined) {
+      writer.uint32(88).int32(message.numIterations);
+    }
+    if (message.maskTruncatedCompletions !== undefined) {
+      writer.uint32(96).bool(message.maskTruncatedCompletions);
+    }
+    for (const v of message.rewards) {
+      RewardConfig.encode(v!, writer.uint32(106).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GrpoConfig {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGrpoConfig();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.numGenerations = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.maxCompletionLength = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.temperature = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.topP = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.beta = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.lossType = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.importanceSamplingLevel = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.scaleRewards = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.epsilon = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.epsilonHigh = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.numIterations = reader.int32();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.maskTruncatedCompletions = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.rewards.push(RewardConfig.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GrpoConfig {
+    return {
+      numGenerations: isSet(object.numGenerations)
+        ? globalThis.Number(object.numGenerations)
+        : isSet(object.num_generations)
+        ? globalThis.Number(object.num_generations)
+        : undefined,
+      maxCompletionLength: isSet(object.maxCompletionLength)
+        ? globalThis.Number(object.maxCompletionLength)
+        : isSet(object.max_completion_length)
+        ? globalThis.Number(object.max_completion_length)
+        : undefined,
+      temperature: isSet(object.temperature) ? globalThis.Number(object.temperature) : undefined,
+      topP: isSet(object.topP)
+        ? globalThis.Number(object.topP)
+        : isSet(object.top_p)
+        ? globalThis.Number(object.top_p)
+        : undefined,
+      beta: isSet(object.beta) ? globalThis.Number(object.beta) : undefined,
+      lossType: isSet(object.lossType)
+        ? globalThis.String(object.lossType)
+        : isSet(object.loss_type)
+        ? globalThis.String(object.loss_type)
+        : "",
+      importanceSamplingLevel: isSet(object.importanceSamplingLevel)
+        ? globalThis.String(object.importanceSamplingLevel)
+        : isSet(object.importance_sampling_level)
+        ? globalThis.String(object.importance_sampling_level)
+        : "",
+      scaleRewards: isSet(object.scaleRewards)
+        ? globalThis.String(object.scaleRewards)
+        : isSet(object.scale_rewards)
+        ? globalThis.String(object.scale_rewards)
+        : "",
+      epsilon: isSet(object.epsilon) ? globalThis.Number(object.epsilon) : undefined,
+      epsilonHigh: isSet(object.epsilonHigh)
+        ? globalThis.Number(object.epsilonHigh)
+        : isSet(object.epsilon_high)
+        ? globalThis.Number(object.epsilon_high)
+        : undefined,
+      numIterations: isSet(object.numIterations)
+        ? globalThis.Number(object.numIterations)
+        : isSet(object.num_iterations)
+        ? globalThis.Number(object.num_iterations)
+        : undefined,
+      maskTruncatedCompletions: isSet(object.maskTruncatedCompletions)
+        ? globalThis.Boolean(object.maskTruncatedCompletions)
+        : isSet(object.mask_truncated_completions)
+        ? globalThis.Boolean(object.mask_truncated_completions)
+        : undefined,
+      rewards: globalThis.Array.isArray(object?.rewards)
+        ? object.rewards.map((e: any) => RewardConfig.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GrpoConfig): unknown {
+    const obj: any = {};
+    if (message.numGenerations !== undefined) {
+      obj.numGenerations = Math.round(message.numGenerations);
+    }
+    if (message.maxCompletionLength !== undefined) {
+      obj.maxCompletionLength = Math.round(message.maxCompletionLength);
+    }
+    if (message.temperature !== undefined) {
+      obj.temperature = floatToJson(message.temperature);
+    }
+    if (message.topP !== undefined) {
+      obj.topP = floatToJson(message.topP);
+    }
+    if (message.beta !== undefined) {
+      obj.beta = floatToJson(message.beta);
+    }
+    if (message.lossType !== "") {
+      obj.lossType = message.lossType;
+    }
+    if (message.importanceSamplingLevel !== "") {
+      obj.importanceSamplingLevel = message.importanceSamplingLevel;
+    }
+    if (message.scaleRewards !== "") {
+      obj.scaleRewards = message.scaleRewards;
+    }
+    if (message.epsilon !== undefined) {
+      obj.epsilon = floatToJson(message.epsilon);
+    }
+    if (message.epsilonHigh !== undefined) {
+      obj.epsilonHigh = floatToJson(message.epsilonHigh);
+    }
+    if (message.numIterations !== undefined) {
+      obj.numIterations = Math.round(message.numIterations);
+    }
+    if (message.maskTruncatedCompletions !== undefined) {
+      obj.maskTruncatedCompletions = message.maskTruncatedCompletions;
+    }
+    if (message.rewards?.length) {
+      obj.rewards = message.rewards.map((e) => RewardConfig.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GrpoConfig>): GrpoConfig {
+    return GrpoConfig.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GrpoConfig>): GrpoConfig {
+    const message = createBaseGrpoConfig();
+    message.numGenerations = object.numGenerations ?? undefined;
+    message.maxCompletionLength = object.maxCompletionLength ?? undefined;
+    message.temperature = object.temperature ?? undefined;
+    message.topP = object.topP ?? undefined;
+    message.beta = object.beta ?? undefined;
+    message.lossType = object.lossType ?? "";
+    message.importanceSamplingLevel = object.importanceSamplingLevel ?? "";
+    message.scaleRewards = object.scaleRewards ?? "";
+    message.epsilon = object.epsilon ?? undefined;
+    message.epsilonHigh = object.epsilonHigh ?? undefined;
+    message.numIterations = object.numIterations ?? undefined;
+    message.maskTruncatedCompletions = object.maskTruncatedCompletions ?? undefined;
+    message.rewards = object.rewards?.map((e) => RewardConfig.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 function createBaseTrainRequest(): TrainRequest {
   return {
     jobId: "",
@@ -3924,6 +4514,7 @@ function createBaseTrainRequest(): TrainRequest {
     resumeFromCheckpointUri: "",
     watcher: "",
     tracking: undefined,
+    grpo: undefined,
   };
 }
 
@@ -3961,6 +4552,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     }
     if (message.tracking !== undefined) {
       TrackingConfig.encode(message.tracking, writer.uint32(322).fork()).join();
+    }
+    if (message.grpo !== undefined) {
+      GrpoConfig.encode(message.grpo, writer.uint32(90).fork()).join();
     }
     return writer;
   },
@@ -4066,6 +4660,14 @@ export const TrainRequest: MessageFns<TrainRequest> = {
             message.tracking = TrackingConfig.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.grpo = GrpoConfig.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4107,6 +4709,7 @@ export const TrainRequest: MessageFns<TrainRequest> = {
         : "",
       watcher: isSet(object.watcher) ? globalThis.String(object.watcher) : "",
       tracking: isSet(object.tracking) ? TrackingConfig.fromJSON(object.tracking) : undefined,
+      grpo: isSet(object.grpo) ? GrpoConfig.fromJSON(object.grpo) : undefined,
     };
   },
 
@@ -4145,6 +4748,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     if (message.tracking !== undefined) {
       obj.tracking = TrackingConfig.toJSON(message.tracking);
     }
+    if (message.grpo !== undefined) {
+      obj.grpo = GrpoConfig.toJSON(message.grpo);
+    }
     return obj;
   },
 
@@ -4171,6 +4777,9 @@ export const TrainRequest: MessageFns<TrainRequest> = {
     message.watcher = object.watcher ?? "";
     message.tracking = (object.tracking !== undefined && object.tracking !== null)
       ? TrackingConfig.fromPartial(object.tracking)
+      : undefined;
+    message.grpo = (object.grpo !== undefined && object.grpo !== null)
+      ? GrpoConfig.fromPartial(object.grpo)
       : undefined;
     return message;
   },

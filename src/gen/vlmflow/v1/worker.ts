@@ -1518,7 +1518,7 @@ export const WorkerServiceService = {
     responseDeserialize: (value: Buffer): PrepareDatasetResponse => PrepareDatasetResponse.decode(value),
   },
   /**
-   * Server streaming. LoRA / QLoRA SFT or DPO; resumes from the newest complete checkpoint under
+   * Server streaming. LoRA / QLoRA SFT, DPO or GRPO; resumes from the newest complete checkpoint under
    * output_uri. Same attach semantics as PrepareDataset.
    */
   train: {
@@ -1617,7 +1617,7 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
    */
   prepareDataset: handleServerStreamingCall<PrepareDatasetRequest, PrepareDatasetResponse>;
   /**
-   * Server streaming. LoRA / QLoRA SFT or DPO; resumes from the newest complete checkpoint under
+   * Server streaming. LoRA / QLoRA SFT, DPO or GRPO; resumes from the newest complete checkpoint under
    * output_uri. Same attach semantics as PrepareDataset.
    */
   train: handleServerStreamingCall<TrainRequest, TrainResponse>;
@@ -1674,7 +1674,7 @@ export interface WorkerServiceClient extends Client {
     options?: Partial<CallOptions>,
   ): ClientReadableStream<PrepareDatasetResponse>;
   /**
-   * Server streaming. LoRA / QLoRA SFT or DPO; resumes from the newest complete checkpoint under
+   * Server streaming. LoRA / QLoRA SFT, DPO or GRPO; resumes from the newest complete checkpoint under
    * output_uri. Same attach semantics as PrepareDataset.
    */
   train(request: TrainRequest, options?: Partial<CallOptions>): ClientReadableStream<TrainResponse>;
