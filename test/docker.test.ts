@@ -411,10 +411,25 @@ describe('docker/compose.gpu-host.yaml and compose.nfs.yaml', () => {
   it('runs the same certificates job and Python worker as the main file, and a TS worker', () => {
     expect(Object.keys(extra).sort()).toEqual(['certs', 'python-worker', 'ts-worker']);
     expect(extra.certs).toEqual(service('certs'));
-    expect(extra['python-worker']).toEqual(service('python-worker'));
-    const { environment: env, volumes, depends_on, ...rest } = extra['ts-worker']!;
-    const { environment: mainEnv, volumes: mainVolumes, depends_on: _deps, ...mainRest } = service('ts-worker');
+    // The one difference: the main file's Prometheus scrapes the metrics ports inside the compose network
+    // (expose); a GPU host publishes them for the central Prometheus (ports) instead.
+    const { expose: workerExpose, ports: workerPorts, ...worker } = extra['python-worker']!;
+    const { expose: mainWorkerExpose, ...mainWorker } = service('python-worker');
+    expect(worker).toEqual(mainWorker);
+    expect(mainWorkerExpose).toEqual(['50051', '9465']);
+    expect(workerExpose).toEqual(['50051']);
+    expect(workerPorts).toEqual(['9465:9465']);
+    const { environment: env, volumes, depends_on, ports: tsPorts, ...rest } = extra['ts-worker']!;
+    const {
+      environment: mainEnv,
+      volumes: mainVolumes,
+      depends_on: _deps,
+      expose: tsExpose,
+      ...mainRest
+    } = service('ts-worker');
     expect(rest).toEqual(mainRest);
+    expect(tsExpose).toEqual(['9464']);
+    expect(tsPorts).toEqual(['9464:9464']);
     expect(depends_on).toEqual({ 'python-worker': { condition: 'service_healthy' } });
     expect(volumes).toEqual([...mainVolumes!, '${TEMPORAL_TLS_DIR:-./temporal-tls}:/temporal-tls:ro']);
     for (const [key, value] of Object.entries(mainEnv!)) {
