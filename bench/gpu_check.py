@@ -14,6 +14,8 @@ Parts, each in its own processes:
    seed: where it resumed, the largest loss difference per step and the largest adapter weight difference.
 4. Generate (bench/inference.py) at batch 1, 8 and 32: items/s and answer tokens/s.
 5. Export: the SFT adapter merged into the base, and the merged folder loaded back with plain transformers.
+6. GRPO (bench/grpo.py): a few GRPO steps (2 prompts x 4 completions a step) beside SFT and DPO steps of as many
+   sequences, through the project's jobs: seconds per step and peak memory.
 
 Writes gpu-check-<device>-latest.json and .md into --out (default bench/results/; the parts' own result files go
 into a scratch folder so a smoke run never overwrites recorded figures).
@@ -255,6 +257,20 @@ def goals(sft: dict[str, Any], smoke: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def grpo_table(runs: dict[str, Any]) -> list[str]:
+    return [
+        "| GRPO beside SFT and DPO | step seconds (median) | x SFT | peak GiB |",
+        "|---|---|---|---|",
+        *(
+            f"| {kind.upper()} | {r['step_seconds_median']:.3f} | "
+            f"{r['step_seconds_median'] / runs['sft']['step_seconds_median']:.2f} | "
+            f"{r['peak_memory_bytes'] / 2**30:.2f} |"
+            for kind, r in runs.items()
+        ),
+        "",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     device, sft = result["device"], result["sft"]["summary"]
     mode = "CPU smoke (tiny model; the goals do not apply)" if result["smoke"] else device
@@ -299,6 +315,7 @@ def markdown(result: dict[str, Any]) -> str:
             for r in result["generate"]["rows"]
         ),
         "",
+        *(grpo_table(result["grpo"]) if result["grpo"] else []),
         (
             f"Export: merged in {export['merge_seconds']} s, {export['weights_gib']} GiB, loaded back with plain "
             f"transformers in {export['load_seconds']} s."
@@ -356,14 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats",
         "1",
     ]
-    print("1/5 SFT variants", flush=True)
+    print("1/6 SFT variants", flush=True)
     sft = bench_script("train.py", [*sized, "--rows", str(rows), "--work", str(args.work / "train")], scratch,
                        f"train-{device}{suffix}")  # fmt: skip
-    print("2/5 DPO variants", flush=True)
+    print("2/6 DPO variants", flush=True)
     dpo = bench_script("dpo.py", [*sized, "--rows", str(rows // 2), "--work", str(args.work / "dpo")], scratch,
                        f"dpo-{device}{suffix}")  # fmt: skip
 
-    print("3/5 DPO from SFT, killed and resumed", flush=True)
+    print("3/6 DPO from SFT, killed and resumed", flush=True)
     sys.path.insert(0, str(BENCH))
     from dpo_eval import datasets, model_folder
 
@@ -371,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     data = datasets(args.work / "data", rows=16 if args.smoke else 64, held_out=4)
     resume = dpo_kill_and_resume(model, data, args.work / "resume", steps=4 if args.smoke else 8, micro_batch=4)
 
-    print("4/5 Generate", flush=True)
+    print("4/6 Generate", flush=True)
     batches = "1,8" if args.smoke else "1,8,32"
     generate_args = [
         "--device",
@@ -388,8 +405,27 @@ def main(argv: list[str] | None = None) -> int:
         name = "smolvlm-instruct-arch" if family == "idefics3" else f"{ARCHITECTURES[family]}-arch"
     generate = bench_script("inference.py", generate_args, scratch, f"inference-{name}-{device}")
 
-    print("5/5 export", flush=True)
+    print("5/6 export", flush=True)
     exported = export_and_load(model, args.work / "resume" / "sft" / "adapter", args.work)
+
+    # GRPO's tests run on Idefics3 only so far (python-worker/tests/test_grpo.py): other families skip this part.
+    grpo: dict[str, Any] = {"runs": {}}
+    if family == "idefics3":
+        print("6/6 GRPO beside SFT and DPO (bench/grpo.py)", flush=True)
+        grpo_args = [
+            "--device",
+            device,
+            "--family",
+            family,
+            "--warmup",
+            "1",
+            "--micro-batch",
+            "8",
+            "--generations",
+            "4",
+        ]
+        grpo_args += ["--steps", "3", "--rows", "16"] if args.smoke else ["--steps", "6", "--rows", "64"]
+        grpo = bench_script("grpo.py", grpo_args, scratch, f"grpo-{device}{suffix}")
 
     result: dict[str, Any] = {
         "device": device,
@@ -410,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
         "dpo_resume": resume,
         "generate": {"rows": generate["rows"]},
         "export": exported,
+        "grpo": {
+            kind: {k: run[k] for k in ("step_seconds_median", "peak_memory_bytes")}
+            for kind, run in grpo["runs"].items()
+        },
     }
     result["goals"] = goals(sft, args.smoke)
     result["seconds"] = round(time.perf_counter() - started, 1)
