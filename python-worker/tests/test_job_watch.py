@@ -14,6 +14,7 @@ import pytest
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2
 from vlmflow_worker.errors import ERROR_TYPE_TRAILER
 from vlmflow_worker.fixtures.synthetic import generate
+from vlmflow_worker.jobs.registry import STARTUP_SILENCE_S, silence_limit_s
 
 from .conftest import WorkerProcess, start_worker
 
@@ -65,6 +66,14 @@ def worker_with(tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.Monke
     for worker in started:
         worker.process.terminate()
         worker.process.wait(timeout=60)
+
+
+def test_a_job_process_that_has_not_started_yet_gets_the_startup_allowance() -> None:
+    # Before its first event a job is importing torch and transformers (slow on a loaded host), not hung: a short
+    # limit applies only once it has spoken; a limit longer than the allowance applies throughout.
+    assert silence_limit_s(20, started=True) == 20
+    assert silence_limit_s(20, started=False) == STARTUP_SILENCE_S
+    assert silence_limit_s(1800, started=False) == 1800
 
 
 def test_a_silent_job_is_declared_stuck_and_the_retry_resumes_from_its_checkpoint(

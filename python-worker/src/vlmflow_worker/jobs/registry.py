@@ -11,7 +11,9 @@ several runs share (a reused stage) is stopped only when its last watcher cancel
 folder (`watchers/`), so they outlive this process.
 
 Stuck jobs: a job that sends no event for `job_stuck_after_s` is asked to checkpoint and stop, killed after
-`job_cancel_grace_s`, and ends typed STUCK, so the caller's retry resumes it from its newest checkpoint.
+`job_cancel_grace_s`, and ends typed STUCK, so the caller's retry resumes it from its newest checkpoint. Until its
+first event a job process is starting (interpreter, torch and transformers imports, which on a loaded host take
+longer than a short limit): it is given at least STARTUP_SILENCE_S then, so a slow start is not taken for a hang.
 
 Many hosts, one store: a job has one owner, the worker holding its lease (`lease.py`). A request for a job another
 live worker owns attaches to it through the store: its event log is followed, cancel is the `cancel` file its
@@ -72,6 +74,16 @@ def warm_spare_wanted(has_gpus: bool) -> bool:
     if setting == "auto":
         return has_gpus
     return setting not in ("0", "false", "off")
+
+
+# How long a job process may be silent before its first event (see the module docstring).
+STARTUP_SILENCE_S = 300.0
+
+
+def silence_limit_s(stuck_after_s: float, started: bool) -> float:
+    """The silence after which a job is stuck: the configured limit, but at least STARTUP_SILENCE_S while the job
+    process has not yet sent its first event."""
+    return stuck_after_s if started else max(stuck_after_s, STARTUP_SILENCE_S)
 
 
 @dataclass
@@ -388,6 +400,7 @@ class JobRegistry:
         exited = asyncio.ensure_future(record.process.wait())
         loop = asyncio.get_running_loop()
         last_event_at = loop.time()
+        started = False  # the job process has sent its first event
         while True:
             finished = exited.done()  # read after exit too, so no line written before it is missed
             new_offset = await self._relay(record, path, offset)
@@ -395,11 +408,11 @@ class JobRegistry:
                 break
             now = loop.time()
             if new_offset != offset:
-                offset, last_event_at = new_offset, now
+                offset, last_event_at, started = new_offset, now, True
             if record.cancel_deadline is None and (record.folder / eventlog.CANCEL).exists():
                 # Cancelled through the store (by a worker that follows this job): the same grace, then a kill.
                 record.cancel_deadline = now + self.cancel_grace_s
-            if self._is_stuck(record, now - last_event_at):
+            if self._is_stuck(record, now - last_event_at, started):
                 record.stuck_for_s = now - last_event_at
                 log.warning(
                     "job sent no event; declaring it stuck",
@@ -479,10 +492,10 @@ class JobRegistry:
             record.changed.notify_all()
         return offset + len(complete)
 
-    def _is_stuck(self, record: JobRecord, silent_s: float) -> bool:
+    def _is_stuck(self, record: JobRecord, silent_s: float, started: bool) -> bool:
         return (
             self.stuck_after_s > 0
-            and silent_s > self.stuck_after_s
+            and silent_s > silence_limit_s(self.stuck_after_s, started)
             and record.stuck_for_s is None
             and record.cancel_deadline is None  # already stopping
         )
