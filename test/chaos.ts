@@ -74,10 +74,15 @@ export async function runChaos(ctx: ChaosContext): Promise<void> {
   await ctx.startPython();
   await sleep(500);
   expect(isAlive(jobPid)).toBe(false); // the training process died with its worker
+  // Resumed means a second training process: progress alone can show a newer checkpoint that the killed process
+  // wrote before it died (heartbeats lag the job), while the new process has not started yet.
   const resumed = await until(
     'training resumed',
     workflowId,
-    (p) => p.stage !== 'sft' || stepOfCheckpoint(p.lastCheckpoint) > stepOfCheckpoint(beforePython.lastCheckpoint),
+    (p) =>
+      p.stage !== 'sft' ||
+      (processesStarted(ctx.artifacts, sftJob) === 2 &&
+        stepOfCheckpoint(p.lastCheckpoint) > stepOfCheckpoint(beforePython.lastCheckpoint)),
   );
   const pythonRecoverySeconds = (Date.now() - pythonKilledAt) / 1000;
   expect(resumed.stage).toBe('sft');
