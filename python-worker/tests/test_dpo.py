@@ -7,19 +7,21 @@ The proof uses a single-tile copy of the tiny model (`do_image_splitting` off: 1
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-import torch
 from safetensors import safe_open
 
+from tests.resume_checks import (
+    assert_resumed_from,
+    assert_same_adapter,
+    assert_same_curve,
+    kill_after_checkpoint,
+    step_values,
+    train_process,
+)
 from tests.test_evaluate import prepared_dataset
 from tests.test_export import make_adapter
 from tests.test_sft import tensorboard_scalars
@@ -193,33 +195,6 @@ def test_train_dpo_from_an_sft_adapter_through_the_worker(worker, tiny_model_pat
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "preference rows" in info.value.details()
 
 
-# A DPO job in its own process, as the worker runs one, so that the test can SIGKILL it.
-RUN_DPO_JOB = """
-import sys
-from pathlib import Path
-from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.serve.settings import WorkerSettings
-from vlmflow_worker.train import dpo
-request = jobs_pb2.TrainRequest.FromString(Path(sys.argv[1]).read_bytes())
-job = Path(sys.argv[2])
-job.mkdir(exist_ok=True)
-dpo.run(request, JobContext("dpo", job, WorkerSettings(port=0, artifact_root=Path(sys.argv[3]))))
-"""
-
-
-def _dpo_process(request: jobs_pb2.TrainRequest, root: Path, name: str, env: dict[str, str] | None = None):
-    (root / f"{name}.bin").write_bytes(request.SerializeToString())
-    argv = [sys.executable, "-c", RUN_DPO_JOB, str(root / f"{name}.bin"), str(root / f"{name}-job"), str(root)]
-    return subprocess.Popen(argv, env={**os.environ, **(env or {})})
-
-
-def _losses(output: Path) -> dict[int, float]:
-    """Step -> loss, the last line of each step winning (a resumed run logs the steps after its checkpoint again)."""
-    lines = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
-    return {entry["step"]: entry["loss"] for entry in lines if "loss" in entry}
-
-
 def test_dpo_from_sft_killed_mid_training_resumes_with_the_policy_it_had(single_tile_model, tmp_path):
     """SIGKILL a DPO run that continues an SFT adapter after checkpoint-4, resume it: every step's loss and the final
     adapter equal an uninterrupted run's. (transformers alone would reload only TRL's frozen "ref" adapter from the
@@ -235,37 +210,15 @@ def test_dpo_from_sft_killed_mid_training_resumes_with_the_policy_it_had(single_
         r.model.adapter_uri = str(sft)
         return r
 
-    whole = _dpo_process(request("whole"), tmp_path, "whole")
-    assert whole.wait(timeout=600) == 0
-
-    killed = _dpo_process(request("killed"), tmp_path, "killed", {faults.HANG_AT_STEP: "5"})
-    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-4"
-    deadline = time.monotonic() + 600
-    while not checkpoint.is_dir() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.is_dir() and (checkpoint / "ref" / "adapter_model.safetensors").is_file()  # the two adapters
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
+    assert train_process("dpo", request("whole"), tmp_path, "whole").wait(timeout=600) == 0
+    killed = train_process("dpo", request("killed"), tmp_path, "killed", {faults.HANG_AT_STEP: "5"})
+    kill_after_checkpoint(killed, tmp_path / "killed" / "checkpoints" / "checkpoint-4")
     assert not (tmp_path / "killed" / "adapter").exists()
-    resumed = _dpo_process(request("killed"), tmp_path, "killed")
-    assert resumed.wait(timeout=600) == 0
+    assert train_process("dpo", request("killed"), tmp_path, "killed").wait(timeout=600) == 0
 
-    logs = (tmp_path / "killed-job" / eventlog.EVENTS).read_bytes()
-    assert b"resuming from" in logs and b"checkpoint-4" in logs
-    expected, got = _losses(tmp_path / "whole"), _losses(tmp_path / "killed")
-    assert sorted(expected) == sorted(got) == list(range(1, 9))
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-5), (step, expected, got)
-    with (
-        safe_open(tmp_path / "whole" / "adapter" / "adapter_model.safetensors", "pt") as a,
-        safe_open(tmp_path / "killed" / "adapter" / "adapter_model.safetensors", "pt") as b,
-    ):
-        assert sorted(a.keys()) == sorted(b.keys())
-        for name in a.keys():
-            assert torch.allclose(a.get_tensor(name), b.get_tensor(name), rtol=1e-4, atol=1e-6), name
-        sft_weights = safe_open(sft / "adapter_model.safetensors", "pt")
-        moved = [n for n in sft_weights.keys() if not torch.equal(sft_weights.get_tensor(n), b.get_tensor(n))]
-        assert moved  # DPO changed the SFT adapter: the comparison is not between two untouched copies
+    assert_resumed_from(tmp_path / "killed-job", "checkpoint-4")
+    assert_same_curve(step_values(tmp_path / "whole", "loss"), step_values(tmp_path / "killed", "loss"), steps=8)
+    assert_same_adapter(tmp_path / "whole" / "adapter", tmp_path / "killed" / "adapter", moved_from=sft)
 
     # Evaluate measures each variant's implicit reward against what it trained with: the DPO adapter against its
     # SFT adapter (beta 0.1, as trained), the SFT adapter against the base.
