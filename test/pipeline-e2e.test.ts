@@ -253,6 +253,77 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
     expect(existsSync(result.reportUri)).toBe(true);
   }, 1_800_000);
 
+  it('runs SFT then GRPO from the SFT adapter on the real worker: a reward curve per step, base, SFT and GRPO evaluated side by side, the GRPO adapter exported', async () => {
+    const config = demoConfig(dataDir, {
+      grpo: {
+        from: 'sft',
+        lora: { r: 16, alpha: 32, dropout: 0 },
+        training: {
+          learningRate: 2e-4,
+          maxSteps: 6,
+          // 8 completions a step: 2 prompts × 4 generations.
+          microBatchSize: 8,
+          gradientAccumulationSteps: 1,
+          warmupRatio: 0,
+          lrScheduler: 'constant',
+          gradientCheckpointing: false,
+          saveSteps: 3,
+          evalSteps: 0,
+          loggingSteps: 1,
+        },
+        numGenerations: 4,
+        maxCompletionLength: 3,
+        // The tiny model's logits are small (a random 128-wide output layer): at 1.0 its samples are mostly noise,
+        // at 0.15 mostly colour words (python-worker/tests/test_grpo.py).
+        temperature: 0.15,
+        beta: 0.04,
+        rewards: [{ kind: 'exact_match' }, { kind: 'anls', weight: 0 }],
+      },
+    });
+    const result = await withWorkers(async (taskQueue, gpuTaskQueue) => {
+      const handle = await env.client.workflow.start(fineTunePipeline, {
+        taskQueue,
+        workflowId: `e2e-grpo-${randomUUID()}`,
+        args: [config, { gpuTaskQueue }],
+      });
+      const outcome = await handle.result();
+      finished.push(handle.workflowId);
+      return outcome;
+    });
+    // prepare and sft come back from the first test when it ran first (same inputs, same content keys).
+    expect(result.stages.map((s) => [s.name, s.name === 'prepare' || s.name === 'sft' ? 'done' : s.status])).toEqual([
+      ['prepare', 'done'],
+      ['sft', 'done'],
+      ['grpo', 'completed'],
+      ['evaluate', 'completed'],
+      ['gate', 'completed'],
+      ['export', 'completed'],
+    ]);
+    const grpo = result.stages.find((s) => s.name === 'grpo')!;
+    const log = readFileSync(grpo.artifacts!.training_log!, 'utf8')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => JSON.parse(line) as Record<string, number>);
+    const rewards = log.filter((e) => 'reward' in e);
+    expect(rewards.map((e) => e.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    for (const e of rewards) {
+      expect(e.reward).toBeGreaterThanOrEqual(0);
+      expect(e.reward).toBeLessThanOrEqual(1);
+      expect(e['rewards/exact_match/mean']).toBe(e.reward); // anls has weight 0: logged, not summed
+      expect(e['rewards/anls/mean']).toBeGreaterThanOrEqual(e['rewards/exact_match/mean']!);
+      expect(e.kl).toBeGreaterThanOrEqual(0);
+    }
+    for (const variant of ['base', 'sft', 'grpo']) {
+      expect(result.metrics[`${variant}/vqa_accuracy`], variant).toBeGreaterThanOrEqual(0);
+    }
+    expect(result.adapterUri).toContain('stages/grpo-');
+    expect(readdirSync(result.modelUri).some((f) => f.endsWith('.safetensors'))).toBe(true);
+    const report = readFileSync(result.reportUri, 'utf8');
+    for (const chart of ['GRPO mean reward', 'GRPO reward: exact_match', 'GRPO KL to the reference']) {
+      expect(report).toContain(chart);
+    }
+  }, 1_800_000);
+
   it('vlmflow compare writes one self-contained page with two runs’ metrics side by side and their loss curves overlaid', async () => {
     // The two runs the tests above finished, or two short ones (different learning rates) when this one runs alone.
     const [a, b] =

@@ -8,18 +8,19 @@ samples are mostly noise, at 0.15 mostly colour words.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
-import torch
-from safetensors import safe_open
 
+from tests.resume_checks import (
+    assert_resumed_from,
+    assert_same_adapter,
+    assert_same_curve,
+    kill_after_checkpoint,
+    step_values,
+    train_process,
+)
 from tests.test_dpo import single_tile_model  # noqa: F401  (a fixture)
 from tests.test_evaluate import prepared_dataset
 from vlmflow.v1 import common_pb2, jobs_pb2
@@ -110,19 +111,15 @@ def test_config_from_request():
         grpo.GRPOTrainConfig.from_request(request, "d", "o")
 
 
-def brief_sft(model: Path, dataset: Path, out: Path) -> Path:
+def brief_sft(model: Path, dataset: Path, out: Path, learning_rate: float = 3e-3, seed: int = 1) -> Path:
     """The starting point: an SFT adapter that answers with colour words, often the wrong one."""
     config = SFTConfig(
         model_id=str(model), dataset_dir=str(dataset), output_dir=str(out), lora_r=16, lora_alpha=32,
-        lora_dropout=0.0, learning_rate=3e-3, max_steps=8, micro_batch_size=8, gradient_accumulation_steps=1,
-        lr_scheduler="constant", warmup_ratio=0.0, save_steps=1000, eval_steps=0, logging_steps=4, seed=1,
+        lora_dropout=0.0, learning_rate=learning_rate, max_steps=8, micro_batch_size=8, gradient_accumulation_steps=1,
+        lr_scheduler="constant", warmup_ratio=0.0, save_steps=1000, eval_steps=0, logging_steps=4, seed=seed,
         gradient_checkpointing=False,
     )  # fmt: skip
     return Path(train_sft(config).artifacts["adapter"])
-
-
-def _log(output: Path) -> list[dict]:
-    return [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
 
 
 def test_cancel_saves_a_checkpoint_and_the_next_run_resumes(single_tile_model, tmp_path):  # noqa: F811
@@ -146,33 +143,6 @@ def test_cancel_saves_a_checkpoint_and_the_next_run_resumes(single_tile_model, t
     assert any("resuming from" in m and "checkpoint-1" in m for m in logs)
 
 
-# A GRPO job in its own process, as the worker runs one, so that the test can SIGKILL it.
-RUN_GRPO_JOB = """
-import sys
-from pathlib import Path
-from vlmflow.v1 import jobs_pb2
-from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.serve.settings import WorkerSettings
-from vlmflow_worker.train import grpo
-request = jobs_pb2.TrainRequest.FromString(Path(sys.argv[1]).read_bytes())
-job = Path(sys.argv[2])
-job.mkdir(exist_ok=True)
-grpo.run(request, JobContext("grpo", job, WorkerSettings(port=0, artifact_root=Path(sys.argv[3]))))
-"""
-
-
-def _grpo_process(request: jobs_pb2.TrainRequest, root: Path, name: str, env: dict[str, str] | None = None):
-    (root / f"{name}.bin").write_bytes(request.SerializeToString())
-    argv = [sys.executable, "-c", RUN_GRPO_JOB, str(root / f"{name}.bin"), str(root / f"{name}-job"), str(root)]
-    return subprocess.Popen(argv, env={**os.environ, **(env or {})})
-
-
-def _curve(output: Path) -> dict[int, tuple[float, float]]:
-    """Step -> (loss, reward), the last line of each step winning (a resumed run logs the steps after its checkpoint
-    again)."""
-    return {e["step"]: (e["loss"], e["reward"]) for e in _log(output) if "reward" in e}
-
-
 def test_grpo_killed_mid_training_resumes_the_reward_curve(single_tile_model, tmp_path):  # noqa: F811
     """SIGKILL a GRPO run that continues an SFT adapter (beta > 0: TRL keeps a frozen copy of it as the reference)
     after checkpoint-4, resume it: every step's loss and reward, and the final adapter, equal an uninterrupted run's
@@ -192,37 +162,16 @@ def test_grpo_killed_mid_training_resumes_the_reward_curve(single_tile_model, tm
         r.model.adapter_uri = str(sft)
         return r
 
-    whole = _grpo_process(request("whole"), tmp_path, "whole")
-    assert whole.wait(timeout=600) == 0
-
-    killed = _grpo_process(request("killed"), tmp_path, "killed", {faults.HANG_AT_STEP: "5"})
-    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint-4"
-    deadline = time.monotonic() + 600
-    while not checkpoint.is_dir() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert checkpoint.is_dir() and (checkpoint / "ref" / "adapter_model.safetensors").is_file()
-    killed.send_signal(signal.SIGKILL)
-    killed.wait(timeout=30)
+    assert train_process("grpo", request("whole"), tmp_path, "whole").wait(timeout=600) == 0
+    killed = train_process("grpo", request("killed"), tmp_path, "killed", {faults.HANG_AT_STEP: "5"})
+    kill_after_checkpoint(killed, tmp_path / "killed" / "checkpoints" / "checkpoint-4")
     assert not (tmp_path / "killed" / "adapter").exists()
-    resumed = _grpo_process(request("killed"), tmp_path, "killed")
-    assert resumed.wait(timeout=600) == 0
+    assert train_process("grpo", request("killed"), tmp_path, "killed").wait(timeout=600) == 0
 
-    logs = (tmp_path / "killed-job" / eventlog.EVENTS).read_bytes()
-    assert b"resuming from" in logs and b"checkpoint-4" in logs
-    expected, got = _curve(tmp_path / "whole"), _curve(tmp_path / "killed")
-    assert sorted(expected) == sorted(got) == list(range(1, 9))
-    for step in expected:
-        assert got[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-5), (step, expected, got)
-    with (
-        safe_open(tmp_path / "whole" / "adapter" / "adapter_model.safetensors", "pt") as a,
-        safe_open(tmp_path / "killed" / "adapter" / "adapter_model.safetensors", "pt") as b,
-    ):
-        assert sorted(a.keys()) == sorted(b.keys())
-        for name in a.keys():
-            assert torch.allclose(a.get_tensor(name), b.get_tensor(name), rtol=1e-4, atol=1e-6), name
-        sft_weights = safe_open(sft / "adapter_model.safetensors", "pt")
-        moved = [n for n in sft_weights.keys() if not torch.equal(sft_weights.get_tensor(n), b.get_tensor(n))]
-        assert moved  # GRPO changed the SFT adapter
+    assert_resumed_from(tmp_path / "killed-job", "checkpoint-4")
+    curve = step_values(tmp_path / "killed", "loss", "reward")
+    assert_same_curve(step_values(tmp_path / "whole", "loss", "reward"), curve, steps=8)
+    assert_same_adapter(tmp_path / "whole" / "adapter", tmp_path / "killed" / "adapter", moved_from=sft)
 
 
 def test_train_grpo_through_the_worker(worker, tiny_model_path, tmp_path_factory):
