@@ -408,24 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     print("5/6 export", flush=True)
     exported = export_and_load(model, args.work / "resume" / "sft" / "adapter", args.work)
 
-    # GRPO's tests run on Idefics3 only so far (python-worker/tests/test_grpo.py): other families skip this part.
-    grpo: dict[str, Any] = {"runs": {}}
-    if family == "idefics3":
-        print("6/6 GRPO beside SFT and DPO (bench/grpo.py)", flush=True)
-        grpo_args = [
-            "--device",
-            device,
-            "--family",
-            family,
-            "--warmup",
-            "1",
-            "--micro-batch",
-            "8",
-            "--generations",
-            "4",
-        ]
-        grpo_args += ["--steps", "3", "--rows", "16"] if args.smoke else ["--steps", "6", "--rows", "64"]
-        grpo = bench_script("grpo.py", grpo_args, scratch, f"grpo-{device}{suffix}")
+    print("6/6 GRPO beside SFT and DPO (bench/grpo.py)", flush=True)
+    grpo_args = ["--device", device, "--family", family, "--warmup", "1", "--micro-batch", "8", "--generations", "4"]
+    grpo_args += ["--steps", "3", "--rows", "16"] if args.smoke else ["--steps", "6", "--rows", "64"]
+    grpo = bench_script("grpo.py", grpo_args, scratch, f"grpo-{device}{suffix}")
 
     result: dict[str, Any] = {
         "device": device,

@@ -38,12 +38,9 @@ def test_the_gpu_check_runs_every_part_in_smoke_mode(tmp_path: Path, family: str
     assert result["export"]["parameters"] > 0 and result["export"]["weights_gib"] > 0
     assert [g["met"] for g in result["goals"]] == [None, None, None]  # goals are for the GPU, not claimed here
     table = (tmp_path / f"{name}-latest.md").read_text()
-    if family == "idefics3":  # GRPO beside SFT and DPO (the part runs for Idefics3 only so far)
-        assert set(result["grpo"]) == {"sft", "dpo", "grpo"}
-        assert all(r["step_seconds_median"] > 0 and r["peak_memory_bytes"] > 0 for r in result["grpo"].values())
-        assert "| GRPO beside SFT and DPO |" in table
-    else:
-        assert result["grpo"] == {}
+    assert set(result["grpo"]) == {"sft", "dpo", "grpo"}  # GRPO steps beside SFT and DPO steps
+    assert all(r["step_seconds_median"] > 0 and r["peak_memory_bytes"] > 0 for r in result["grpo"].values())
+    assert "| GRPO beside SFT and DPO |" in table
     for heading in (
         "| goal |",
         "| SFT variant |",

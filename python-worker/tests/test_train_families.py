@@ -309,6 +309,33 @@ def test_a_short_dpo_run_completes_with_trls_vision_preference_collator(
     assert (Path(result.artifacts["adapter"]) / "adapter_model.safetensors").is_file()
 
 
+def test_a_short_grpo_run_from_an_sft_adapter_completes_with_rewards(
+    model_path: Path, shapes: Path, workspace: WorkerSettings
+) -> None:
+    """GRPO's sampling and loss through the family's processor (Qwen's flat patches and grid sizes travel with each
+    completion): 2 prompts x 4 completions a step, the KL reference being the frozen SFT adapter."""
+    from vlmflow_worker.train import grpo
+    from vlmflow_worker.train.rewards import RewardSpec
+    from vlmflow_worker.train.sft import train_sft
+
+    sft = train_sft(sft_config(model_path, shapes, workspace.artifact_root / "runs" / "grpo-sft", max_steps=2))
+    base = sft_config(model_path, shapes, workspace.artifact_root / "runs" / "grpo", max_steps=3, learning_rate=2e-4)
+    config = grpo.GRPOTrainConfig(
+        **vars(base), adapter_dir=sft.artifacts["adapter"], num_generations=4, max_completion_length=3,
+        beta=0.04, rewards=[RewardSpec("exact_match"), RewardSpec("anls", weight=0)],
+    )  # fmt: skip
+    result = grpo.train_grpo(config)
+    assert result.metrics["global_step"] == 3
+    log = [json.loads(line) for line in Path(result.artifacts["training_log"]).read_text().splitlines()]
+    steps = [entry for entry in log if "reward" in entry]
+    assert [entry["step"] for entry in steps] == [1, 2, 3]
+    for entry in steps:
+        assert 0 <= entry["rewards/exact_match/mean"] <= entry["rewards/anls/mean"] <= 1
+        assert entry["reward"] == entry["rewards/exact_match/mean"] and entry["kl"] >= 0
+        assert 1 <= entry["completions/mean_length"] <= 3
+    assert (Path(result.artifacts["adapter"]) / "adapter_model.safetensors").is_file()
+
+
 def test_a_packed_batch_has_the_padded_batchs_loss_and_logits(
     family_key: str, shapes: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
