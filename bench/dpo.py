@@ -1,5 +1,5 @@
-"""DPO step time and peak memory: the project's DPO job (vlmflow_worker.train.dpo) beside a plain TRL `DPOTrainer` script on the same
-model, preference rows, LoRA and micro-batch; each variant in its own process, --repeats times.
+"""DPO step time and peak memory: the project's DPO job (vlmflow_worker.train.dpo) beside a plain TRL `DPOTrainer`
+script on the same model, preference rows, LoRA and micro-batch; each variant in its own process, --repeats times.
 
 python-worker/.venv/bin/python bench/dpo.py                  # tiny model, CPU (fp32 LoRA)
 python-worker/.venv/bin/python bench/dpo.py --device cuda    # SmolVLM-Instruct architecture, random weights, bf16 LoRA,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2
 from vlmflow_worker.infer.generate import run_generate
-from vlmflow_worker.models import ModelCache, ModelSpec
+from vlmflow_worker.models import ModelCache
 from vlmflow_worker.serve.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,10 @@ from machine import REPO, shown, write_result
 
 from vlmflow.v1 import common_pb2, jobs_pb2
 from vlmflow_worker.fixtures import tiny_model
+from vlmflow_worker.fixtures.synthetic import generate
 from vlmflow_worker.jobs.context import JobContext
 from vlmflow_worker.prep import job as prep
 from vlmflow_worker.serve.settings import WorkerSettings
-from vlmflow_worker.fixtures.synthetic import generate
 
 
 def digest(folder: Path) -> str:

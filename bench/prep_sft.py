@@ -3,8 +3,9 @@
 python-worker/.venv/bin/python bench/prep_sft.py --threads 1      # CPU: 2,000 synthetic rows, tiny model
 python-worker/.venv/bin/python bench/prep_sft.py --device cuda    # + SmolVLM-Instruct architecture, random weights
 
-Throughput is measured after the first logging window (warm-up excluded). CPU: synthetic rows/s, prep rows/s (images checked and stored, token lengths counted with the tiny model's
-processor, split, stats) for 2,000 rows, then the tiny model's SFT steps/s, samples/s, tokens/s and peak RSS.
+Throughput is measured after the first logging window (warm-up excluded). CPU: synthetic rows/s, prep rows/s
+(images checked and stored, token lengths counted with the tiny model's processor, split, stats) for 2,000 rows,
+then the tiny model's SFT steps/s, samples/s, tokens/s and peak RSS.
 CUDA: the model has SmolVLM-Instruct's published config (fixtures/architectures.py) and its processor's real
 sizes (longest edge 1536, 384 px tiles, 81 tokens per tile): every synthetic image is 16 tiles + the global one,
 1,377 image tokens. Micro-batch 4, gradient checkpointing, bf16 LoRA and QLoRA NF4 through train/sft.py, each beside
@@ -32,18 +33,14 @@ from machine import (
 STATE = REPO / ".state"
 
 
-def prepare(
-    model: Path, data: Path, work: Path, max_length: int
-) -> tuple[Path, dict[str, Any]]:
+def prepare(model: Path, data: Path, work: Path, max_length: int) -> tuple[Path, dict[str, Any]]:
     """Runs the PrepareDataset job body in this process; returns the dataset folder and its timing."""
     from vlmflow.v1 import common_pb2, jobs_pb2
     from vlmflow_worker.jobs.context import JobContext
     from vlmflow_worker.prep.job import run
     from vlmflow_worker.serve.settings import WorkerSettings
 
-    settings = WorkerSettings(
-        host="127.0.0.1", port=0, artifact_root=work, data_roots=[data.parent]
-    )
+    settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=work, data_roots=[data.parent])
     request = jobs_pb2.PrepareDatasetRequest(
         job_id="bench-prep",
         sources=[jobs_pb2.DatasetSource(uri=str(data / "data.jsonl"))],
@@ -54,9 +51,7 @@ def prepare(
     )
     (work / "jobs" / "bench-prep").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    result = run(
-        request, JobContext("bench-prep", work / "jobs" / "bench-prep", settings)
-    )
+    result = run(request, JobContext("bench-prep", work / "jobs" / "bench-prep", settings))
     seconds = time.perf_counter() - started
     rows = result.metrics["rows_in"]
     timing = {
@@ -65,14 +60,10 @@ def prepare(
         "rows_per_second": rows / seconds,
         "cached": result.cached,
     }
-    return Path(result.artifacts["dataset"]), timing | {
-        "tokens_mean": result.metrics["tokens_mean"]
-    }
+    return Path(result.artifacts["dataset"]), timing | {"tokens_mean": result.metrics["tokens_mean"]}
 
 
-def run_variant(
-    variant: str, model: Path, dataset: Path, steps: int, micro_batch: int
-) -> dict[str, Any]:
+def run_variant(variant: str, model: Path, dataset: Path, steps: int, micro_batch: int) -> dict[str, Any]:
     """One training variant in this process: project-lora, project-qlora, trl-lora or trl-qlora."""
     import torch
 
@@ -100,20 +91,13 @@ def run_variant(
         started = time.perf_counter()
         result = train_sft(config)
         seconds = time.perf_counter() - started
-        log = [
-            json.loads(line)
-            for line in (output / "training_log.jsonl").read_text().splitlines()
-        ]
-        windows = [e for e in log if "samples_per_second" in e][1:] or [
-            e for e in log if "samples_per_second" in e
-        ]
+        log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+        windows = [e for e in log if "samples_per_second" in e][1:] or [e for e in log if "samples_per_second" in e]
         return {
             "variant": variant,
             "steps_per_second": steps / result.metrics["train_runtime"],
-            "samples_per_second": sum(e["samples_per_second"] for e in windows)
-            / len(windows),
-            "tokens_per_second": sum(e["tokens_per_second"] for e in windows)
-            / len(windows),
+            "samples_per_second": sum(e["samples_per_second"] for e in windows) / len(windows),
+            "tokens_per_second": sum(e["tokens_per_second"] for e in windows) / len(windows),
             "peak_memory_bytes": max(e["peak_memory_bytes"] for e in windows),
             "wall_seconds": seconds,
             "final_loss": log[-2].get("loss") if len(log) > 1 else None,
@@ -135,15 +119,14 @@ def run_trl(
     import trl
     from peft import LoraConfig
     from transformers import TrainerCallback
+
     from vlmflow_worker.models import ModelSpec, load_model
     from vlmflow_worker.train.config import SFTConfig as OurConfig
     from vlmflow_worker.train.sft import lora_targets
 
     on_cuda = torch.cuda.is_available()
     model, processor = load_model(ModelSpec(str(model_dir), quantization=quantization))
-    rows = [
-        json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()
-    ]
+    rows = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
     data = datasets.Dataset.from_list(
         [
             {
@@ -211,11 +194,7 @@ def run_trl(
     measured = len(clock.marks) - 1
     import resource
 
-    peak = (
-        torch.cuda.max_memory_allocated()
-        if on_cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    )
+    peak = torch.cuda.max_memory_allocated() if on_cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {
         "variant": variant,
         "steps_per_second": measured / (t1 - t0),
@@ -270,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--micro-batch", type=int, default=4)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
-    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
@@ -282,13 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     if args.variant:  # a child of in_subprocess
-        print(
-            json.dumps(
-                run_variant(
-                    args.variant, args.model, args.dataset, args.steps, args.micro_batch
-                )
-            )
-        )
+        print(json.dumps(run_variant(args.variant, args.model, args.dataset, args.steps, args.micro_batch)))
         return 0
 
     from vlmflow_worker.fixtures import tiny_model
@@ -309,22 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         "sft": [],
         "threads": args.threads,
     }
-    variants = [
-        (f"cpu-tiny-{v}", v, tiny, dataset) for v in ("project-lora", "trl-lora")
-    ]
+    variants = [(f"cpu-tiny-{v}", v, tiny, dataset) for v in ("project-lora", "trl-lora")]
     if args.device == "cuda":
         model = cuda_model()
-        big, result["prep_smolvlm_arch"] = prepare(
-            model, work / "data", work / "store-smolvlm", 4096
-        )
+        big, result["prep_smolvlm_arch"] = prepare(model, work / "data", work / "store-smolvlm", 4096)
         variants = [
             (f"cuda-smolvlm-arch-{v}", v, model, big)
             for v in ("project-lora", "trl-lora", "project-qlora", "trl-qlora")
         ]
     for name, variant, model, data in variants:
-        entry = in_subprocess(
-            variant, model, data, args.steps, args.micro_batch, args.threads
-        )
+        entry = in_subprocess(variant, model, data, args.steps, args.micro_batch, args.threads)
         result["sft"].append(
             {
                 "name": name,
@@ -338,12 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'synthetic rows':34} {synthetic['rows_per_second']:9.1f}")
     for key in ("prep_tiny", "prep_smolvlm_arch"):
         if key in result:
-            print(
-                f"{key + ' (' + str(int(result[key]['rows'])) + ' rows)':34} {result[key]['rows_per_second']:9.1f}"
-            )
-    print(
-        f"\n{'sft variant':34} {'steps/s':>8} {'samples/s':>10} {'tokens/s':>10} {'peak MiB':>9}"
-    )
+            print(f"{key + ' (' + str(int(result[key]['rows'])) + ' rows)':34} {result[key]['rows_per_second']:9.1f}")
+    print(f"\n{'sft variant':34} {'steps/s':>8} {'samples/s':>10} {'tokens/s':>10} {'peak MiB':>9}")
     for e in result["sft"]:
         if "error" in e:
             print(f"{e['name']:34} error: {e['error']}")

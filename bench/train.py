@@ -61,10 +61,10 @@ def prepared_dataset(model: Path, rows: int, work: Path, image_side: int = 0) ->
     """Synthetic shape-colour rows of varied aspect ratios, prepared by the project's PrepareDataset job (the same
     split for every variant)."""
     from vlmflow.v1 import common_pb2, jobs_pb2
+    from vlmflow_worker.fixtures.synthetic import generate
     from vlmflow_worker.jobs.context import JobContext
     from vlmflow_worker.prep.job import run as prepare
     from vlmflow_worker.serve.settings import WorkerSettings
-    from vlmflow_worker.fixtures.synthetic import generate
 
     settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=work, data_roots=[model.parent], job_capacity=1)
     data = generate("shape_colour", rows, 0, work / "data")
@@ -196,7 +196,12 @@ def lora_config(model):
 
     config = SFTConfig(lora_r=16, lora_alpha=32, lora_dropout=0.05)
     return LoraConfig(
-        r=16, lora_alpha=32, lora_dropout=0.05, target_modules=lora_targets(config, model), bias="none", task_type="CAUSAL_LM"
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules=lora_targets(config, model),
+        bias="none",
+        task_type="CAUSAL_LM",
     )
 
 
