@@ -14,6 +14,8 @@ run() {
 }
 run npm run --silent lint
 run npx vitest run
+# -n 2: two test processes (pytest-xdist), a file each at a time (--dist loadfile keeps a file's module fixtures in one
+# process): most of these tests use one core, and the machine has two.
 # --durations: the slowest tests, so a suite that grows slower says where (target: the whole suite well under 30 min).
-run python-worker/.venv/bin/pytest python-worker -q --durations=15
+run python-worker/.venv/bin/pytest python-worker -q -n 2 --dist loadfile --durations=15
 exit $status
