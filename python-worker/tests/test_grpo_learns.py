@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
+from tests.resume_checks import step_values
 from tests.test_dpo import single_tile_model  # noqa: F401  (a fixture)
 from tests.test_grpo import brief_sft, grpo_request, sft_dataset
 from vlmflow.v1 import common_pb2, jobs_pb2
@@ -88,8 +89,7 @@ def test_grpo_raises_held_out_accuracy_and_reward(sharp_model, tmp_path):
     settings = WorkerSettings(port=0, artifact_root=tmp_path)
     tuned = Path(grpo.run(request, JobContext("grpo", tmp_path / "job", settings)).artifacts["adapter"])
 
-    log = [json.loads(line) for line in (tmp_path / "grpo" / "training_log.jsonl").read_text().splitlines()]
-    rewards = [e["reward"] for e in log if "reward" in e]
+    rewards = [reward for (reward,) in step_values(tmp_path / "grpo", "reward").values()]
     assert len(rewards) == STEPS
     first, last = sum(rewards[:20]) / 20, sum(rewards[-20:]) / 20
     accuracy = held_out_accuracy(sharp_model, dataset, {"sft": sft, "grpo": tuned}, tmp_path)
