@@ -98,23 +98,27 @@ class GenerateRpcs:
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.GenerateResponse:
         started = time.perf_counter()
-        code = grpc.StatusCode.CANCELLED  # unless set below: the caller went away (the await was cancelled)
+        # Each outcome is counted before its status goes out: `context.abort` sends the status and only then raises,
+        # so a caller that scrapes /metrics as soon as it has its answer must already see the count.
+        requests = self.metrics.generate_requests
         try:
             response = await self._generate(request)
-            code = grpc.StatusCode.OK
-            self.metrics.generate_answered(response, time.perf_counter() - started)
-            return response
         except WorkerError as err:
-            code = err.status
+            requests.labels(err.status.name).inc()
             log.warning("generate refused", extra={"status": err.status.name, "error": err.message})
             await abort_with(context, err)
+            raise AssertionError("unreachable") from err
+        except asyncio.CancelledError:  # the caller went away: no status goes out
+            requests.labels(grpc.StatusCode.CANCELLED.name).inc()
+            raise
         except Exception as err:  # a bug or a library failure: INTERNAL with what happened, and keep serving
-            code = grpc.StatusCode.INTERNAL
+            requests.labels(grpc.StatusCode.INTERNAL.name).inc()
             log.exception("generate failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"Generate failed: {type(err).__name__}: {err}")
-        finally:
-            self.metrics.generate_requests.labels(code.name).inc()
-        raise AssertionError("unreachable")
+            raise AssertionError("unreachable") from err
+        self.metrics.generate_answered(response, time.perf_counter() - started)
+        requests.labels(grpc.StatusCode.OK.name).inc()
+        return response
 
     async def _generate(self, request: worker_pb2.GenerateRequest) -> worker_pb2.GenerateResponse:
         started = time.perf_counter()
