@@ -8,7 +8,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { parseInputActivities } from '../activities/parse-input.js';
 import { ApplicationFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundlePath } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -19,8 +19,8 @@ import { FailureType } from '../src/config/failure-types.js';
 import { temporalCli } from '../src/paths.js';
 import { pipelineConfigSchema } from '../src/config/pipeline-config.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
-import { workflowsPath } from '../src/temporal-worker.js';
-import { quietLogger, quietTemporalLogs } from './temporal-helpers.js';
+import { quietTemporalLogs } from './temporal-helpers.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 quietTemporalLogs();
 
@@ -55,16 +55,14 @@ describe('bad pipeline configs', () => {
 
   describe('through a real workflow start on the dev server', () => {
     let env: TestWorkflowEnvironment;
-    let workflowBundle: WorkflowBundle;
+    let workflowBundle: WorkflowBundlePath;
     const activityCalls: string[] = [];
 
     beforeAll(async () => {
-      [env, workflowBundle] = await Promise.all([
-        TestWorkflowEnvironment.createLocal({
-          server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
-        }),
-        bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
-      ]);
+      workflowBundle = sharedWorkflowBundle();
+      env = await TestWorkflowEnvironment.createLocal({
+        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+      });
     });
 
     afterAll(async () => {

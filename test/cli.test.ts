@@ -6,7 +6,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import { parseInputActivities } from '../activities/parse-input.js';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundlePath } from '@temporalio/worker';
 import { execa, type ResultPromise } from 'execa';
 import { randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -14,14 +14,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
-import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
+import { heartbeatThrottle } from '../src/temporal-worker.js';
 import { progressQuery } from '../workflows/definitions.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { readPipelineProgress } from '../src/run-progress.js';
 import { tempDir } from './helpers.js';
 import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
-import { quietLogger } from './temporal-helpers.js';
 import { buildTinyModel } from '../src/cli/demo-assets.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 const dir = tempDir('cli');
 const goodConfig = path.join(dir, 'good.yaml');
@@ -42,15 +42,13 @@ writeFileSync(badConfig, JSON.stringify({ model: { id: 'x', quantisation: 'nf4' 
 
 describe('the vlmflow CLI against the real dev server', () => {
   let env: TestWorkflowEnvironment;
-  let workflowBundle: WorkflowBundle;
+  let workflowBundle: WorkflowBundlePath;
 
   beforeAll(async () => {
-    [env, workflowBundle] = await Promise.all([
-      TestWorkflowEnvironment.createLocal({
-        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
-      }),
-      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
-    ]);
+    workflowBundle = sharedWorkflowBundle();
+    env = await TestWorkflowEnvironment.createLocal({
+      server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+    });
   });
 
   afterAll(async () => {

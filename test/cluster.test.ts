@@ -38,6 +38,7 @@ import {
   type TsWorker,
 } from './durability-helpers.js';
 import { freePort, tempDir } from './helpers.js';
+import { workflowBundlePath } from './workflow-bundle.js';
 
 describe('on a Temporal cluster (PostgreSQL, four services)', () => {
   let artifacts: string;
@@ -76,7 +77,11 @@ describe('on a Temporal cluster (PostgreSQL, four services)', () => {
       generateSyntheticTask({ task: 'shape_colour', rows: 40, seed: 0, out: dataDir }),
     ]);
     console.log(`durability: ${JSON.stringify({ test: 'cluster-start', seconds: (Date.now() - started) / 1000 })}`);
-    workerEnv = tsWorkerEnv(cluster.address, python.address, taskQueue);
+    // The run's one workflow bundle, as a deployed worker loads its image's (test/global-setup.ts).
+    workerEnv = {
+      ...tsWorkerEnv(cluster.address, python.address, taskQueue),
+      VLMFLOW_WORKFLOW_BUNDLE: workflowBundlePath(),
+    };
     tsWorker = await startTsWorker(workerEnv);
     connection = await Connection.connect({ address: cluster.address });
     client = new Client({ connection });

@@ -58,6 +58,7 @@ import {
   type TsWorker,
   untilProgress,
 } from './durability-helpers.js';
+import { workflowBundlePath } from './workflow-bundle.js';
 
 /** A TS worker's Temporal identity: the SDK's default, `<pid>@<hostname>`, which history events record. */
 function workerIdentity(worker: TsWorker): string {
@@ -143,7 +144,11 @@ describe('durability with real processes', () => {
       startDevServer({ stateDir: temporalState, port: temporalPort, uiPort }),
       startPython(pythonPort),
     ]);
-    workerEnv = tsWorkerEnv(dev.address, python.address, taskQueue);
+    // The run's one workflow bundle, as a deployed worker loads its image's (test/global-setup.ts).
+    workerEnv = {
+      ...tsWorkerEnv(dev.address, python.address, taskQueue),
+      VLMFLOW_WORKFLOW_BUNDLE: workflowBundlePath(),
+    };
     tsWorker = await startTsWorker(workerEnv);
     connection = await Connection.connect({ address: dev.address });
     client = new Client({ connection });

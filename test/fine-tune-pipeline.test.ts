@@ -16,19 +16,19 @@ import {
   type TrainScript,
 } from './scripted-activities.js';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundlePath } from '@temporalio/worker';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FailureType } from '../src/config/failure-types.js';
 import { temporalCli } from '../src/paths.js';
 import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { searchAttributes, VlmflowStage, VlmflowStatus } from '../src/config/search-attributes.js';
-import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
-import { quietLogger } from './temporal-helpers.js';
+import { heartbeatThrottle } from '../src/temporal-worker.js';
 import { recordHistory } from './history-fixtures.js';
 import { progressQuery, pauseSignal, resumeSignal } from '../workflows/definitions.js';
 import { readPipelineProgress } from '../src/run-progress.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 const config: PipelineConfigInput = {
   name: 'test',
@@ -40,15 +40,13 @@ const config: PipelineConfigInput = {
 
 describe('fineTunePipeline on the real dev server', () => {
   let env: TestWorkflowEnvironment;
-  let workflowBundle: WorkflowBundle;
+  let workflowBundle: WorkflowBundlePath;
 
   beforeAll(async () => {
-    [env, workflowBundle] = await Promise.all([
-      TestWorkflowEnvironment.createLocal({
-        server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
-      }),
-      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
-    ]);
+    workflowBundle = sharedWorkflowBundle();
+    env = await TestWorkflowEnvironment.createLocal({
+      server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
+    });
   });
 
   afterAll(async () => {

@@ -5,7 +5,7 @@
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { parseInputActivities } from '../activities/parse-input.js';
-import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundlePath } from '@temporalio/worker';
 import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
@@ -15,13 +15,13 @@ import { projectRoot, stateDir, temporalCli } from '../src/paths.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
 import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
-import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
+import { heartbeatThrottle } from '../src/temporal-worker.js';
 import { batchInference } from '../workflows/batch-inference.js';
 import { videoUnderstanding } from '../workflows/video-understanding.js';
 import { tempDir } from './helpers.js';
 import { recordHistory } from './history-fixtures.js';
-import { quietLogger } from './temporal-helpers.js';
 import { buildTinyModel } from '../src/cli/demo-assets.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 const demo = path.resolve(projectRoot, '..', 'shared', 'data', 'llamafactory-mllm-demo', 'mllm_demo_data');
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
@@ -30,7 +30,7 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
   let env: TestWorkflowEnvironment;
   let python: PythonWorker;
   let client: PythonWorkerClient;
-  let workflowBundle: WorkflowBundle;
+  let workflowBundle: WorkflowBundlePath;
   let images: string;
 
   beforeAll(async () => {
@@ -41,14 +41,13 @@ describe('inference workflows (real Temporal, real Python worker, tiny model)', 
     for (const name of ['1.jpg', '2.jpg', '3.jpg']) copyFileSync(path.join(demo, name), path.join(images, name));
     copyFileSync(path.join(demo, '1.jpg'), path.join(images, 'more', 'a.jpg'));
     copyFileSync(path.join(demo, '2.jpg'), path.join(images, 'more', 'b.jpg'));
-    const results = await Promise.all([
+    workflowBundle = sharedWorkflowBundle();
+    [env] = await Promise.all([
       TestWorkflowEnvironment.createLocal({
         server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
       }),
-      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
       buildTinyModel(tinyModel),
     ]);
-    [env, workflowBundle] = [results[0], results[1]];
     python = await startPythonWorker({ artifactRoot: artifacts, dataRoots: [demo] });
     client = createPythonWorkerClient(python.address);
   }, 300_000);

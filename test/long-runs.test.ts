@@ -48,6 +48,7 @@ import {
 } from './durability-helpers.js';
 import { freePort, tempDir } from './helpers.js';
 import { recordHistory } from './history-fixtures.js';
+import { workflowBundlePath } from './workflow-bundle.js';
 
 /** Events a finished stage may have written between its activity's scheduling and its completion. */
 const STAGE_EVENT_BUDGET = 12;
@@ -92,6 +93,7 @@ describe('long runs, compressed', () => {
       client: pair.client,
       workflowTaskQueue: queues.workflows,
       gpuTaskQueue: queues.gpu,
+      workflowBundlePath: workflowBundlePath(),
     });
     const running = Promise.all([workflows.run(), activities.run()]);
     return {

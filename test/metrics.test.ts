@@ -24,6 +24,7 @@ import { installTemporalRuntime } from '../src/stack/temporal-runtime.js';
 import { createTemporalWorkers } from '../src/temporal-worker.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { freePort, tempDir } from './helpers.js';
+import { workflowBundlePath } from './workflow-bundle.js';
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 const demoImage = path.resolve(
@@ -143,6 +144,7 @@ describe('Prometheus metrics of both workers during a real run', () => {
       client,
       workflowTaskQueue: taskQueue,
       gpuTaskQueue,
+      workflowBundlePath: workflowBundlePath(),
     });
     running = Promise.all([workers.workflows.run(), workers.activities.run()]);
   }, 600_000);

@@ -8,7 +8,7 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { parseInputActivities } from '../activities/parse-input.js';
 import { CancelledFailure } from '@temporalio/common';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { Worker, type WorkflowBundlePath } from '@temporalio/worker';
 import { execa } from 'execa';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -21,14 +21,14 @@ import type { PipelineConfigInput } from '../src/config/pipeline-config.js';
 import { startPythonWorker, type PythonWorker } from '../src/stack/python-worker-process.js';
 import { searchAttributes } from '../src/config/search-attributes.js';
 import { createPythonWorkerClient, type PythonWorkerClient } from '../src/python-worker-client.js';
-import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
+import { heartbeatThrottle } from '../src/temporal-worker.js';
 import { readPipelineProgress } from '../src/run-progress.js';
 import { fineTunePipeline } from '../workflows/fine-tune-pipeline.js';
 import { tempDir } from './helpers.js';
-import { quietLogger } from './temporal-helpers.js';
 import { recordHistory } from './history-fixtures.js';
 import { lossesByStep } from './durability-helpers.js';
 import { buildTinyModel, generateSyntheticTask } from '../src/cli/demo-assets.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 
@@ -67,7 +67,7 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
   let env: TestWorkflowEnvironment;
   let python: PythonWorker;
   let client: PythonWorkerClient;
-  let workflowBundle: WorkflowBundle;
+  let workflowBundle: WorkflowBundlePath;
   let artifacts: string;
   let dataDir: string;
   let prefDir: string;
@@ -83,15 +83,13 @@ describe('fineTunePipeline end to end (real Temporal, real Python worker, tiny m
       await generateSyntheticTask({ task: 'shape_colour', rows: 160, seed: 0, out: dataDir });
       await generateSyntheticTask({ task: 'shape_colour', rows: 96, seed: 1, out: prefDir, preference: true });
     };
-    let bundle: WorkflowBundle;
-    [env, bundle] = await Promise.all([
+    workflowBundle = sharedWorkflowBundle();
+    [env] = await Promise.all([
       TestWorkflowEnvironment.createLocal({
         server: { executable: { type: 'existing-path', path: temporalCli }, searchAttributes },
       }),
-      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
       build(),
-    ]).then(([e, b]) => [e, b] as const);
-    workflowBundle = bundle;
+    ]);
     python = await startPythonWorker({
       artifactRoot: artifacts,
       dataRoots: [path.dirname(tinyModel)],

@@ -16,7 +16,7 @@
  */
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { bundleWorkflowCode, NativeConnection, Worker } from '@temporalio/worker';
+import { NativeConnection, Worker } from '@temporalio/worker';
 import { execa } from 'execa';
 import { randomUUID } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
@@ -28,12 +28,13 @@ import { createSchedule } from '../src/cli/schedule.js';
 import { loadEnv } from '../src/env.js';
 import { projectRoot } from '../src/paths.js';
 import type { DevServer } from '../src/stack/temporal-dev-server.js';
-import { heartbeatThrottle, workflowsPath } from '../src/temporal-worker.js';
+import { heartbeatThrottle } from '../src/temporal-worker.js';
 import { progressQuery } from '../workflows/definitions.js';
 import { startDevServerOnFreePorts } from './durability-helpers.js';
 import { tempDir } from './helpers.js';
 import { newCalls, result, scriptedActivities, trainUntilCancelled, type TrainScript } from './scripted-activities.js';
-import { quietLogger, quietTemporalLogs } from './temporal-helpers.js';
+import { quietTemporalLogs } from './temporal-helpers.js';
+import { sharedWorkflowBundle } from './workflow-bundle.js';
 
 const chromiumPath = process.env.VLMFLOW_CHROMIUM ?? '/usr/bin/chromium';
 quietTemporalLogs();
@@ -105,11 +106,8 @@ describe('the Temporal UI in a real browser', () => {
         `no Chromium at ${chromiumPath}: scripts/setup.sh installs Debian's chromium (or set VLMFLOW_CHROMIUM)`,
       );
     }
-    const [server, workflowBundle] = await Promise.all([
-      startDevServerOnFreePorts({ stateDir: tempDir('ui-temporal') }),
-      bundleWorkflowCode({ workflowsPath, logger: quietLogger }),
-    ]);
-    dev = server;
+    const workflowBundle = sharedWorkflowBundle();
+    dev = await startDevServerOnFreePorts({ stateDir: tempDir('ui-temporal') });
     const connection = await NativeConnection.connect({ address: dev.address });
     const workers = await Promise.all([
       Worker.create({ connection, taskQueue, workflowBundle, activities: parseInputActivities }),
