@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import SlowFilesFirst from './test/slow-files-first.js';
 
 // Integration tests start real processes (Temporal dev server, Python worker): generous timeouts, and at
 // most two test files at once on a 2-core machine.
@@ -11,5 +12,6 @@ export default defineConfig({
     pool: 'forks',
     maxWorkers: 2,
     reporters: ['default'],
+    sequence: { sequencer: SlowFilesFirst },
   },
 });
