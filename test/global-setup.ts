@@ -4,12 +4,11 @@
  * webpack costs about 5 s of CPU a time, and the suite starts about 30 TS workers on a 2-core machine, several of
  * them on a fault test's recovery path.
  */
-import { bundleWorkflowCode } from '@temporalio/worker';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { workflowsPath } from '../src/temporal-worker.js';
+import { writeWorkflowBundle } from '../src/cli/bundle.js';
 import { quietLogger } from './temporal-helpers.js';
 
 declare module 'vitest' {
@@ -21,8 +20,7 @@ declare module 'vitest' {
 export default async function setup(project: TestProject): Promise<() => void> {
   const folder = mkdtempSync(path.join(os.tmpdir(), 'vlmflow-test-bundle-'));
   const file = path.join(folder, 'workflow-bundle.js');
-  const { code } = await bundleWorkflowCode({ workflowsPath, logger: quietLogger });
-  writeFileSync(file, code);
+  await writeWorkflowBundle(file, quietLogger);
   project.provide('workflowBundlePath', file);
   return () => rmSync(folder, { recursive: true, force: true });
 }

@@ -4,16 +4,22 @@
  *
  *   node bin/vlmflow.js bundle /app/workflow-bundle.js      (docker/ts-worker.Dockerfile)
  */
-import { bundleWorkflowCode } from '@temporalio/worker';
+import { bundleWorkflowCode, type Logger } from '@temporalio/worker';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { workflowsPath } from '../temporal-worker.js';
 import { ExitCode } from './exit-codes.js';
 
-export async function bundle(file: string): Promise<number> {
-  const { code } = await bundleWorkflowCode({ workflowsPath });
+/** Bundles workflows/ into `file` (the test suite's global setup does the same once per run); returns its bytes. */
+export async function writeWorkflowBundle(file: string, logger?: Logger): Promise<number> {
+  const { code } = await bundleWorkflowCode({ workflowsPath, ...(logger ? { logger } : {}) });
   mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
   writeFileSync(file, code);
-  console.log(`wrote the workflow bundle (${(code.length / 1e6).toFixed(1)} MB) to ${file}`);
+  return code.length;
+}
+
+export async function bundle(file: string): Promise<number> {
+  const bytes = await writeWorkflowBundle(file);
+  console.log(`wrote the workflow bundle (${(bytes / 1e6).toFixed(1)} MB) to ${file}`);
   return ExitCode.ok;
 }
