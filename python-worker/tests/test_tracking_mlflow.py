@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -32,6 +31,12 @@ os.environ.setdefault("VLMFLOW_TORCH_THREADS", "1")
 EXPERIMENT = "tracking-test"
 RUN_KEY = "tracking-wf/run-1"
 MODEL_NAME = "vlmflow-tiny"
+# The tracking server runs from its own venv (scripts/setup.sh, mlflow-server.lock), as on its own host: full `mlflow`
+# in the worker's venv would bring scikit-learn into every process the tests start.
+SERVER_ENV = "VLMFLOW_MLFLOW_SERVER"
+MLFLOW_SERVER = Path(
+    os.environ.get(SERVER_ENV) or Path(__file__).resolve().parents[2] / ".tools" / "mlflow-server" / "bin" / "mlflow"
+)
 
 
 def free_port() -> int:
@@ -50,7 +55,9 @@ class MlflowServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> None:
-        mlflow = Path(sys.executable).with_name("mlflow")
+        mlflow = MLFLOW_SERVER
+        if not mlflow.is_file():
+            raise RuntimeError(f"no MLflow server at {mlflow}: scripts/setup.sh installs it (or set {SERVER_ENV})")
         command = [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
         command += ["--backend-store-uri", f"sqlite:///{self.folder / 'mlflow.db'}"]
         command += ["--artifacts-destination", str(self.folder / "artifacts")]
