@@ -8,7 +8,7 @@
  * goes: schedule-to-start, activity start → job child spawned (gRPC, validation), spawn → job accepted (interpreter
  * and imports), and the end of training → activity completed.
  *
- *   npx tsx bench/orchestration.ts [--runs 2] [--steps 400] [--threads 1] [--warm 1|0]
+ *   npx tsx bench/orchestration.ts [--runs 2] [--steps 400] [--threads 1] [--forkserver 1|0]
  *
  * The pipeline also runs prepare and evaluate (it cannot run SFT alone; export is off); only SFT is compared.
  */
@@ -39,8 +39,9 @@ const steps = arg('--steps', 400); // about a minute at one thread on the 2-core
 // One torch thread in the job child and in the direct run alike: on a small shared CPU more threads only spin, and
 // make both timings swing with the load.
 const threads = String(arg('--threads', 1));
-// The worker's spare job process (VLMFLOW_WARM_JOB_PROCESS): 1 on, 0 off; its default is on with CUDA only.
-const warm = String(arg('--warm', 1));
+// The worker's fork server (VLMFLOW_JOB_FORKSERVER, python-worker/src/vlmflow_worker/jobs/forkserver.py): 1 on (its
+// default), 0 off (each job a fresh interpreter).
+const forkServer = String(arg('--forkserver', 1));
 
 const tinyModel = path.join(stateDir, 'models', 'tiny-idefics3');
 const artifacts = tempDir('bench-orchestration');
@@ -154,7 +155,7 @@ async function main() {
   const python = await startPythonWorker({
     artifactRoot: artifacts,
     dataRoots: [path.dirname(tinyModel)],
-    env: { HF_HUB_OFFLINE: '1', VLMFLOW_TORCH_THREADS: threads, VLMFLOW_WARM_JOB_PROCESS: warm },
+    env: { HF_HUB_OFFLINE: '1', VLMFLOW_TORCH_THREADS: threads, VLMFLOW_JOB_FORKSERVER: forkServer },
   });
   const workerClient = createPythonWorkerClient(python.address);
   const native = await NativeConnection.connect({ address: server.address });
@@ -231,7 +232,7 @@ async function main() {
     return [Math.min(...values), Math.max(...values)];
   };
   const summary = {
-    warmJobProcess: warm,
+    jobForkServer: forkServer,
     steps,
     runs,
     ratio: range('ratio'),
@@ -243,7 +244,7 @@ async function main() {
     goal: 'ratio <= 1.03 and <= 1 s fixed cost per stage',
   };
   console.table({ summary });
-  console.log(`written ${writeResult(`orchestration-warm-${warm}`, { summary, rows })}`);
+  console.log(`written ${writeResult(`orchestration-forkserver-${forkServer}`, { summary, rows })}`);
 }
 
 await main();

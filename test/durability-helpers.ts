@@ -202,7 +202,8 @@ export function jobProcesses(artifacts: string, jobId: string): number[] {
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      const cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      // Forked job processes name their job in a title (argv joined by spaces), fresh ones in their argv.
+      const cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8').split(/[\0 ]+/);
       if (!cmdline.includes('vlmflow_worker.jobs.child') || !cmdline.includes(folder)) continue;
       if (isAlive(Number(name))) found.push(Number(name));
     } catch {

@@ -217,11 +217,10 @@ def test_a_job_gets_its_gpus_in_its_environment_and_frees_them_when_it_ends(
     inference shares: the job is given it, inference is refused meanwhile, and both come back at the end."""
     from vlmflow_worker.jobs.registry import JobRegistry
 
-    monkeypatch.setenv("VLMFLOW_WARM_JOB_PROCESS", "0")
     settings = WorkerSettings(host="127.0.0.1", port=0, artifact_root=tmp_path / "artifacts", data_roots=[tmp_path])
     settings.artifact_root.mkdir(parents=True)
     registry = JobRegistry(settings, capacity=1, slots=GpuSlots(fake_gpus(1)))
-    assert registry._child_env(None)["CUDA_VISIBLE_DEVICES"] == ""  # the spare sees no GPU until its job names one
+    assert registry._child_env(None)["CUDA_VISIBLE_DEVICES"] == ""  # the fork server sees no GPU; a job, its own
     request = jobs_pb2.PrepareDatasetRequest(
         job_id="prep", sources=[jobs_pb2.DatasetSource(uri=str(tmp_path / "missing.jsonl"))]
     )

@@ -10,6 +10,7 @@ VLMFLOW_JOB_LEASE_SECONDS) is what runs.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -33,7 +34,8 @@ def _job_processes(folder: Path) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            # Forked job processes name their job in a title (argv joined by spaces), fresh ones in their argv.
+            cmdline = re.split(rb"[\0 ]+", (entry / "cmdline").read_bytes())
             state = (entry / "status").read_text().split("State:")[1].split()[0]
         except (OSError, IndexError):
             continue
@@ -49,7 +51,6 @@ def two_hosts(tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyP
     root = tmp_path / "shared-store"
     monkeypatch.setenv("VLMFLOW_JOB_LEASE_SECONDS", str(LEASE_S))
     monkeypatch.setenv("VLMFLOW_FAULT_STEP_SECONDS", "0.5")
-    monkeypatch.setenv("VLMFLOW_WARM_JOB_PROCESS", "0")  # a spare's cmdline names no job folder; keep counts exact
     workers: list[WorkerProcess] = []
     for host in ("gpu-host-a", "gpu-host-b"):
         monkeypatch.setenv("VLMFLOW_WORKER_HOST_ID", host)

@@ -1,13 +1,13 @@
 """The child process of one job: reads the request from the job folder, runs the kind's entry, records the end.
 
 python -m vlmflow_worker.jobs.child <job_dir>
-python -m vlmflow_worker.jobs.child --warm     # a spare: imports first, then reads its job folder from stdin
+
+The registry starts it that way only without a fork server (forkserver.py), whose forked processes run `run` too.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib
 import json
 import logging
 import os
@@ -20,7 +20,7 @@ from vlmflow.v1 import jobs_pb2
 from vlmflow_worker import tracking
 from vlmflow_worker.errors import WorkerError
 from vlmflow_worker.jobs.context import JobContext
-from vlmflow_worker.jobs.kinds import ENTRY_MODULES, spec_for
+from vlmflow_worker.jobs.kinds import spec_for
 from vlmflow_worker.log import setup_logging
 from vlmflow_worker.serve.settings import WorkerSettings
 
@@ -99,32 +99,10 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def wait_for_job() -> Path:
-    """A spare job process (`--warm`, started by the registry before a job needs it): does the imports every job
-    pays (torch, transformers, peft: seconds) while no job waits, then reads its job folder from stdin and sends its
-    output to the folder's child.log, as a process started for the job would."""
-    try:
-        # What the costly jobs share first (torch, transformers' Trainer, peft), then each kind's entry module.
-        for module in ("vlmflow_worker.train.sft", "vlmflow_worker.models", *ENTRY_MODULES.values()):
-            importlib.import_module(module)
-    except Exception:
-        pass  # the job imports again in run() and reports the error as a typed failure
-    line = sys.stdin.readline().strip()
-    if not line:
-        os._exit(0)  # the worker stopped or no longer needs a spare
-    folder = Path(line)
-    log = os.open(folder / "child.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    use_job_gpus(folder)
-    return folder
-
-
 def use_job_gpus(folder: Path) -> None:
-    """Gives a spare job process its job's GPUs. It was started seeing none (CUDA_VISIBLE_DEVICES empty, registry.py),
-    and CUDA reads the variable once, when first initialised: if the warm-up initialised it, CUDA still sees no GPU,
-    and the process starts over as a fresh job process (same pid, so the worker's supervision goes on)."""
+    """Gives a forked job process its job's GPUs. Its fork server was started seeing none (CUDA_VISIBLE_DEVICES empty,
+    registry.py), and CUDA reads the variable once, when first initialised: if an import initialised it, CUDA still
+    sees no GPU, and the process starts over as a fresh job process (same pid, so the worker's supervision goes on)."""
     visible = json.loads((folder / "job.json").read_text()).get("cuda_visible_devices")
     if not visible:
         return  # a CPU worker: nothing to give
@@ -147,8 +125,7 @@ def main() -> None:
     limit_threads()
     die_with_parent()
     setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
-    folder = wait_for_job() if sys.argv[1] == "--warm" else Path(sys.argv[1])
-    code = run(folder)
+    code = run(Path(sys.argv[1]))
     # The end is on disk (fsync'd): skip the interpreter's teardown (unloading torch takes seconds) so the worker
     # sees the exit, ends the stream and frees the slot at once.
     logging.shutdown()

@@ -20,11 +20,10 @@ live worker owns attaches to it through the store: its event log is followed, ca
 owner's job process reads. When that owner is gone (its lease stops moving), the follower ends the log with a
 failure, and the caller's retry starts the next attempt here, from the newest checkpoint. Never two trainings.
 
-Warm start: once a job has started, a spare job process is started beside it (`child --warm`) that does the
-imports every job pays (torch, transformers: seconds), and the next job is handed to it through its stdin; the server
-imports the job kinds' modules in a thread at the same time, for the next request's validation. A worker that never
-runs a job never pays for either. VLMFLOW_WARM_JOB_PROCESS: 1 on, 0 off, auto (default) on with CUDA only: on a
-CPU-only worker the spare's imports compete with the running job for the few cores (bench/README.md has the figures).
+Fast starts: job processes are forked from the worker's fork server (`forkserver.py`), which imports torch,
+transformers and each job kind's module once, instead of every job importing them again (seconds of CPU each); the
+server imports the job kinds' modules in a thread when the first job starts, for the next request's validation. A
+worker that never runs a job pays for neither.
 """
 
 from __future__ import annotations
@@ -43,14 +42,13 @@ from urllib.parse import quote, unquote
 from vlmflow.v1 import jobs_pb2
 from vlmflow_worker import devices, heavy_imports
 from vlmflow_worker.errors import FailedPrecondition, NotFound, WorkerBusy
-from vlmflow_worker.jobs import eventlog, lease
+from vlmflow_worker.jobs import eventlog, forkserver, lease
 from vlmflow_worker.jobs.child import failure
 from vlmflow_worker.jobs.kinds import ENTRY_MODULES
 from vlmflow_worker.serve.metrics import WorkerMetrics
 from vlmflow_worker.serve.settings import WorkerSettings
 
 log = logging.getLogger("vlmflow.jobs")
-WARM_ENV = "VLMFLOW_WARM_JOB_PROCESS"
 WATCHERS = "watchers"
 
 
@@ -69,13 +67,6 @@ def _num_processes(request) -> int:
     return max(1, training.num_processes) if training is not None else 1
 
 
-def warm_spare_wanted(has_gpus: bool) -> bool:
-    setting = os.environ.get(WARM_ENV, "auto").strip().lower()
-    if setting == "auto":
-        return has_gpus
-    return setting not in ("0", "false", "off")
-
-
 # How long a job process may be silent before its first event (see the module docstring).
 STARTUP_SILENCE_S = 300.0
 
@@ -92,7 +83,7 @@ class JobRecord:
     kind: int
     folder: Path
     events: list[jobs_pb2.JobEvent] = field(default_factory=list)
-    process: asyncio.subprocess.Process | None = None
+    process: asyncio.subprocess.Process | forkserver.ForkedProcess | None = None
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     cancel_deadline: float | None = None
@@ -158,7 +149,7 @@ class JobRegistry:
         self._jobs: dict[str, JobRecord] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._warm: asyncio.subprocess.Process | None = None  # the spare job process, see the module doc
+        self._forkserver = forkserver.ForkServer(self._child_env(None)) if forkserver.wanted() else None
         self._modules_imported = False
 
     # ---- lookup ----
@@ -289,7 +280,9 @@ class JobRegistry:
             meta["cuda_visible_devices"] = devices.cuda_visible_devices(gpus)
         (folder / "job.json").write_text(json.dumps(meta, indent=2) + "\n")
         (folder / "request.binpb").write_bytes(request.SerializeToString())
-        process = await self._take_warm(folder)
+        process: asyncio.subprocess.Process | forkserver.ForkedProcess | None = None
+        if self._forkserver is not None:
+            process = await self._forkserver.start_job(folder, ENTRY_MODULES.get(kind, "vlmflow_worker.models"))
         if process is None:
             with open(folder / "child.log", "ab") as out:
                 process = await asyncio.create_subprocess_exec(
@@ -349,8 +342,8 @@ class JobRegistry:
                     self._request_stop(record, "the lease on this job was lost to another worker")
 
     def _child_env(self, gpus: list[devices.Gpu] | None) -> dict[str, str]:
-        """The job's environment: on a GPU worker it sees only its own GPUs (`gpus`), and the spare job process
-        (gpus None) none until its job names them, so its warm-up cannot touch a GPU another job owns."""
+        """The job's environment: on a GPU worker it sees only its own GPUs (`gpus`), and the fork server (gpus None)
+        none, so its imports cannot touch a GPU another job owns (a forked job names its own, child.use_job_gpus)."""
         env = {**os.environ, "VLMFLOW_PARENT_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         if self.slots.gpus:
             env["CUDA_VISIBLE_DEVICES"] = devices.cuda_visible_devices(gpus or [])
@@ -362,35 +355,11 @@ class JobRegistry:
             devices.inference_gate.take_back(job_id)
         return gpus
 
-    async def _take_warm(self, folder: Path) -> asyncio.subprocess.Process | None:
-        """The spare job process, told its job folder; None when there is none or it died."""
-        process, self._warm = self._warm, None
-        if process is None or process.returncode is not None or process.stdin is None:
-            return None
-        try:
-            process.stdin.write(f"{folder}\n".encode())
-            await process.stdin.drain()
-            process.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            return None
-        return process
-
     async def _prewarm(self) -> None:
-        """Starts the spare for the next job (and, once, imports the job kinds' modules in a thread)."""
+        """Once, imports the job kinds' modules in a thread, for the next requests' validation."""
         if not self._modules_imported:
             self._modules_imported = True
             asyncio.get_running_loop().run_in_executor(None, _import_job_modules)
-        if self._warm is None and warm_spare_wanted(bool(self.slots.gpus)):
-            self._warm = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "vlmflow_worker.jobs.child",
-                "--warm",
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                env=self._child_env(None),
-            )
 
     async def _supervise(self, record: JobRecord) -> None:
         """Relays the child's log lines to watchers; records a failure when the child dies without one."""
@@ -561,7 +530,5 @@ class JobRegistry:
         """Server shutdown: running jobs checkpoint and stop (killed after the grace period)."""
         running = self.running()
         await asyncio.gather(*(self.cancel(r.job_id, wait=True, reason="worker shutting down") for r in running))
-        spare, self._warm = self._warm, None
-        if spare is not None and spare.returncode is None:
-            spare.kill()
-            await spare.wait()
+        if self._forkserver is not None:
+            await self._forkserver.close()
