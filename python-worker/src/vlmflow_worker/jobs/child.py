@@ -109,7 +109,7 @@ def use_job_gpus(folder: Path) -> None:
     os.environ["CUDA_VISIBLE_DEVICES"] = visible
     import torch
 
-    if not torch.cuda.is_available():
+    if torch.cuda._is_in_bad_fork() or not torch.cuda.is_available():  # bad fork: the fork server initialised CUDA
         sys.stdout.flush()
         os.execv(sys.executable, [sys.executable, "-m", "vlmflow_worker.jobs.child", str(folder)])
 

@@ -97,7 +97,9 @@ def _run_job(folder: Path, server_pid: int) -> None:
         import setproctitle
 
         setproctitle.setproctitle(f"{sys.executable} -m vlmflow_worker.jobs.child {folder}")
-        random.seed()  # the server's state would be every job's
+        random.seed()  # the server's random state would be every job's, where fresh interpreters each draw their own
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         os.environ["VLMFLOW_PARENT_PID"] = str(server_pid)
         child.die_with_parent()
         setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
