@@ -10,6 +10,7 @@ thread. Seen on 2026-12-01: the first Generate on a worker whose warm-up thread 
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from types import ModuleType
 
@@ -17,5 +18,11 @@ _lock = threading.RLock()
 
 
 def import_module(name: str) -> ModuleType:
+    # A module already imported is returned without the lock, as importlib itself does: validating a request of a
+    # kind already imported must not wait seconds for the warm-up thread importing the other kinds. A module another
+    # thread is still executing (`_initializing`) takes the lock, which that thread holds.
+    module = sys.modules.get(name)
+    if module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return module
     with _lock:
         return importlib.import_module(name)

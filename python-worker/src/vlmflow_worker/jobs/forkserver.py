@@ -136,8 +136,10 @@ def serve() -> None:
     child.limit_threads()
     child.die_with_parent()
     setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
-    # What every job kind needs first (torch, transformers, the job machinery); each kind's module comes on demand.
-    importlib.import_module("vlmflow_worker.models")
+    # What every job imports whatever its kind: the model loaders (torch, transformers) and, through JobContext, the
+    # fault hooks (transformers' Trainer machinery: 4 s of CPU here). Each kind's module comes with its first job.
+    for module in ("vlmflow_worker.models", "vlmflow_worker.faults"):
+        importlib.import_module(module)
     _send({"ready": True})
     buffered = b""
     while True:
