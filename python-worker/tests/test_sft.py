@@ -121,6 +121,17 @@ def test_sft_takes_held_out_accuracy_from_chance_to_well_above(
     adapter = Path(completed.artifacts["adapter"])
     assert (adapter / "adapter_model.safetensors").is_file()
 
+    # Attaching again (a retried activity, a run continued as new) gets the job's state: every event but the
+    # progress superseded by a later one; WatchJob still has the whole log.
+    attached = [r.event for r in sft_worker.stub().Train(request, timeout=120)]
+    assert attached[0].accepted.attached and attached[-1] == events[-1]
+    last_progress = max(i for i, e in enumerate(events) if e.WhichOneof("event") == "progress")
+    kept = [e for i, e in enumerate(events) if e.WhichOneof("event") != "progress" or i == last_progress]
+    assert [e.sequence for e in attached] == [e.sequence for e in kept]
+    assert kinds(attached).count("progress") == 1 < kinds(events).count("progress")
+    watched = [r.event for r in sft_worker.stub().WatchJob(worker_pb2.WatchJobRequest(job_id="learn"), timeout=120)]
+    assert [e.sequence for e in watched] == [e.sequence for e in events]
+
     base, tuned = exact_match(tiny_model_path, "", dataset), exact_match(tiny_model_path, str(adapter), dataset)
     assert base <= 0.3, base  # the random model does not even name a colour
     assert tuned >= 0.6, tuned  # 4 colours: chance is 0.25

@@ -103,7 +103,8 @@ class WorkerServiceServicer:
 
     def PrepareDataset(self, request, context):
         """Server streaming. Normalizes a dataset into the artifact store and reports its problems.
-        Starting an id that is running attaches to its events; a finished id replays its events.
+        Starting an id that is running attaches to its events; a finished id replays its events. An attaching
+        caller gets the logged events but progress superseded by a later one (the job's state), then live events.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

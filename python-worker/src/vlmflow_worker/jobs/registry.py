@@ -482,14 +482,30 @@ class JobRegistry:
 
     # ---- watch / cancel ----
 
-    async def watch(self, record: JobRecord, attached: bool) -> AsyncIterator[jobs_pb2.JobEvent]:
-        """The whole log, then live events, ending after the terminal event."""
+    async def watch(
+        self, record: JobRecord, attached: bool, latest_progress_only: bool = False
+    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+        """The whole log, then live events, ending after the terminal event.
+
+        `latest_progress_only`: of the events logged before the watch began, progress events are left out but the
+        last. A caller attaching to a running job (an activity retried, or its run continued as new) needs the job's
+        state, not every step it took to get there: a long job logs hundreds of thousands of progress events, and a
+        replay of them one by one (about 4,000 a second through the TS activity here) could outlast a run that
+        continues as new every few seconds, so that no run of the chain ever caught up (long-runs.test.ts, 20,000
+        updates). Every other event (checkpoints, evaluations, logs, the end) is sent, in order."""
         sent = 0
+        last_backlog_progress = -1
+        if latest_progress_only:
+            for index, event in enumerate(record.events):
+                if event.WhichOneof("event") == "progress":
+                    last_backlog_progress = index
         while True:
             async with record.changed:
                 await record.changed.wait_for(lambda n=sent: len(record.events) > n or not record.running)
                 batch = record.events[sent:]
-            for event in batch:
+            for index, event in enumerate(batch, start=sent):
+                if index < last_backlog_progress and event.WhichOneof("event") == "progress":
+                    continue  # superseded by a later progress event of the backlog
                 if eventlog.is_terminal(event):
                     await record.done.wait()  # the stream ends once the process is gone and its slot free
                 if attached and event.WhichOneof("event") == "accepted":

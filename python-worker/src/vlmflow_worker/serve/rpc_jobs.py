@@ -51,7 +51,8 @@ class JobRpcs:
         except WorkerError as err:
             await abort_with(context, err)
             return
-        async for event in self.registry.watch(record, attached):
+        # An attaching caller (a retried activity, a run continued as new) gets the job's state, not every step of it.
+        async for event in self.registry.watch(record, attached, latest_progress_only=attached):
             yield response_type(event=event)
 
     async def PrepareDataset(self, request, context):  # noqa: N802

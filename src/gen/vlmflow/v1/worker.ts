@@ -1504,7 +1504,8 @@ export const WorkerServiceService = {
   },
   /**
    * Server streaming. Normalizes a dataset into the artifact store and reports its problems.
-   * Starting an id that is running attaches to its events; a finished id replays its events.
+   * Starting an id that is running attaches to its events; a finished id replays its events. An attaching
+   * caller gets the logged events but progress superseded by a later one (the job's state), then live events.
    */
   prepareDataset: {
     path: "/vlmflow.v1.WorkerService/PrepareDataset" as const,
@@ -1613,7 +1614,8 @@ export interface WorkerServiceServer extends UntypedServiceImplementation {
   health: handleUnaryCall<HealthRequest, HealthResponse>;
   /**
    * Server streaming. Normalizes a dataset into the artifact store and reports its problems.
-   * Starting an id that is running attaches to its events; a finished id replays its events.
+   * Starting an id that is running attaches to its events; a finished id replays its events. An attaching
+   * caller gets the logged events but progress superseded by a later one (the job's state), then live events.
    */
   prepareDataset: handleServerStreamingCall<PrepareDatasetRequest, PrepareDatasetResponse>;
   /**
@@ -1662,7 +1664,8 @@ export interface WorkerServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Server streaming. Normalizes a dataset into the artifact store and reports its problems.
-   * Starting an id that is running attaches to its events; a finished id replays its events.
+   * Starting an id that is running attaches to its events; a finished id replays its events. An attaching
+   * caller gets the logged events but progress superseded by a later one (the job's state), then live events.
    */
   prepareDataset(
     request: PrepareDatasetRequest,
