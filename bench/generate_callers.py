@@ -19,12 +19,10 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
 import grpc
 from machine import (
@@ -36,6 +34,7 @@ from PIL import Image
 
 from vlmflow.v1 import common_pb2, generate_pb2, worker_pb2, worker_pb2_grpc
 from vlmflow_worker.fixtures import tiny_model
+from vlmflow_worker.fixtures.worker_process import start_worker_process
 
 DEMO_PHOTOS = REPO.parent / "shared" / "data" / "llamafactory-mllm-demo" / "mllm_demo_data"
 
@@ -55,30 +54,9 @@ def photos() -> list[bytes]:
 CALLS: list[int] = []  # rows of each generate() call, from the worker's debug log ("generate call")
 
 
-def start_worker(artifact_root: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
-    command = ["-m", "vlmflow_worker", "--log-level", "DEBUG", "serve", "--port", "0"]
-    process = subprocess.Popen(
-        [sys.executable, *command, "--artifact-root", str(artifact_root)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("msg") == "listening":
-            threading.Thread(target=_drain, args=(process.stderr,), daemon=True).start()  # a full pipe blocks it
-            return process, int(entry["port"])
-    raise RuntimeError(f"worker exited with {process.wait()} before listening")
-
-
-def _drain(stream: IO[str]) -> None:
-    for line in stream:
-        if '"generate call"' in line:
-            CALLS.append(json.loads(line)["rows"])
+def _count_call(line: str) -> None:
+    if '"generate call"' in line:
+        CALLS.append(json.loads(line)["rows"])
 
 
 def request(model_id: str, image: bytes, index: int, new_tokens: int) -> worker_pb2.GenerateRequest:
@@ -188,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         env["OMP_NUM_THREADS"] = str(args.threads)  # torch's intra-op thread count in the worker
     if args.wait_ms is not None:
         env["VLMFLOW_GENERATE_BATCH_WAIT_MS"] = str(args.wait_ms)
-    process, port = start_worker(REPO / ".state" / "artifacts", env)
+    process, listening = start_worker_process(
+        ["--artifact-root", str(REPO / ".state" / "artifacts")], env, on_line=_count_call, log_level="DEBUG"
+    )
+    port = int(listening["port"])
     try:
         stub = worker_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
         images = photos()

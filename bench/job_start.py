@@ -14,16 +14,11 @@ Writes JSON under bench/results/ (job-start-<device>-latest.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import IO
 
 import grpc
 from machine import REPO, shown, write_result  # bench/machine.py: machine, versions, git commit, -latest.json
@@ -31,27 +26,7 @@ from machine import REPO, shown, write_result  # bench/machine.py: machine, vers
 from vlmflow.v1 import common_pb2, jobs_pb2, worker_pb2_grpc
 from vlmflow_worker.fixtures import tiny_model
 from vlmflow_worker.fixtures.synthetic import generate
-
-
-def start_worker(artifact_root: Path, data: Path, model: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
-    command = [sys.executable, "-m", "vlmflow_worker", "serve", "--port", "0", "--artifact-root", str(artifact_root)]
-    command += ["--data-root", str(data), "--data-root", str(model)]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("msg") == "listening":
-            threading.Thread(target=_drain, args=(process.stderr,), daemon=True).start()  # a full pipe blocks it
-            return process, int(entry["port"])
-    raise RuntimeError(f"worker exited with {process.wait()} before listening")
-
-
-def _drain(stream: IO[str]) -> None:
-    for _ in stream:
-        pass
+from vlmflow_worker.fixtures.worker_process import start_worker_process
 
 
 def timed(responses) -> tuple[float, float, jobs_pb2.JobEvent]:
@@ -118,7 +93,9 @@ def run_way(fork_server: bool, rounds: int, threads: str, model: Path) -> dict:
     generate("shape_colour", 16, 0, scratch / "data")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = {"VLMFLOW_JOB_FORKSERVER": "1" if fork_server else "0", "VLMFLOW_TORCH_THREADS": threads}
-    process, port = start_worker(scratch / "artifacts", scratch / "data", model, env)
+    roots = ["--data-root", str(scratch / "data"), "--data-root", str(model)]
+    process, listening = start_worker_process(["--artifact-root", str(scratch / "artifacts"), *roots], env)
+    port = int(listening["port"])
     started = time.perf_counter()
     try:
         stub = worker_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import grpc
 import pytest
 
 from vlmflow.v1 import worker_pb2_grpc
+from vlmflow_worker.fixtures.worker_process import start_worker_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,29 +56,11 @@ class WorkerProcess:
 
 
 def start_worker(artifact_root: Path, *extra: str) -> WorkerProcess:
-    """Starts `python -m vlmflow_worker serve --port 0` and waits for its 'listening' line."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vlmflow_worker", "serve", "--port", "0", "--artifact-root", str(artifact_root), *extra],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("msg") == "listening":
-            # Keep draining the worker's log: a full pipe would block the worker on its next log line.
-            threading.Thread(target=_relay, args=(process.stderr,), daemon=True).start()
-            return WorkerProcess(process, int(entry["port"]), artifact_root, entry.get("metrics_address"))
-    raise RuntimeError(f"worker exited with {process.wait()} before listening")
-
-
-def _relay(stream: IO[str]) -> None:
-    for line in stream:
-        sys.stderr.write(line)  # pytest captures it and shows it for failing tests
+    """Starts `python -m vlmflow_worker serve --port 0` and waits for its 'listening' line; its later log lines go to
+    stderr, which pytest captures and shows for failing tests."""
+    args = ["--artifact-root", str(artifact_root), *extra]
+    process, entry = start_worker_process(args, on_line=lambda line: sys.stderr.write(line))
+    return WorkerProcess(process, int(entry["port"]), artifact_root, entry.get("metrics_address"))
 
 
 @pytest.fixture(scope="session")
