@@ -221,7 +221,7 @@ class ForkServer:
             if "started" not in reply:
                 log.warning("the fork server did not start a job", extra={"folder": str(folder), **reply})
                 return None
-            return self._children[reply["started"]]
+            return reply["process"]
 
     async def _ensure_running(self) -> bool:
         if self._process is not None and self._process.returncode is None:
@@ -248,7 +248,9 @@ class ForkServer:
                     forked._set_exit(message["code"])
             else:
                 if "started" in message:  # known before its exit can be read, which may be the next line
-                    self._children[message["started"]] = ForkedProcess(message["started"])
+                    # The reply carries the process itself: a job that fails at once may have exited (and left
+                    # _children) before start_job reads this reply.
+                    message["process"] = self._children[message["started"]] = ForkedProcess(message["started"])
                 await self._replies.put(message)
         code = await process.wait()
         await self._replies.put({"gone": code})  # a request waiting for a reply gets this one
