@@ -7,6 +7,7 @@ The registry starts it that way only without a fork server (forkserver.py), whos
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -125,12 +126,16 @@ def main() -> None:
     limit_threads()
     die_with_parent()
     setup_logging(os.environ.get("VLMFLOW_LOG_LEVEL", "INFO"))
-    code = run(Path(sys.argv[1]))
-    # The end is on disk (fsync'd): skip the interpreter's teardown (unloading torch takes seconds) so the worker
-    # sees the exit, ends the stream and frees the slot at once.
+    exit_now(run(Path(sys.argv[1])))
+
+
+def exit_now(code: int) -> None:
+    """The end is on disk (fsync'd): skip the interpreter's teardown (unloading torch takes seconds) so the worker
+    sees the exit, ends the stream and frees the slot at once."""
     logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    with contextlib.suppress(Exception):  # a closed or broken stream must not keep the process alive
+        sys.stdout.flush()
+        sys.stderr.flush()
     os._exit(code)
 
 

@@ -110,11 +110,7 @@ def _run_job(folder: Path, server_pid: int) -> None:
 
         traceback.print_exc()
     finally:
-        logging.shutdown()
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+        child.exit_now(code)
 
 
 def _reap() -> None:
